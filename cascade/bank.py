@@ -1,0 +1,336 @@
+"""The bank: ordered chunk vectors of articles, and its `.npz` + sidecar `.json` format.
+
+A bank row is one chunk. An article's rows are contiguous and in chunk order, so "the next chunk"
+of row r is row r + 1 when both belong to the same article. Keys follow the original system's
+banks: `vectors`, `article_indices`, `chunk_indices` (required), `concept_texts`, `cpe_ids`,
+`tmd_codes` (optional). Vectors are kept L2-normalized float32, any dimension.
+
+    python -m cascade.bank PATH        # validate and print a summary; exit 2 on an invalid bank
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+REQUIRED_KEYS = ("vectors", "article_indices", "chunk_indices")
+OPTIONAL_KEYS = ("concept_texts", "cpe_ids", "tmd_codes")
+TMD_MAX = 1 << 15  # domain 4 bits | task 5 bits | modifier 6 bits
+NORM_TOLERANCE = 1e-3
+# Row blocks for the checks that would otherwise allocate an (N, D) temporary.
+_BLOCK = 65536
+
+
+class BankError(ValueError):
+    """A bank that breaks the format; the message names the file, the key and the first bad row."""
+
+
+@dataclass
+class Bank:
+    vectors: np.ndarray  # (N, D) float32, unit rows
+    article_indices: np.ndarray  # (N,) int64, article id of each row
+    chunk_indices: np.ndarray  # (N,) int64, position of the row in its article
+    concept_texts: np.ndarray | None = None  # (N,) str
+    cpe_ids: np.ndarray | None = None  # (N,)
+    tmd_codes: np.ndarray | None = None  # (N,) uint16
+    meta: dict = field(default_factory=dict)  # the sidecar JSON, if any
+    path: str | None = None
+    _fingerprint: str | None = field(default=None, repr=False)
+
+    @property
+    def n(self) -> int:
+        return int(self.vectors.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def article_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """(starts, ends) of each article's run of rows, in row order; ends are exclusive."""
+        return article_runs(self.article_indices)
+
+    def fingerprint(self) -> str:
+        """sha256 of the (normalized) vectors and their shape: what pairs and checkpoints pin."""
+        if self._fingerprint is None:
+            self._fingerprint = vectors_fingerprint(self.vectors)
+        return self._fingerprint
+
+    def text(self, row: int) -> str | None:
+        return None if self.concept_texts is None else str(self.concept_texts[row])
+
+
+def article_runs(article_indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, ends) of the runs of equal values in `article_indices` (N,)."""
+    n = len(article_indices)
+    if n == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    change = np.flatnonzero(article_indices[1:] != article_indices[:-1]) + 1
+    starts = np.concatenate([[0], change]).astype(np.int64)
+    ends = np.concatenate([change, [n]]).astype(np.int64)
+    return starts, ends
+
+
+def vectors_fingerprint(vectors: np.ndarray) -> str:
+    h = hashlib.sha256()
+    h.update(f"{vectors.dtype.str}{tuple(vectors.shape)}".encode())
+    h.update(memoryview(np.ascontiguousarray(vectors)).cast("B"))
+    return "sha256:" + h.hexdigest()
+
+
+def sidecar_path(path: str | os.PathLike) -> Path:
+    return Path(path).with_suffix(".json")
+
+
+# ---------------------------------------------------------------------------------------------
+# validation
+
+
+def validate(bank: Bank, source: str = "bank", normalize: bool = True) -> Bank:
+    """Check every rule of the format, raising BankError at the first broken one.
+
+    Unnormalized vectors are normalized in place (with a logged notice) when `normalize`.
+    """
+    v = bank.vectors
+    if not isinstance(v, np.ndarray) or v.ndim != 2:
+        raise BankError(f"{source}: key 'vectors' must be a 2-d array (N, D), got shape "
+                        f"{getattr(v, 'shape', None)}")
+    if not np.issubdtype(v.dtype, np.floating):
+        raise BankError(f"{source}: key 'vectors' must be float32, got dtype {v.dtype}")
+    if v.dtype != np.float32:
+        log.warning("%s: converting 'vectors' from %s to float32", source, v.dtype)
+        bank.vectors = v = v.astype(np.float32)
+    n, d = v.shape
+    if n == 0 or d == 0:
+        raise BankError(f"{source}: key 'vectors' is empty (shape {v.shape})")
+
+    bank.article_indices = _int_column(bank.article_indices, "article_indices", n, source)
+    bank.chunk_indices = _int_column(bank.chunk_indices, "chunk_indices", n, source)
+    _check_finite_and_nonzero(v, source)
+    _check_article_order(bank.article_indices, bank.chunk_indices, source)
+
+    if bank.concept_texts is not None:
+        t = bank.concept_texts
+        _check_length(t, "concept_texts", n, source)
+        if t.dtype.kind not in "US":
+            raise BankError(f"{source}: key 'concept_texts' must be strings, got dtype {t.dtype}")
+    if bank.cpe_ids is not None:
+        _check_length(bank.cpe_ids, "cpe_ids", n, source)
+        if bank.cpe_ids.dtype.kind == "O":
+            raise BankError(f"{source}: key 'cpe_ids' is an object array; save it as str or int")
+    if bank.tmd_codes is not None:
+        codes = _int_column(bank.tmd_codes, "tmd_codes", n, source)
+        bad = np.flatnonzero((codes < 0) | (codes >= TMD_MAX))
+        if len(bad):
+            raise BankError(f"{source}: key 'tmd_codes' row {bad[0]}: value {codes[bad[0]]} "
+                            f"outside [0, {TMD_MAX}) (4+5+6 bit domain|task|modifier)")
+        bank.tmd_codes = codes.astype(np.uint16)
+
+    if normalize:
+        normalize_rows(v, source)
+    return bank
+
+
+def _check_length(a: np.ndarray, key: str, n: int, source: str) -> None:
+    if a.ndim != 1 or a.shape[0] != n:
+        raise BankError(f"{source}: key '{key}' has shape {a.shape}, expected ({n},) to match "
+                        f"'vectors'")
+
+
+def _int_column(a: np.ndarray, key: str, n: int, source: str) -> np.ndarray:
+    a = np.asarray(a)
+    _check_length(a, key, n, source)
+    if not np.issubdtype(a.dtype, np.integer):
+        raise BankError(f"{source}: key '{key}' must be integers, got dtype {a.dtype}")
+    return a.astype(np.int64, copy=False)
+
+
+def _check_finite_and_nonzero(v: np.ndarray, source: str) -> None:
+    for lo in range(0, v.shape[0], _BLOCK):
+        block = v[lo:lo + _BLOCK]
+        finite = np.isfinite(block).all(axis=1)
+        if not finite.all():
+            row = lo + int(np.argmin(finite))
+            raise BankError(f"{source}: key 'vectors' row {row} holds NaN or inf")
+        zero = ~block.any(axis=1)
+        if zero.any():
+            row = lo + int(np.argmax(zero))
+            raise BankError(f"{source}: key 'vectors' row {row} has zero norm")
+
+
+def _check_article_order(articles: np.ndarray, chunks: np.ndarray, source: str) -> None:
+    starts, ends = article_runs(articles)
+    run_articles = articles[starts]
+    order = np.argsort(run_articles, kind="stable")
+    dup = np.flatnonzero(run_articles[order][1:] == run_articles[order][:-1])
+    if len(dup):
+        first, second = order[dup[0]], order[dup[0] + 1]
+        a = run_articles[first]
+        raise BankError(
+            f"{source}: key 'article_indices' row {starts[second]}: article {a} is split into "
+            f"non-contiguous runs (rows {starts[first]}-{ends[first] - 1} and "
+            f"{starts[second]}-{ends[second] - 1}); an article's rows must be contiguous")
+    same_article = articles[1:] == articles[:-1]
+    backwards = np.flatnonzero(same_article & (chunks[1:] <= chunks[:-1]))
+    if len(backwards):
+        row = int(backwards[0]) + 1
+        raise BankError(
+            f"{source}: key 'chunk_indices' row {row}: chunk {chunks[row]} follows chunk "
+            f"{chunks[row - 1]} of article {articles[row]}; an article's chunks must be in "
+            f"increasing order")
+
+
+def normalize_rows(v: np.ndarray, source: str = "bank") -> None:
+    """L2-normalize (N, D) float32 rows in place, block by block, logging when anything changed."""
+    changed = 0
+    for lo in range(0, v.shape[0], _BLOCK):
+        block = v[lo:lo + _BLOCK]
+        norms = np.sqrt(np.einsum("ij,ij->i", block, block))
+        off = np.abs(norms - 1.0) > NORM_TOLERANCE
+        if off.any():
+            changed += int(off.sum())
+            block /= norms[:, None]
+    if changed:
+        log.warning("%s: %d of %d vectors were not unit length; normalized them", source,
+                    changed, v.shape[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# load / save
+
+
+def load_bank(path: str | os.PathLike, normalize: bool = True) -> Bank:
+    """Load and validate a bank `.npz` (and its sidecar `.json`, if present)."""
+    path = str(path)
+    if not os.path.exists(path):
+        raise BankError(f"{path}: no such file")
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise BankError(f"{path}: not a readable .npz file ({e})") from None
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise BankError(f"{path}: not an .npz archive (a single .npy array?)")
+    with npz:
+        missing = [k for k in REQUIRED_KEYS if k not in npz.files]
+        if missing:
+            raise BankError(f"{path}: missing key '{missing[0]}' (a bank needs "
+                            f"{', '.join(REQUIRED_KEYS)}; found {', '.join(npz.files) or 'none'})")
+        arrays = {}
+        for key in REQUIRED_KEYS + OPTIONAL_KEYS:
+            if key in npz.files:
+                try:
+                    arrays[key] = npz[key]
+                except ValueError as e:
+                    raise BankError(f"{path}: key '{key}' cannot be read without pickle ({e}); "
+                                    f"save it as a str/int array") from None
+    meta = {}
+    side = sidecar_path(path)
+    if side.exists():
+        try:
+            meta = json.loads(side.read_text())
+        except json.JSONDecodeError as e:
+            raise BankError(f"{side}: sidecar is not valid JSON ({e})") from None
+    bank = Bank(**arrays, meta=meta, path=path)
+    return validate(bank, source=path, normalize=normalize)
+
+
+def save_bank(bank: Bank, path: str | os.PathLike, meta: dict | None = None) -> dict:
+    """Write `path` (.npz) and its sidecar .json atomically; return the sidecar dict."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {"vectors": bank.vectors, "article_indices": bank.article_indices,
+              "chunk_indices": bank.chunk_indices}
+    for key in OPTIONAL_KEYS:
+        value = getattr(bank, key)
+        if value is not None:
+            arrays[key] = value
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+    sidecar = dict(bank.meta)
+    sidecar.update(meta or {})
+    sidecar.update(summary(bank))
+    sidecar["format_version"] = FORMAT_VERSION
+    atomic_write(sidecar_path(path), lambda f: f.write(json.dumps(sidecar, indent=2).encode()))
+    bank.meta, bank.path = sidecar, str(path)
+    return sidecar
+
+
+def atomic_write(path: str | os.PathLike, write) -> None:
+    """Call write(binary file) on a temp file beside `path`, then rename it over `path`."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def summary(bank: Bank) -> dict:
+    starts, ends = bank.article_bounds()
+    lengths = ends - starts
+    return {
+        "rows": bank.n,
+        "dim": bank.dim,
+        "articles": int(len(starts)),
+        "chunks_per_article": {
+            "min": int(lengths.min()), "mean": round(float(lengths.mean()), 3),
+            "median": float(np.median(lengths)), "max": int(lengths.max()),
+        },
+        "single_chunk_articles": int((lengths < 2).sum()),
+        "texts": bank.concept_texts is not None,
+        "tmd_codes": bank.tmd_codes is not None,
+        "cpe_ids": bank.cpe_ids is not None,
+        "fingerprint": bank.fingerprint(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m cascade.bank", description=__doc__.split("\n")[0])
+    p.add_argument("path", help="bank .npz")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        bank = load_bank(args.path)
+    except BankError as e:
+        print(f"invalid bank: {e}", file=sys.stderr)
+        return 2
+    s = summary(bank)
+    for key in ("synthetic", "corpus", "encoder"):
+        if key in bank.meta:
+            s[key] = bank.meta[key]
+    if args.json:
+        print(json.dumps(s, indent=2))
+        return 0
+    c = s["chunks_per_article"]
+    print(f"bank        {args.path}")
+    print(f"rows        {s['rows']:,}   dim {s['dim']}")
+    print(f"articles    {s['articles']:,}   chunks/article min {c['min']} mean {c['mean']} "
+          f"median {c['median']} max {c['max']}   single-chunk {s['single_chunk_articles']:,}")
+    print(f"texts       {'yes' if s['texts'] else 'no'}   tmd_codes "
+          f"{'yes' if s['tmd_codes'] else 'no'}   cpe_ids {'yes' if s['cpe_ids'] else 'no'}")
+    if "corpus" in s or "encoder" in s:
+        print(f"corpus      {s.get('corpus', '?')}   encoder {s.get('encoder', '?')}")
+    if s.get("synthetic"):
+        print("synthetic   yes (for tests and scale benchmarks; not real data)")
+    print(f"fingerprint {s['fingerprint']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
