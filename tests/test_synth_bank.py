@@ -42,7 +42,7 @@ def test_next_chunk_is_predictable_beyond_the_context(small_bank):
         return float(np.einsum("ij,ij->i", q, v[t[half:]]).mean())
 
     fitted, mean, last = cos(ctx[half:] @ weights), cos(ctx[half:].mean(-1)), cos(ctx[half:, :, 0])
-    assert fitted > last + 0.005 and fitted > mean + 0.05
+    assert fitted > last + 0.02 and fitted > mean + 0.02
 
 
 def test_cli(tmp_path):

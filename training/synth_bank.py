@@ -30,12 +30,12 @@ class SynthConfig:
     dim: int = 384  # vector dimension
     mean_chunks: int = 20  # mean chunks per article; lengths are uniform in [mean/2, 3*mean/2]
     topics: int = 12  # topic clusters (also the TMD domain of each row)
-    topic_weight: float = 0.6  # norm of the topic-centre component
-    article_weight: float = 0.5  # norm of the per-article offset
+    topic_weight: float = 0.8  # norm of the topic-centre component
+    article_weight: float = 0.2  # norm of the per-article offset
     arc_radius: float = 0.9  # radius of the trajectory arc
     step_min: float = 0.15  # angular step per chunk (radians), drawn per article
     step_max: float = 0.45
-    noise: float = 0.30  # norm of the per-chunk noise
+    noise: float = 1.0  # norm of the per-chunk noise
     seed: int = 0
 
 

@@ -1,0 +1,72 @@
+"""The FAISS index over the bank, and search that leaves out each query's own context rows.
+
+A context's rows are in the bank, so a last-vector query finds itself first. Stage 1 therefore
+excludes the context window [ctx_start, ctx_end) of each query, in evaluation and serving alike.
+"""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+
+FLAT_MAX_ROWS = 200_000  # above this, "auto" builds an IVF index
+
+
+def build_index(vectors: np.ndarray, kind: str = "auto", nprobe: int = 32,
+                seed: int = 0) -> faiss.Index:
+    """Inner-product index over unit (N, D) vectors: "flat" (exact), "ivf", or "auto"."""
+    n, d = vectors.shape
+    if kind == "auto":
+        kind = "flat" if n <= FLAT_MAX_ROWS else "ivf"
+    if kind == "flat":
+        index = faiss.IndexFlatIP(d)
+    elif kind == "ivf":
+        nlist = int(4 * np.sqrt(n))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        rng = np.random.default_rng(seed)
+        sample = vectors[rng.choice(n, size=min(n, 64 * nlist), replace=False)]
+        index.cp.seed = seed
+        index.train(sample)
+        index.nprobe = nprobe
+    else:
+        raise ValueError(f"unknown index kind {kind!r} (auto, flat, ivf)")
+    index.add(vectors)
+    return index
+
+
+def drop_rows(D: np.ndarray, I: np.ndarray, drop: np.ndarray, k: int
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Remove entries where `drop` (B, K') is True, keeping order; pad with -inf / -1 to k."""
+    drop = drop | (I < 0)
+    order = np.argsort(drop, axis=1, kind="stable")[:, :k]
+    D = np.take_along_axis(D, order, axis=1)
+    I = np.take_along_axis(I, order, axis=1)
+    gone = np.take_along_axis(drop, order, axis=1)
+    return np.where(gone, -np.inf, D).astype(np.float32), np.where(gone, -1, I)
+
+
+def search(index: faiss.Index, xq: np.ndarray, k: int, ctx_start: np.ndarray | None = None,
+           ctx_end: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k (D, I) for (B, D) queries, excluding each query's rows [ctx_start, ctx_end)."""
+    xq = np.ascontiguousarray(xq, dtype=np.float32)
+    if ctx_start is None:
+        return index.search(xq, k)
+    extra = int((ctx_end - ctx_start).max()) if len(xq) else 0
+    D, I = index.search(xq, min(k + extra, index.ntotal))
+    inside = (I >= ctx_start[:, None]) & (I < ctx_end[:, None])
+    D, I = drop_rows(D, I, inside, k)
+    if I.shape[1] < k:  # a bank smaller than k + context
+        pad = k - I.shape[1]
+        D = np.pad(D, ((0, 0), (0, pad)), constant_values=-np.inf)
+        I = np.pad(I, ((0, 0), (0, pad)), constant_values=-1)
+    return D, I
+
+
+def search_batched(index: faiss.Index, xq: np.ndarray, k: int, ctx_start: np.ndarray,
+                   ctx_end: np.ndarray, batch: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """`search` in query batches, bounding the (B, k + context) temporaries."""
+    parts = [search(index, xq[lo:lo + batch], k, ctx_start[lo:lo + batch], ctx_end[lo:lo + batch])
+             for lo in range(0, len(xq), batch)]
+    if not parts:
+        return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])

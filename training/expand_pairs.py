@@ -1,0 +1,212 @@
+"""Checklist step 2: expand next-chunk training pairs from a bank, split by article.
+
+    python -m training.expand_pairs --bank artifacts/wikipedia_vital_bank.npz \
+        --out artifacts/twotower/pairs_v4.npz --target-pairs 50000 --seed 42
+
+Per article, a pair's target is a chunk and its context the up-to `--context-len` chunks before
+it; targets are taken every `--stride` chunks from `--min-context` on, at most `--max-per-seq` per
+article (evenly spread). A pair whose target nearly duplicates (cos > 0.999) an earlier kept
+target is dropped. Train and val hold disjoint articles. Unset flags take per-bank defaults: short
+articles (median < 32 chunks, e.g. the default bank) use stride 1 and context 8, long ones the
+checklist's stride 32 / cap 30 / context 100.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from cascade.bank import Bank, BankError, atomic_write, load_bank
+from cascade.pairs import TRAIN, VAL, Pairs, save_pairs
+
+log = logging.getLogger(__name__)
+
+NEAR_DUP_COS = 0.999
+SHORT_FRACTION = 0.9  # fewer than 90% of --target-pairs counts as short (checklist: < 45k of 50k)
+RETRY_STRIDE, RETRY_MAX_PER_SEQ = 25, 40  # the checklist's aggressive retry
+
+
+@dataclass
+class ExpandConfig:
+    context_len: int | None = None  # max context chunks; None = per-bank default (8 or 100)
+    stride: int | None = None  # chunks between consecutive targets; None = per-bank (1 or 32)
+    max_per_seq: int | None = None  # pairs per article cap; None = per-bank (1000 or 30)
+    min_context: int = 1  # fewest context chunks a pair may have
+    target_pairs: int = 50_000  # how many pairs we hope for; fewer is reported, not an error
+    train_split: float = 0.9  # fraction of articles in train
+    seed: int = 42
+
+
+def defaults_for(bank: Bank) -> dict:
+    starts, ends = bank.article_bounds()
+    median = float(np.median(ends - starts))
+    if median < 32:
+        return {"context_len": 8, "stride": 1, "max_per_seq": 1000, "bank_kind": "short-article"}
+    return {"context_len": 100, "stride": 32, "max_per_seq": 30, "bank_kind": "long-article"}
+
+
+def resolve(cfg: ExpandConfig, bank: Bank) -> ExpandConfig:
+    d = defaults_for(bank)
+    return ExpandConfig(**{**asdict(cfg), **{k: d[k] for k in ("context_len", "stride",
+                                                                 "max_per_seq")
+                                             if getattr(cfg, k) is None}})
+
+
+def candidate_targets(bank: Bank, cfg: ExpandConfig) -> tuple[np.ndarray, dict]:
+    """Target rows of every window, article by article, in bank order."""
+    starts, ends = bank.article_bounds()
+    lengths = ends - starts
+    # Targets at chunk positions min_context, min_context + stride, ... < length.
+    n_full = np.maximum(0, -(-(lengths - cfg.min_context) // cfg.stride))
+    n_keep = np.minimum(n_full, cfg.max_per_seq)
+    article_of = np.repeat(np.arange(len(starts)), n_keep)
+    j = np.arange(int(n_keep.sum())) - np.repeat(np.cumsum(n_keep) - n_keep, n_keep)
+    # Evenly spread the kept windows over an article when the cap bites.
+    k = (j * n_full[article_of]) // np.maximum(n_keep[article_of], 1)
+    targets = starts[article_of] + cfg.min_context + k * cfg.stride
+    stats = {
+        "articles": int(len(starts)),
+        "articles_too_short": int((lengths < cfg.min_context + 1).sum()),
+        "articles_capped": int((n_full > cfg.max_per_seq).sum()),
+        "windows_before_cap": int(n_full.sum()),
+    }
+    return targets.astype(np.int64), stats
+
+
+def near_duplicate_mask(vectors: np.ndarray, threshold: float = NEAR_DUP_COS) -> np.ndarray:
+    """True for each row whose vector has cos > threshold with an earlier row (M, D) -> (M,)."""
+    index = faiss.IndexFlatIP(vectors.shape[1])
+    index.add(vectors)
+    lims, _, ids = index.range_search(vectors, threshold)
+    owner = np.repeat(np.arange(len(vectors)), np.diff(lims).astype(np.int64))
+    dup = np.zeros(len(vectors), dtype=bool)
+    dup[owner[ids < owner]] = True
+    return dup
+
+
+def split_by_article(articles: np.ndarray, train_split: float, seed: int) -> np.ndarray:
+    """Seeded article-level split: (P,) article id per pair -> (P,) TRAIN/VAL."""
+    unique = np.unique(articles)
+    order = np.random.default_rng(seed).permutation(len(unique))
+    n_train = int(round(train_split * len(unique)))
+    if len(unique) >= 2:
+        n_train = min(max(n_train, 1), len(unique) - 1)
+    is_val = np.zeros(len(unique), dtype=bool)
+    is_val[order[n_train:]] = True
+    return np.where(is_val[np.searchsorted(unique, articles)], VAL, TRAIN).astype(np.uint8)
+
+
+def expand_pairs(bank: Bank, cfg: ExpandConfig) -> Pairs:
+    """Build pairs from `bank` with a resolved `cfg`; counts go into `pairs.meta`."""
+    targets, stats = candidate_targets(bank, cfg)
+    dup = near_duplicate_mask(bank.vectors[targets]) if len(targets) else np.zeros(0, bool)
+    targets = targets[~dup]
+    articles = bank.article_indices[targets]
+    first_row = _article_start_of(bank, targets)
+    ctx_start = np.maximum(first_row, targets - cfg.context_len)
+    split = split_by_article(articles, cfg.train_split, cfg.seed)
+    lengths = targets - ctx_start
+    hist = np.bincount(lengths, minlength=cfg.context_len + 1)
+    meta = {
+        "config": asdict(cfg),
+        "bank": bank.path,
+        "bank_fingerprint": bank.fingerprint(),
+        "pairs": int(len(targets)),
+        "train_pairs": int((split == TRAIN).sum()),
+        "val_pairs": int((split == VAL).sum()),
+        "train_articles": int(len(np.unique(articles[split == TRAIN]))),
+        "val_articles": int(len(np.unique(articles[split == VAL]))),
+        "near_duplicate_targets_dropped": int(dup.sum()),
+        **stats,
+        "context_length_histogram": {str(i): int(c) for i, c in enumerate(hist) if c},
+        "mean_context_length": round(float(lengths.mean()), 3) if len(lengths) else 0.0,
+    }
+    return Pairs(ctx_start, targets.copy(), targets, split, bank.fingerprint(), meta)
+
+
+def _article_start_of(bank: Bank, rows: np.ndarray) -> np.ndarray:
+    starts, _ = bank.article_bounds()
+    return starts[np.searchsorted(starts, rows, side="right") - 1]
+
+
+def shortfall_advice(n: int, cfg: ExpandConfig) -> str:
+    return (f"only {n:,} pairs, short of --target-pairs {cfg.target_pairs:,}. To get more: lower "
+            f"--stride (now {cfg.stride}), raise --max-per-seq (now {cfg.max_per_seq}), or ingest "
+            f"more articles (the checklist's retry is --stride {RETRY_STRIDE} --max-per-seq "
+            f"{RETRY_MAX_PER_SEQ}; --auto-retry does it)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    d = ExpandConfig()
+    p = argparse.ArgumentParser(prog="python -m training.expand_pairs",
+                                description=__doc__.split("\n")[0])
+    p.add_argument("--bank", default="artifacts/wikipedia_vital_bank.npz")
+    p.add_argument("--out", default="artifacts/twotower/pairs_v4.npz")
+    p.add_argument("--context-len", type=int, default=d.context_len)
+    p.add_argument("--stride", type=int, default=d.stride)
+    p.add_argument("--max-per-seq", type=int, default=d.max_per_seq)
+    p.add_argument("--min-context", type=int, default=d.min_context)
+    p.add_argument("--target-pairs", type=int, default=d.target_pairs)
+    p.add_argument("--train-split", type=float, default=d.train_split)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--auto-retry", action="store_true",
+                   help=f"if short, retry once with --stride {RETRY_STRIDE} --max-per-seq "
+                        f"{RETRY_MAX_PER_SEQ}")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+
+    for name in ("context_len", "stride", "max_per_seq", "min_context", "target_pairs"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            print(f"error: --{name.replace('_', '-')} must be >= 1, got {value}", file=sys.stderr)
+            return 2
+    if not 0.0 < args.train_split < 1.0:
+        print(f"error: --train-split must be in (0, 1), got {args.train_split}", file=sys.stderr)
+        return 2
+    try:
+        bank = load_bank(args.bank)
+    except BankError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    t0 = time.perf_counter()
+    cfg = resolve(ExpandConfig(**{k: getattr(args, k) for k in asdict(d)}), bank)
+    pairs = expand_pairs(bank, cfg)
+    retried = False
+    if len(pairs) < SHORT_FRACTION * cfg.target_pairs:
+        print(f"warning: {shortfall_advice(len(pairs), cfg)}")
+        if args.auto_retry and (cfg.stride > RETRY_STRIDE or cfg.max_per_seq < RETRY_MAX_PER_SEQ):
+            cfg = ExpandConfig(**{**asdict(cfg), "stride": min(cfg.stride, RETRY_STRIDE),
+                                  "max_per_seq": max(cfg.max_per_seq, RETRY_MAX_PER_SEQ)})
+            print(f"retrying with --stride {cfg.stride} --max-per-seq {cfg.max_per_seq}")
+            pairs, retried = expand_pairs(bank, cfg), True
+            if len(pairs) < SHORT_FRACTION * cfg.target_pairs:
+                print(f"warning: after the retry, {shortfall_advice(len(pairs), cfg)}")
+    pairs.meta.update({"retried": retried, "seconds": round(time.perf_counter() - t0, 2),
+                       "bank_kind": defaults_for(bank)["bank_kind"], "out": args.out})
+    save_pairs(pairs, args.out)
+    manifest_path = Path(args.out).with_suffix(".json")
+    atomic_write(manifest_path, lambda f: f.write(json.dumps(pairs.meta, indent=2).encode()))
+
+    m = pairs.meta
+    print(f"wrote {args.out}: {m['pairs']:,} pairs (train {m['train_pairs']:,} from "
+          f"{m['train_articles']:,} articles, val {m['val_pairs']:,} from {m['val_articles']:,}) "
+          f"in {m['seconds']}s")
+    print(f"  stride {cfg.stride}, context <= {cfg.context_len}, cap {cfg.max_per_seq}/article; "
+          f"{m['articles_too_short']:,} articles too short, {m['articles_capped']:,} capped, "
+          f"{m['near_duplicate_targets_dropped']:,} near-duplicate targets dropped; "
+          f"mean context {m['mean_context_length']}")
+    print(f"  manifest {manifest_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
