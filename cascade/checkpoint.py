@@ -1,0 +1,80 @@
+"""Checkpoints: state dicts + config + metrics + bank fingerprint, written atomically.
+
+Loadable with `torch.load(..., weights_only=True)`: only tensors, numbers, strings, lists and
+dicts go in. The model's architecture comes from the checkpoint's own MODEL_CONFIG.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from cascade.towers import DocTower, QueryTower, TowerConfig, build_towers
+
+FORMAT_VERSION = 1
+# Checkpoint keys, named once.
+FORMAT = "format_version"
+QUERY_TOWER = "query_tower"
+DOC_TOWER = "doc_tower"
+MODEL_CONFIG = "model_config"
+CONFIG = "config"
+EPOCH = "epoch"
+METRICS = "metrics"
+BEST_METRIC = "best_metric"
+BANK_FINGERPRINT = "bank_fingerprint"
+TRAIN_STATE = "train_state"  # optimizer, step, memory bank, RNG, history: only in last.pt
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable, or for another bank or format."""
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
+    """torch.save to a temp file beside `path`, then rename: never a half-written checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save({FORMAT: FORMAT_VERSION, **state}, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(path: str | os.PathLike, bank_fingerprint: str | None = None) -> dict:
+    path = str(path)
+    if not os.path.exists(path):
+        raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for a corrupt or foreign file
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:200]})") from None
+    version = ckpt.get(FORMAT) if isinstance(ckpt, dict) else None
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: not a v{FORMAT_VERSION} tower checkpoint "
+                              f"(key '{FORMAT}' is {version})")
+    for key in (QUERY_TOWER, DOC_TOWER, MODEL_CONFIG):
+        if key not in ckpt:
+            raise CheckpointError(f"{path}: missing key '{key}'")
+    if bank_fingerprint and ckpt.get(BANK_FINGERPRINT) not in (None, bank_fingerprint):
+        raise CheckpointError(f"{path}: trained on another bank ({ckpt[BANK_FINGERPRINT][:19]}..., "
+                              f"this bank is {bank_fingerprint[:19]}...)")
+    return ckpt
+
+
+def load_towers(path: str | os.PathLike, bank_fingerprint: str | None = None
+                ) -> tuple[QueryTower, DocTower, dict]:
+    """Rebuild both towers from a checkpoint's own config; returns them in eval mode."""
+    ckpt = load_checkpoint(path, bank_fingerprint)
+    cfg = TowerConfig.from_dict(ckpt[MODEL_CONFIG])
+    query, doc = build_towers(cfg)
+    query.load_state_dict(ckpt[QUERY_TOWER])
+    doc.load_state_dict(ckpt[DOC_TOWER])
+    return query.eval(), doc.eval(), ckpt

@@ -1,0 +1,150 @@
+"""The two towers: a query tower (context -> query vector) and a doc tower (bank row -> vector).
+
+The query tower starts as the exp-weighted heuristic and learns a residual correction: its output
+projection is zero at initialization, so an untrained tower *is* the heuristic and training can
+only move away from it where the data says so. Variants (GRU, mean-MLP, transformer) implement only
+`encode`; the base owns the heuristic start, the residual and the normalization.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class TowerConfig:
+    kind: str = "gru"  # query tower: gru | mean_mlp | transformer
+    dim: int = 384  # bank vector dimension (input and output); set from the bank
+    hidden: int = 512  # hidden width of the encoder
+    layers: int = 1  # GRU / transformer layers
+    heads: int = 4  # transformer attention heads
+    max_len: int = 100  # the tower reads the last max_len context chunks
+    dropout: float = 0.0
+    residual: bool = True  # add the encoder's output to the exp-weighted heuristic query
+    alpha: float = 0.1  # the heuristic's exp(-alpha * age) weighting
+    doc: str = "identity"  # doc tower: identity | mlp
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TowerConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def exp_weighted_torch(ctx: torch.Tensor, mask: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Torch twin of cascade.query.exp_weighted: (B, L, D), (B, L) bool -> (B, D) unit."""
+    lengths = mask.sum(dim=1, keepdim=True)
+    age = (lengths - 1 - torch.arange(mask.shape[1], device=mask.device)[None, :]).clamp(min=0)
+    w = torch.exp(-alpha * age.to(ctx.dtype)) * mask.to(ctx.dtype)
+    return F.normalize(torch.einsum("bl,bld->bd", w, ctx), dim=-1)
+
+
+class QueryTower(nn.Module):
+    """Base: forward(ctx, mask) -> unit query. Subclasses implement encode -> (B, hidden)."""
+
+    def __init__(self, cfg: TowerConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.out = nn.Linear(cfg.hidden, cfg.dim)
+        if cfg.residual:
+            nn.init.zeros_(self.out.weight)
+            nn.init.zeros_(self.out.bias)
+
+    def encode(self, ctx: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, ctx: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """ctx (B, L, D) left-aligned context vectors, mask (B, L) True at real chunks."""
+        delta = self.out(self.encode(ctx, mask))
+        if self.cfg.residual:
+            delta = delta + exp_weighted_torch(ctx, mask, self.cfg.alpha)
+        return F.normalize(delta, dim=-1)
+
+
+class GRUTower(QueryTower):
+    def __init__(self, cfg: TowerConfig):
+        super().__init__(cfg)
+        self.gru = nn.GRU(cfg.dim, cfg.hidden, num_layers=cfg.layers, batch_first=True,
+                          dropout=cfg.dropout if cfg.layers > 1 else 0.0)
+
+    def encode(self, ctx: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        lengths = mask.sum(dim=1).cpu()
+        packed = nn.utils.rnn.pack_padded_sequence(ctx, lengths, batch_first=True,
+                                                   enforce_sorted=False)
+        _, h = self.gru(packed)
+        return h[-1]
+
+
+class MeanMLPTower(QueryTower):
+    def __init__(self, cfg: TowerConfig):
+        super().__init__(cfg)
+        # Mean of the context and its last chunk: the MLP can extrapolate from their difference.
+        self.mlp = nn.Sequential(nn.Linear(2 * cfg.dim, cfg.hidden), nn.GELU(),
+                                 nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, cfg.hidden),
+                                 nn.GELU())
+
+    def encode(self, ctx: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        m = mask.to(ctx.dtype).unsqueeze(-1)
+        mean = (ctx * m).sum(1) / m.sum(1).clamp(min=1)
+        last = ctx[torch.arange(len(ctx)), mask.sum(1) - 1]
+        return self.mlp(torch.cat([mean, last], dim=-1))
+
+
+class TransformerTower(QueryTower):
+    def __init__(self, cfg: TowerConfig):
+        super().__init__(cfg)
+        self.inp = nn.Linear(cfg.dim, cfg.hidden)
+        self.pos = nn.Embedding(cfg.max_len, cfg.hidden)
+        layer = nn.TransformerEncoderLayer(cfg.hidden, cfg.heads, 2 * cfg.hidden, cfg.dropout,
+                                           batch_first=True, norm_first=True)
+        self.enc = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
+
+    def encode(self, ctx: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # Positions count back from the last chunk, so "the last chunk" has one embedding.
+        lengths = mask.sum(dim=1, keepdim=True)
+        age = (lengths - 1 - torch.arange(ctx.shape[1], device=ctx.device)[None, :]).clamp(min=0)
+        x = self.inp(ctx) + self.pos(age.clamp(max=self.cfg.max_len - 1))
+        x = self.enc(x, src_key_padding_mask=~mask)
+        return x[torch.arange(len(x)), lengths.squeeze(1) - 1]
+
+
+class DocTower(nn.Module):
+    """identity, or a residual MLP (zero-initialized, so it starts as the identity)."""
+
+    def __init__(self, cfg: TowerConfig):
+        super().__init__()
+        self.kind = cfg.doc
+        if cfg.doc == "mlp":
+            self.mlp = nn.Sequential(nn.Linear(cfg.dim, cfg.hidden), nn.GELU(),
+                                     nn.Linear(cfg.hidden, cfg.dim))
+            nn.init.zeros_(self.mlp[-1].weight)
+            nn.init.zeros_(self.mlp[-1].bias)
+        elif cfg.doc != "identity":
+            raise ValueError(f"unknown doc tower {cfg.doc!r} (identity, mlp)")
+
+    @property
+    def is_identity(self) -> bool:
+        return self.kind == "identity"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.is_identity:
+            return x
+        return F.normalize(x + self.mlp(x), dim=-1)
+
+
+QUERY_TOWERS = {"gru": GRUTower, "mean_mlp": MeanMLPTower, "transformer": TransformerTower}
+
+
+def build_towers(cfg: TowerConfig) -> tuple[QueryTower, DocTower]:
+    if cfg.kind not in QUERY_TOWERS:
+        raise ValueError(f"unknown query tower {cfg.kind!r} ({', '.join(QUERY_TOWERS)})")
+    return QUERY_TOWERS[cfg.kind](cfg), DocTower(cfg)

@@ -1,0 +1,40 @@
+"""A FIFO memory bank of recent doc vectors (detached) and their bank rows, used as negatives."""
+
+from __future__ import annotations
+
+import torch
+
+
+class MemoryBank:
+    def __init__(self, size: int, dim: int):
+        self.size = size
+        self.vectors = torch.zeros(size, dim)
+        self.rows = torch.full((size,), -1, dtype=torch.long)
+        self.ptr = 0
+        self.filled = 0
+
+    def push(self, vectors: torch.Tensor, rows: torch.Tensor) -> None:
+        if self.size == 0:
+            return
+        vectors, rows = vectors.detach()[-self.size:], rows[-self.size:]
+        idx = (self.ptr + torch.arange(len(rows))) % self.size
+        self.vectors[idx] = vectors
+        self.rows[idx] = rows
+        self.ptr = int((self.ptr + len(rows)) % self.size)
+        self.filled = min(self.size, self.filled + len(rows))
+
+    def get(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.vectors[:self.filled], self.rows[:self.filled]
+
+    def state_dict(self) -> dict:
+        return {"vectors": self.vectors[:self.filled].clone(),
+                "rows": self.rows[:self.filled].clone(), "ptr": self.ptr, "size": self.size}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["size"] != self.size:
+            raise ValueError(f"memory bank size {state['size']} in the checkpoint, {self.size} "
+                             f"in the config")
+        n = len(state["rows"])
+        self.vectors[:n] = state["vectors"]
+        self.rows[:n] = state["rows"]
+        self.filled, self.ptr = n, int(state["ptr"])

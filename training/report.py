@@ -1,0 +1,80 @@
+"""Side-by-side comparison of stage-1 methods on one split, and the run's report.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from cascade.bank import Bank, atomic_write
+from cascade.checkpoint import load_towers
+from cascade.encode import encode_docs, encode_queries
+from cascade.evaluation import evaluate
+from cascade.index import build_index
+from cascade.pairs import Pairs
+from cascade.query import heuristic_queries
+
+
+def method_queries(kind: str, source, bank: Bank, pairs: Pairs) -> tuple[np.ndarray, np.ndarray]:
+    """(queries, doc vectors) for one method: a checkpoint, a heuristic, or the oracle."""
+    if kind == "checkpoint":
+        query, doc, _ = load_towers(source, bank.fingerprint())
+        return encode_queries(query, bank.vectors, pairs), encode_docs(doc, bank.vectors)
+    if kind == "oracle":  # the target itself: the ceiling any stage 1 could reach
+        return bank.vectors[pairs.target], bank.vectors
+    return heuristic_queries(bank.vectors, pairs, kind), bank.vectors
+
+
+def compare_methods(bank: Bank, pairs: Pairs, methods: dict[str, tuple], ks: tuple[int, ...],
+                    index_kind: str = "auto", seed: int = 0) -> tuple[dict, dict]:
+    """Evaluate each method on `pairs`: -> ({name: metrics}, {name: ranks})."""
+    table, ranks, indexes = {}, {}, {}
+    for name, (kind, source) in methods.items():
+        q, docs = method_queries(kind, source, bank, pairs)
+        key = id(docs)
+        if key not in indexes:
+            indexes[key] = build_index(docs, index_kind, seed=seed)
+        view = bank if docs is bank.vectors else Bank(
+            docs, bank.article_indices, bank.chunk_indices, path=bank.path)
+        table[name], ranks[name] = evaluate(q, pairs, view, indexes[key], ks)
+    return table, ranks
+
+
+def methods_markdown(table: dict, ks: tuple[int, ...]) -> str:
+    head = "| method | " + " | ".join(f"R@{k} (95% CI)" for k in ks) + " | MRR | Δ |"
+    sep = "|---" * (len(ks) + 3) + "|"
+    rows = [head, sep]
+    for name, m in table.items():
+        cells = " | ".join(f"{m[f'recall@{k}']:.2f} ({m[f'recall@{k}_ci95'][0]:.1f}-"
+                           f"{m[f'recall@{k}_ci95'][1]:.1f})" for k in ks)
+        rows.append(f"| {name} | {cells} | {m['mrr']:.4f} | {m['margin']:.4f} |")
+    return "\n".join(rows)
+
+
+def write_report(path: Path, cfg, history: list[dict], result: dict) -> None:
+    ks = tuple(cfg.eval_ks)
+    lines = [f"# {cfg.name} report", "",
+             f"Bank `{cfg.bank}`, pairs `{cfg.pairs}`, {cfg.epochs} epochs, "
+             f"{cfg.model.kind} query tower, schedule `{cfg.mine_schedule}`.", ""]
+    if result.get("verdict") == "aborted":
+        lines += [f"**Aborted** at epoch {result['epoch']}: {result['reason']}.", ""]
+    else:
+        lines += [f"**Verdict: {result['verdict']}** ({result['metric']} {result['value']:.2f}%, "
+                  f"best epoch {result['best_epoch']}). Stage 1: **{result['stage1']}**: "
+                  f"{result['reason']}.", ""]
+        if "methods" in result:
+            lines += [f"## Val split ({result['val_pairs']} pairs), context rows excluded", "",
+                      methods_markdown(result["methods"], ks), ""]
+    if "mid_gate" in result:
+        mg = result["mid_gate"]
+        lines += [f"Mid-gate (epoch {mg['epoch']}): {mg['metric']} {mg['value']:.2f}% vs "
+                  f"{mg['threshold']}%: {mg['status']} ({mg['note']}).", ""]
+    lines += ["## Next actions", ""] + [f"- {a}" for a in result.get("actions", [])] + [""]
+    lines += ["## History", "", "| epoch | loss | R@10 | R@500 | MRR | Δ | curriculum | s |",
+              "|---|---|---|---|---|---|---|---|"]
+    for h in history:
+        lines.append(f"| {h['epoch']} | {h['loss']:.4f} | {h.get('recall@10', float('nan')):.2f} "
+                     f"| {h.get('recall@500', float('nan')):.2f} | {h['mrr']:.4f} | "
+                     f"{h['margin']:.4f} | {h['curriculum']} | {h['seconds']:.1f} |")
+    text = "\n".join(lines) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode()))
