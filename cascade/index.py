@@ -42,7 +42,12 @@ def drop_rows(D: np.ndarray, I: np.ndarray, drop: np.ndarray, k: int
     D = np.take_along_axis(D, order, axis=1)
     I = np.take_along_axis(I, order, axis=1)
     gone = np.take_along_axis(drop, order, axis=1)
-    return np.where(gone, -np.inf, D).astype(np.float32), np.where(gone, -1, I)
+    D, I = np.where(gone, -np.inf, D).astype(np.float32), np.where(gone, -1, I)
+    if I.shape[1] < k:  # fewer candidates than k
+        pad = ((0, 0), (0, k - I.shape[1]))
+        D = np.pad(D, pad, constant_values=-np.inf)
+        I = np.pad(I, pad, constant_values=-1)
+    return D, I
 
 
 def search(index: faiss.Index, xq: np.ndarray, k: int, ctx_start: np.ndarray | None = None,
@@ -50,16 +55,12 @@ def search(index: faiss.Index, xq: np.ndarray, k: int, ctx_start: np.ndarray | N
     """Top-k (D, I) for (B, D) queries, excluding each query's rows [ctx_start, ctx_end)."""
     xq = np.ascontiguousarray(xq, dtype=np.float32)
     if ctx_start is None:
-        return index.search(xq, k)
+        D, I = index.search(xq, k)
+        return np.where(I < 0, -np.inf, D).astype(np.float32), I  # faiss pads with -FLT_MAX
     extra = int((ctx_end - ctx_start).max()) if len(xq) else 0
     D, I = index.search(xq, min(k + extra, index.ntotal))
     inside = (I >= ctx_start[:, None]) & (I < ctx_end[:, None])
-    D, I = drop_rows(D, I, inside, k)
-    if I.shape[1] < k:  # a bank smaller than k + context
-        pad = k - I.shape[1]
-        D = np.pad(D, ((0, 0), (0, pad)), constant_values=-np.inf)
-        I = np.pad(I, ((0, 0), (0, pad)), constant_values=-1)
-    return D, I
+    return drop_rows(D, I, inside, k)  # pads to k when the bank is smaller than k + context
 
 
 def search_batched(index: faiss.Index, xq: np.ndarray, k: int, ctx_start: np.ndarray,

@@ -25,7 +25,7 @@ class Negatives:
     # Over the raw top-n of each query (before cleaning), how often it held:
     positive_rate: float  # the positive itself
     same_article_rate: float  # another row of the positive's article
-    near_dup_rate: float  # a row with cos > threshold to both q and the positive
+    near_dup_rate: float  # of the top-n slots: a near-duplicate of the positive (cos > thr.)
     dropped_fraction: float  # candidates the cleaning removed, of all considered
 
 
@@ -54,7 +54,9 @@ def clean_negatives(q: np.ndarray, D: np.ndarray, I: np.ndarray, vectors: np.nda
         top = slice(0, n)
         raw_pos += is_pos[:, top].any(axis=1).sum()
         raw_same += (same_article & ~is_pos)[:, top].any(axis=1).sum()
-        raw_dup += (near_dup & (Db > threshold) & ~is_pos)[:, top].sum()
+        # A near-duplicate of the positive is a false negative whatever its cos to q: count
+        # what the filter removes (requiring cos(q, .) > threshold too counted ~nothing).
+        raw_dup += (near_dup & valid & ~is_pos)[:, top].sum()
         drop = is_pos | near_dup | (Db < cos_min) | (Db > cos_max) | ~valid
         dropped += int((drop & valid).sum())
         considered += int(valid.sum())

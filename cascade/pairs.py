@@ -21,6 +21,7 @@ from cascade.bank import Bank, atomic_write
 FORMAT_VERSION = 1
 TRAIN, VAL = 0, 1
 KEYS = ("ctx_start", "ctx_end", "target", "split")
+_ROW_MAX = np.iinfo(np.int64).max
 
 
 class PairsError(ValueError):
@@ -109,6 +110,14 @@ def load_pairs(path: str | os.PathLike, bank: Bank | None = None) -> Pairs:
             raise PairsError(f"{path}: key '{key}' has shape {col.shape}, expected ({n},)")
         if not np.issubdtype(col.dtype, np.integer):
             raise PairsError(f"{path}: key '{key}' must be integers, got dtype {col.dtype}")
+    # Range checks on the stored values, before the casts below can wrap them (256 -> uint8 0).
+    for key, hi in (("ctx_start", _ROW_MAX), ("ctx_end", _ROW_MAX), ("target", _ROW_MAX),
+                    ("split", VAL)):
+        col = cols[key]
+        bad = np.flatnonzero((col < 0) | (col > hi))
+        if len(bad):
+            what = "(0 = train, 1 = val)" if key == "split" else "is not a bank row"
+            raise PairsError(f"{path}: key '{key}' row {bad[0]}: value {col[bad[0]]} {what}")
     pairs = Pairs(cols["ctx_start"].astype(np.int64), cols["ctx_end"].astype(np.int64),
                   cols["target"].astype(np.int64), cols["split"].astype(np.uint8),
                   fingerprint, meta, path)
@@ -116,10 +125,6 @@ def load_pairs(path: str | os.PathLike, bank: Bank | None = None) -> Pairs:
     if len(empty):
         raise PairsError(f"{path}: key 'ctx_end' row {empty[0]}: empty context "
                          f"[{pairs.ctx_start[empty[0]]}, {pairs.ctx_end[empty[0]]})")
-    bad_split = np.flatnonzero(pairs.split > VAL)
-    if len(bad_split):
-        raise PairsError(f"{path}: key 'split' row {bad_split[0]}: value "
-                         f"{pairs.split[bad_split[0]]} (0 = train, 1 = val)")
     if bank is not None:
         check_against_bank(pairs, bank, source=path)
     return pairs

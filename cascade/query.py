@@ -42,6 +42,8 @@ def last_vector(ctx: np.ndarray, mask: np.ndarray) -> np.ndarray:
 def heuristic_queries(vectors: np.ndarray, pairs: Pairs, kind: str = "exp_weighted",
                       alpha: float = DEFAULT_ALPHA, max_len: int | None = None) -> np.ndarray:
     """Queries for every pair, batched so no (P, L, D) gather is ever built: -> (P, D)."""
+    if kind not in ("exp_weighted", "last_vector"):  # checked up front: also with no pairs
+        raise ValueError(f"unknown heuristic {kind!r} (exp_weighted, last_vector)")
     out = np.empty((len(pairs), vectors.shape[1]), dtype=np.float32)
     for lo in range(0, len(pairs), _BATCH):
         rows, mask = context_windows(pairs.subset(np.arange(lo, min(lo + _BATCH, len(pairs)))),
@@ -49,8 +51,6 @@ def heuristic_queries(vectors: np.ndarray, pairs: Pairs, kind: str = "exp_weight
         ctx = vectors[rows]
         if kind == "exp_weighted":
             out[lo:lo + len(rows)] = exp_weighted(ctx, mask, alpha)
-        elif kind == "last_vector":
-            out[lo:lo + len(rows)] = last_vector(ctx, mask)
         else:
-            raise ValueError(f"unknown heuristic {kind!r} (exp_weighted, last_vector)")
+            out[lo:lo + len(rows)] = last_vector(ctx, mask)
     return out

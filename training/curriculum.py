@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import numpy as np
+
 _SEGMENT = re.compile(
     r"^\s*(\d+)\s*-\s*(\d+)\s*:\s*(?:(none)|(\d+)\s*@\s*([0-9.]+)\s*-\s*([0-9.]+))\s*$")
 
@@ -30,7 +32,12 @@ class Segment:
     def __str__(self) -> str:
         if self.count == 0:
             return f"{self.first}-{self.last}:none"
-        return f"{self.first}-{self.last}:{self.count}@{self.cos_min:g}-{self.cos_max:g}"
+        return f"{self.first}-{self.last}:{self.count}@{_num(self.cos_min)}-{_num(self.cos_max)}"
+
+
+def _num(x: float) -> str:
+    """Shortest positional text that parses back to x (`:g` kept 6 digits, no round trip)."""
+    return np.format_float_positional(x, trim="-")
 
 
 def parse_schedule(text: str) -> list[Segment]:
