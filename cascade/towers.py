@@ -40,11 +40,18 @@ class TowerConfig:
         return asdict(self)
 
 
-def exp_weighted_torch(ctx: torch.Tensor, mask: torch.Tensor, alpha: float) -> torch.Tensor:
-    """Torch twin of cascade.query.exp_weighted: (B, L, D), (B, L) bool -> (B, D) unit."""
+def ages(mask: torch.Tensor) -> torch.Tensor:
+    """(B, L) left-aligned mask -> chunks back from the last one (0 = last chunk; 0 at padding)."""
     lengths = mask.sum(dim=1, keepdim=True)
-    age = (lengths - 1 - torch.arange(mask.shape[1], device=mask.device)[None, :]).clamp(min=0)
-    w = torch.exp(-alpha * age.to(ctx.dtype)) * mask.to(ctx.dtype)
+    return (lengths - 1 - torch.arange(mask.shape[1], device=mask.device)[None, :]).clamp(min=0)
+
+
+def age_weighted(ctx: torch.Tensor, mask: torch.Tensor, log_weights: torch.Tensor) -> torch.Tensor:
+    """sum_i exp(log_weights[age_i]) * ctx_i, normalized: (B, L, D), (B, L) -> (B, D).
+
+    With log_weights = -alpha * age this is cascade.query.exp_weighted, the heuristic."""
+    age = ages(mask).clamp(max=len(log_weights) - 1)
+    w = torch.exp(log_weights[age]) * mask.to(ctx.dtype)
     return F.normalize(torch.einsum("bl,bld->bd", w, ctx), dim=-1)
 
 
@@ -58,6 +65,10 @@ class QueryTower(nn.Module):
         if cfg.residual:
             nn.init.zeros_(self.out.weight)
             nn.init.zeros_(self.out.bias)
+            # The base's weight per age starts at the heuristic's exp(-alpha * age) and is
+            # learned: the data decides how much recency matters.
+            self.age_log_weights = nn.Parameter(-cfg.alpha * torch.arange(cfg.max_len,
+                                                                          dtype=torch.float32))
 
     def encode(self, ctx: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -66,7 +77,7 @@ class QueryTower(nn.Module):
         """ctx (B, L, D) left-aligned context vectors, mask (B, L) True at real chunks."""
         delta = self.out(self.encode(ctx, mask))
         if self.cfg.residual:
-            delta = delta + exp_weighted_torch(ctx, mask, self.cfg.alpha)
+            delta = delta + age_weighted(ctx, mask, self.age_log_weights)
         return F.normalize(delta, dim=-1)
 
 
@@ -110,11 +121,9 @@ class TransformerTower(QueryTower):
 
     def encode(self, ctx: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         # Positions count back from the last chunk, so "the last chunk" has one embedding.
-        lengths = mask.sum(dim=1, keepdim=True)
-        age = (lengths - 1 - torch.arange(ctx.shape[1], device=ctx.device)[None, :]).clamp(min=0)
-        x = self.inp(ctx) + self.pos(age.clamp(max=self.cfg.max_len - 1))
+        x = self.inp(ctx) + self.pos(ages(mask).clamp(max=self.cfg.max_len - 1))
         x = self.enc(x, src_key_padding_mask=~mask)
-        return x[torch.arange(len(x)), lengths.squeeze(1) - 1]
+        return x[torch.arange(len(x)), mask.sum(dim=1) - 1]
 
 
 class DocTower(nn.Module):
