@@ -73,8 +73,12 @@ def load_towers(path: str | os.PathLike, bank_fingerprint: str | None = None
                 ) -> tuple[QueryTower, DocTower, dict]:
     """Rebuild both towers from a checkpoint's own config; returns them in eval mode."""
     ckpt = load_checkpoint(path, bank_fingerprint)
-    cfg = TowerConfig.from_dict(ckpt[MODEL_CONFIG])
-    query, doc = build_towers(cfg)
-    query.load_state_dict(ckpt[QUERY_TOWER])
-    doc.load_state_dict(ckpt[DOC_TOWER])
+    try:
+        cfg = TowerConfig.from_dict(ckpt[MODEL_CONFIG])
+        query, doc = build_towers(cfg)
+        query.load_state_dict(ckpt[QUERY_TOWER])
+        doc.load_state_dict(ckpt[DOC_TOWER])
+    except (ValueError, TypeError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: weights do not match its model config "
+                              f"({str(e).splitlines()[0][:200]})") from None
     return query.eval(), doc.eval(), ckpt

@@ -101,9 +101,13 @@ def load_pairs(path: str | os.PathLike, bank: Bank | None = None) -> Pairs:
         if missing:
             raise PairsError(f"{path}: missing key '{missing[0]}' (pairs need {', '.join(KEYS)}; "
                              f"found {', '.join(npz.files) or 'none'})")
-        cols = {k: npz[k] for k in KEYS}
-        fingerprint = str(npz["bank_fingerprint"]) if "bank_fingerprint" in npz.files else ""
-        meta = json.loads(str(npz["meta"])) if "meta" in npz.files else {}
+        try:
+            cols = {k: npz[k] for k in KEYS}
+            fingerprint = str(npz["bank_fingerprint"]) if "bank_fingerprint" in npz.files else ""
+            meta = json.loads(str(npz["meta"])) if "meta" in npz.files else {}
+        except ValueError as e:  # an object array (needs pickle) or a corrupt meta JSON
+            raise PairsError(f"{path}: unreadable content ({str(e).splitlines()[0][:200]})"
+                             ) from None
     n = len(cols["target"])
     for key, col in cols.items():
         if col.ndim != 1 or len(col) != n:

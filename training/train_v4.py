@@ -169,7 +169,7 @@ def train_epoch(query, doc, optimizer, memory: MemoryBank, bank: Bank, train: Pa
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        bar.set_postfix(loss=f"{float(parts['loss']):.3f}")
+        bar.set_postfix(loss=f"{float(parts['loss'].detach()):.3f}")
     means = {k: v / len(train) for k, v in sums.items()}
     means["lr"] = lr
     return means, step

@@ -1,0 +1,248 @@
+"""The v4 trainer: config, LR schedule, loss masking, memory bank, checkpoints, resume, abort."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from cascade import checkpoint as ck
+from cascade.bank import save_bank
+from cascade.pairs import save_pairs
+from training.config import CONFIG_DIR, ConfigError, load_config
+from training.expand_pairs import ExpandConfig, expand_pairs
+from training.losses import contrastive_loss
+from training.memory_bank import MemoryBank
+from training.synth_bank import SynthConfig, synth_bank
+from training.train_v4 import EXIT_ABORT, lr_at, train
+
+TINY = {"bs": 32, "accum": 2, "epochs": 4, "lr": 3e-3, "lr_min": 1e-4, "memory_bank_size": 256,
+        "mine_schedule": "0-2:none;3-4:4@0.0-0.99", "index": "flat", "threads": 1,
+        "eval_ks": [10, 100], "select_metric": "recall@100", "checkpoint_every": 2,
+        "model": {"hidden": 16, "max_len": 6},
+        "gates": {"metric": "recall@100", "mid_epoch": 2, "mid": 50.0, "success": 90.0,
+                  "partial": 60.0},
+        "abort": {"margin": -1.0}}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A 1,500-row synthetic bank and its pairs on disk."""
+    root = tmp_path_factory.mktemp("tiny")
+    bank = synth_bank(SynthConfig(n=1500, dim=16, mean_chunks=10, topics=3, seed=3))
+    save_bank(bank, root / "bank.npz")
+    pairs = expand_pairs(bank, ExpandConfig(context_len=6, stride=1, max_per_seq=100,
+                                            train_split=0.8, seed=1))
+    save_pairs(pairs, root / "pairs.npz")
+    return root
+
+
+def tiny_cfg(root: Path, out: str, **extra):
+    overrides = {**TINY, "bank": str(root / "bank.npz"), "pairs": str(root / "pairs.npz"),
+                 "out": str(root / out), "log_dir": str(root / "logs"), **extra}
+    return load_config(None, overrides)
+
+
+def test_every_shipped_yaml_loads():
+    for path in sorted(CONFIG_DIR.glob("*.yaml")):
+        if path.name.startswith("profile_"):
+            continue
+        cfg = load_config(path)
+        assert cfg.epochs > 0, path
+
+
+def test_config_refuses_unknown_key_and_wrong_type(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: 3\nlearning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match="unknown key 'learning_rate'"):
+        load_config(bad)
+    bad.write_text("epochs: three\n")
+    with pytest.raises(ConfigError, match="epochs: expected int"):
+        load_config(bad)
+    bad.write_text("model: {kind: gru, hiden: 3}\n")
+    with pytest.raises(ConfigError, match="unknown key 'hiden'"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="lr_min"):
+        load_config(None, {"lr": 1e-4, "lr_min": 1e-3})
+
+
+def test_lr_schedule_warmup_then_cosine():
+    assert lr_at(0, 100, 1e-3, 1e-5, 10) == pytest.approx(1e-4)
+    assert lr_at(9, 100, 1e-3, 1e-5, 10) == pytest.approx(1e-3)
+    assert lr_at(10, 100, 1e-3, 1e-5, 10) == pytest.approx(1e-3)
+    assert lr_at(55, 100, 1e-3, 1e-5, 10) == pytest.approx((1e-3 + 1e-5) / 2)
+    assert lr_at(100, 100, 1e-3, 1e-5, 10) == pytest.approx(1e-5)
+    steps = [lr_at(s, 100, 1e-3, 1e-5, 0) for s in range(100)]
+    assert all(a >= b for a, b in zip(steps, steps[1:], strict=False))
+
+
+def test_loss_masks_positive_and_context_negatives():
+    torch.manual_seed(0)
+    q = torch.nn.functional.normalize(torch.randn(2, 8), dim=-1)
+    pos = torch.nn.functional.normalize(torch.randn(2, 8), dim=-1)
+    pos_rows = torch.tensor([10, 20])
+    ctx_start, ctx_end = torch.tensor([5, 15]), torch.tensor([10, 20])
+    # Memory: a copy of query 0's positive (row 10), a row in query 1's context (17), and q0's
+    # own direction as an unrelated row (99): only row 99 may count as a negative for query 0.
+    memory = torch.stack([pos[0], pos[1], q[0]])
+    memory_rows = torch.tensor([10, 17, 99])
+    hard = torch.stack([torch.stack([q[0], pos[0]]), torch.stack([q[1], q[1]])])
+    hard_rows = torch.tensor([[8, 10], [-1, 18]])  # all are positive / context / padding
+    out = contrastive_loss(q, pos, pos_rows, ctx_start, ctx_end, memory, memory_rows, hard,
+                           hard_rows, tau=0.1, margin=0.03, margin_weight=1.0)
+    # Brute force: query 0's negatives are pos[1] (in-batch), memory row 17 and 99.
+    negs0 = torch.stack([pos[1], pos[1], q[0]])
+    logits0 = torch.cat([(q[0] @ pos[0]).view(1), negs0 @ q[0]]) / 0.1
+    # Query 1's negatives: pos[0] (in-batch), memory rows 10 and 99 (17 is in its context).
+    negs1 = torch.stack([pos[0], pos[0], q[0]])
+    logits1 = torch.cat([(q[1] @ pos[1]).view(1), negs1 @ q[1]]) / 0.1
+    expected = (-torch.log_softmax(logits0, 0)[0] - torch.log_softmax(logits1, 0)[0]) / 2
+    assert float(out["nce"]) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_memory_bank_fifo_and_state():
+    mb = MemoryBank(4, 2)
+    mb.push(torch.ones(3, 2), torch.tensor([1, 2, 3]))
+    mb.push(2 * torch.ones(3, 2), torch.tensor([4, 5, 6]))
+    vectors, rows = mb.get()
+    assert sorted(rows.tolist()) == [3, 4, 5, 6] and len(vectors) == 4
+    other = MemoryBank(4, 2)
+    other.load_state_dict(mb.state_dict())
+    assert other.get()[1].tolist() == rows.tolist() and other.ptr == mb.ptr
+
+
+def test_training_run_writes_history_checkpoints_and_gate(tiny):
+    cfg = tiny_cfg(tiny, "run")
+    result = train(cfg)
+    out = Path(cfg.out)
+    history = json.loads((out / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    # The checklist's "quick metrics" snippet works on the file.
+    latest = history[-1]
+    assert f"Epoch {latest['epoch']}: R@100={latest['recall@100']:.2f}%, Δ={latest['margin']:.4f}"
+    assert history[2]["mined_per_pair"] > 0 and "mined_per_pair" not in history[0]
+    for name in ("best.pt", "last.pt", "epoch_002.pt", "epoch_004.pt"):
+        state = torch.load(out / "checkpoints" / name, weights_only=True)
+        assert state[ck.FORMAT] == ck.FORMAT_VERSION and state[ck.MODEL_CONFIG]["dim"] == 16
+    query, _, state = ck.load_towers(out / "checkpoints" / "best.pt")
+    assert state[ck.EPOCH] == result["best_epoch"]
+    gate = json.loads((out / "gate.json").read_text())
+    assert gate["verdict"] in ("success", "partial", "data_wall")
+    assert set(gate["methods"]) == {"v4", "heuristic", "last-vector", "oracle"}
+    assert gate["mid_gate"]["epoch"] == 2 and "vs_heuristic" in gate
+    assert (out / "config.yaml").exists() and (out / "report.md").exists()
+    log = next((tiny / "logs").glob("twotower_v4_*.log")).read_text()
+    assert "Epoch 4/4" in log and "Recall@100" in log and "Separation Δ" in log
+    # Training learned something: v4 beats the near-uniform heuristic on this bank.
+    assert gate["methods"]["v4"]["mrr"] > gate["methods"]["heuristic"]["mrr"]
+
+
+def test_abort_saves_abort_checkpoint_and_exits_3(tiny):
+    args = ["--bank", str(tiny / "bank.npz"), "--pairs", str(tiny / "pairs.npz"),
+            "--out", str(tiny / "abort_run"), "--log-dir", str(tiny / "logs"),
+            "--config", str(_write_cfg(tiny, "abort.yaml",
+                                       {**TINY, "epochs": 3,
+                                        "abort": {"margin": 5.0, "patience": 2,
+                                                  "after_epoch": 0}}))]
+    r = subprocess.run([sys.executable, "-m", "training.train_v4", *args], capture_output=True,
+                       text=True)
+    assert r.returncode == EXIT_ABORT, r.stderr[-2000:]
+    assert "ABORT" in r.stdout and "Tighten the cos window" in r.stdout
+    assert (tiny / "abort_run" / "checkpoints" / "abort.pt").exists()
+    gate = json.loads((tiny / "abort_run" / "gate.json").read_text())
+    assert gate["verdict"] == "aborted" and gate["epoch"] == 2 and gate["stage1"] == "heuristic"
+
+
+def _write_cfg(root: Path, name: str, data: dict) -> Path:
+    import yaml
+
+    path = root / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("--mine-schedule", "0-2:none;4-4:4@0.1-0.9", "gap before segment 2"),
+    ("--mine-schedule", "0-2:none", "are not covered"),
+    ("--pairs", "/nonexistent/pairs.npz", "no such file"),
+])
+def test_bad_input_refused_before_training(tiny, flag, value, message):
+    out = tiny / f"refused_{abs(hash(value))}"
+    args = {"--bank": str(tiny / "bank.npz"), "--pairs": str(tiny / "pairs.npz"),
+            "--out": str(out), "--log-dir": str(tiny / "logs"), "--epochs": "4",
+            "--mine-schedule": TINY["mine_schedule"], flag: value}
+    r = subprocess.run([sys.executable, "-m", "training.train_v4",
+                        *[x for kv in args.items() for x in kv]], capture_output=True, text=True)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+    assert not (out / "checkpoints" / "last.pt").exists()
+
+
+def test_pairs_from_another_bank_refused(tiny, tmp_path):
+    other = synth_bank(SynthConfig(n=1500, dim=16, mean_chunks=10, topics=3, seed=99))
+    save_bank(other, tmp_path / "other.npz")
+    r = subprocess.run([sys.executable, "-m", "training.train_v4", "--bank",
+                        str(tmp_path / "other.npz"), "--pairs", str(tiny / "pairs.npz"),
+                        "--out", str(tmp_path / "run"), "--log-dir", str(tmp_path)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "built from another bank" in r.stderr
+
+
+def test_init_from_continues_from_a_checkpoint(tiny):
+    first = tiny_cfg(tiny, "init_a", epochs=2, mine_schedule="0-2:none")
+    train(first)
+    second = tiny_cfg(tiny, "init_b", epochs=1, mine_schedule="0-1:none", lr=1e-9, lr_min=0.0)
+    train(second, init_from=str(Path(first.out) / "checkpoints" / "best.pt"))
+    a = json.loads((Path(first.out) / "history.json").read_text())
+    b = json.loads((Path(second.out) / "history.json").read_text())
+    # With a ~zero learning rate the continued model evaluates like the one it started from.
+    assert b[0]["mrr"] == pytest.approx(max(a, key=lambda h: h["recall@100"])["mrr"], abs=0.02)
+
+
+def test_sigkill_then_resume_matches_uninterrupted_run(tiny):
+    """Kill the run mid-training with SIGKILL, --resume it, and get the same results."""
+    cfg_path = _write_cfg(tiny, "resume.yaml", {**TINY, "epochs": 5,
+                                                "mine_schedule": "0-1:none;2-5:4@0.0-0.99"})
+    common = ["--config", str(cfg_path), "--bank", str(tiny / "bank.npz"), "--pairs",
+              str(tiny / "pairs.npz"), "--log-dir", str(tiny / "logs")]
+    cmd = [sys.executable, "-m", "training.train_v4", *common]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    straight = subprocess.run(cmd + ["--out", str(tiny / "straight")], capture_output=True,
+                              text=True, env=env)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+
+    killed_out = tiny / "killed"
+    proc = subprocess.Popen(cmd + ["--out", str(killed_out)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env)
+    history = killed_out / "history.json"
+    deadline = time.time() + 120
+    while time.time() < deadline:  # kill once epoch 2 is on disk, i.e. mid-way through epoch 3
+        if history.exists() and len(json.loads(history.read_text() or "[]")) >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(json.loads(history.read_text()))
+    assert done < 5, "the run finished before it could be killed"
+    resumed = subprocess.run(cmd + ["--out", str(killed_out), "--resume"], capture_output=True,
+                             text=True, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"Resumed from {killed_out / 'checkpoints' / 'last.pt'} after epoch" in resumed.stdout
+
+    a = json.loads((tiny / "straight" / "history.json").read_text())
+    b = json.loads(history.read_text())
+    assert [h["epoch"] for h in b] == [1, 2, 3, 4, 5]
+    for ha, hb in zip(a, b, strict=True):
+        for key in ("recall@10", "recall@100", "mrr", "margin", "loss"):
+            assert hb[key] == pytest.approx(ha[key], rel=1e-6, abs=1e-9), (ha["epoch"], key)
+    ga = json.loads((tiny / "straight" / "gate.json").read_text())
+    gb = json.loads((killed_out / "gate.json").read_text())
+    assert gb["value"] == ga["value"] and gb["best_epoch"] == ga["best_epoch"]
+    assert not math.isnan(gb["value"])
