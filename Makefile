@@ -13,9 +13,14 @@ BANK ?= artifacts/wikipedia_vital_bank.npz
 PROFILE ?= default
 CORPUS ?=
 LIMIT ?=
+RESUME ?=
+BANK_STEM = $(basename $(notdir $(BANK)))
+RUN ?= runs/$(BANK_STEM)/twotower_v4
+# BANK= selects the bank; PROFILE=smoke brings its own small synthetic bank unless BANK= is given.
+CHECKLIST_ARGS = --profile $(PROFILE) $(if $(filter command line,$(origin BANK)),--bank $(BANK)) $(if $(RESUME),--resume)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data test test-slow lint clean
+.PHONY: help setup data test test-slow lint clean train-v4 train-v4-bg monitor
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -32,6 +37,17 @@ setup: $(STAMP)  ## create .venv and install everything (idempotent)
 
 data: $(STAMP)  ## build the bank: the Wikipedia default corpus, or CORPUS=my.jsonl
 	$(PY) -m training.ingest --out $(BANK) $(if $(CORPUS),--corpus $(CORPUS)) $(if $(LIMIT),--limit-articles $(LIMIT))
+
+train-v4: $(STAMP)  ## the whole v4 checklist: data, v3 baseline, post-mortem, pairs, pre-flight, v4, gate, deploy.json
+	$(PY) -m training.checklist $(CHECKLIST_ARGS)
+
+train-v4-bg: $(STAMP)  ## the same in the background (as the checklist's overnight script); see make monitor
+	@mkdir -p logs
+	nohup $(PY) -m training.checklist $(CHECKLIST_ARGS) > logs/train_v4_bg.log 2>&1 & echo $$! > logs/train_v4_bg.pid
+	@echo "started pid $$(cat logs/train_v4_bg.pid); follow with: tail -f logs/train_v4_bg.log, or make monitor"
+
+monitor: $(STAMP)  ## latest epoch, Recall@500, separation margin and whether the run is alive (RUN=...)
+	@$(PY) -m training.monitor --run $(if $(filter smoke,$(PROFILE)),runs/synth_smoke_bank/twotower_v4,$(RUN))
 
 test: $(STAMP)  ## run the test suite (slow cases excluded)
 	$(PY) -m pytest
