@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from cascade.bank import _default_mode
 from cascade.towers import DocTower, QueryTower, TowerConfig, build_towers
 
 FORMAT_VERSION = 1
@@ -40,6 +41,7 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
     os.close(fd)
     try:
         torch.save({FORMAT: FORMAT_VERSION, **state}, tmp)
+        os.chmod(tmp, _default_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
