@@ -1,0 +1,39 @@
+"""End to end: the whole checklist on the smoke profile (`make train-v4 PROFILE=smoke`)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_smoke_checklist_end_to_end(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "training.checklist", "--profile", "smoke"],
+                       cwd=tmp_path, capture_output=True, text=True,
+                       env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin",
+                            "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+    runs = tmp_path / "runs" / "synth_smoke_bank"
+    for step in ("1. Phase-2 (v3) post-mortem", "2. Expand training pairs",
+                 "3. v4 pre-flight checks", "4. v4 training", "5. Deploy decision"):
+        assert step in r.stdout
+    assert (runs / "twotower_v3_phase2" / "postmortem.json").exists()
+    assert (tmp_path / "artifacts" / "twotower" / "synth_smoke_bank" /
+            "preflight_results.json").exists()
+    gate = json.loads((runs / "twotower_v4" / "gate.json").read_text())
+    deploy = json.loads((runs / "deploy.json").read_text())
+    assert deploy["stage1"] == gate["stage1"] in ("v4", "heuristic")
+    assert deploy["verdict"] == gate["verdict"] and deploy["reason"]
+    # The side-by-side table: v3, v4, heuristic, last-vector and oracle on the same split.
+    assert set(gate["methods"]) == {"v4", "v3", "heuristic", "last-vector", "oracle"}
+    assert "v3 " in r.stdout and "oracle" in r.stdout
+    # A second run finds the bank and the v3 baseline and does not rebuild them.
+    again = subprocess.run([sys.executable, "-m", "training.checklist", "--profile", "smoke"],
+                           cwd=tmp_path, capture_output=True, text=True,
+                           env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin",
+                                "HF_HUB_OFFLINE": "1"})
+    assert again.returncode == 0
+    assert "0. Bank" not in again.stdout and "1b. v3 baseline training" not in again.stdout

@@ -1,0 +1,180 @@
+"""The whole v4 checklist in one command (`make train-v4`).
+
+    python -m training.checklist --profile default      # the real default bank
+    python -m training.checklist --profile smoke        # a small synthetic bank, ~1-2 minutes
+
+Steps: bank (built if missing) -> v3 baseline pairs + training (if missing) -> post-mortem of v3
+-> v4 pair expansion (with the checklist's retry) -> pre-flight (stops on a blocker) -> v4
+training -> gate -> deploy.json (stage 1 = v4 or the heuristic, and why). Each step is the same
+`python -m training.<step>` a user can run by hand, with the checklist's flag names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import yaml
+
+from cascade.bank import BankError, atomic_write, load_bank
+from training import expand_pairs, postmortem, preflight, train_v4
+from training.config import CONFIG_DIR, ConfigError, from_dict, load_config
+
+EXIT_BLOCKED = 1
+EXIT_BAD_INPUT = 2
+
+
+@dataclass
+class Profile:
+    bank: str = "artifacts/wikipedia_vital_bank.npz"  # the bank (BANK= overrides)
+    make_bank: str = "ingest"  # how to build a missing bank: ingest | synthetic
+    synthetic: dict = field(default_factory=dict)  # training.synth_bank flags for "synthetic"
+    # {bank} below is the bank's file stem, so each bank gets its own pairs and runs.
+    v3_pairs: str = "artifacts/twotower/{bank}/pairs_v3.npz"
+    v3_expand: dict = field(default_factory=lambda: {"stride": 2})  # phase-2: fewer pairs
+    v4_pairs: str = "artifacts/twotower/{bank}/pairs_v4.npz"
+    v4_expand: dict = field(default_factory=lambda: {"target_pairs": 50000, "seed": 42})
+    v3_config: str = "v3_phase2_default.yaml"
+    v4_config: str = "v4_default.yaml"
+    v3_out: str = "runs/{bank}/twotower_v3_phase2"
+    v4_out: str = "runs/{bank}/twotower_v4"
+    deploy: str = "runs/{bank}/deploy.json"
+    mine_schedule: str = ""  # empty: the v4 config's schedule
+    epochs: int = 0  # 0: the v4 config's epochs
+
+    def path(self, template: str) -> str:
+        return template.format(bank=Path(self.bank).stem)
+
+
+def load_profile(name_or_path: str, bank: str | None) -> Profile:
+    p = Path(name_or_path)
+    if not p.exists():
+        p = CONFIG_DIR / f"profile_{name_or_path}.yaml"
+    if not p.exists():
+        raise ConfigError(f"{name_or_path}: no such profile (try default or smoke)")
+    profile = from_dict(Profile, yaml.safe_load(p.read_text()) or {}, str(p))
+    if bank:
+        profile.bank = bank
+    return profile
+
+
+def flags(d: dict) -> list[str]:
+    out = []
+    for key, value in d.items():
+        out += [f"--{key.replace('_', '-')}", str(value)]
+    return out
+
+
+def step(title: str) -> None:
+    print(f"\n=== {title} {'=' * max(0, 76 - len(title))}", flush=True)
+
+
+def run_checklist(profile: Profile, resume: bool = False) -> int:
+    t0 = time.perf_counter()
+    bank_path = profile.bank
+    # 0. The bank.
+    if not Path(bank_path).exists():
+        step(f"0. Bank {bank_path} is missing: building it ({profile.make_bank})")
+        if profile.make_bank == "synthetic":
+            from training import synth_bank
+            rc = synth_bank.main(["--out", bank_path] + flags(profile.synthetic))
+        else:
+            from training import ingest
+            rc = ingest.main(["--out", bank_path])
+        if rc:
+            return rc
+    bank = load_bank(bank_path)
+    v4_cfg = load_config(profile.v4_config)
+    schedule = profile.mine_schedule or v4_cfg.mine_schedule
+    epochs = profile.epochs or v4_cfg.epochs
+
+    # 1. The phase-2 (v3) baseline, and its post-mortem.
+    v3_pairs, v3_out = profile.path(profile.v3_pairs), profile.path(profile.v3_out)
+    v3_best = Path(v3_out) / "checkpoints" / "best.pt"
+    if not v3_best.exists():
+        step("1a. v3 baseline pairs (phase-2 recipe)")
+        rc = expand_pairs.main(["--bank", bank_path, "--out", v3_pairs] + flags(profile.v3_expand))
+        if rc:
+            return rc
+        step("1b. v3 baseline training (hard negatives from epoch 1, no curriculum, no filter)")
+        rc = train_v4.main(["--config", profile.v3_config, "--bank", bank_path, "--pairs",
+                            v3_pairs, "--out", v3_out, "--name", "twotower_v3_phase2"])
+        if rc not in (0, train_v4.EXIT_ABORT):
+            return rc
+    step("1. Phase-2 (v3) post-mortem")
+    rc = postmortem.main(["--ckpt", str(v3_best), "--pairs", v3_pairs, "--bank", bank_path,
+                          "--out", str(Path(v3_out) / "postmortem.json"), "--device", "cpu"])
+    if rc:
+        return rc
+
+    # 2. Expand the v4 pairs, with the checklist's retry.
+    step("2. Expand training pairs")
+    v4_pairs = profile.path(profile.v4_pairs)
+    rc = expand_pairs.main(["--bank", bank_path, "--out", v4_pairs, "--auto-retry"]
+                           + flags(profile.v4_expand))
+    if rc:
+        return rc
+
+    # 3. Pre-flight: a blocker stops the run.
+    step("3. v4 pre-flight checks")
+    manifest = str(Path(v4_pairs).with_name("pairs_v4_manifest.json"))
+    rc = preflight.main(["--pairs", v4_pairs, "--bank", bank_path, "--mine-schedule", schedule,
+                         "--filter-threshold", str(v4_cfg.filter_threshold), "--epochs",
+                         str(epochs), "--manifest-out", manifest])
+    if rc:
+        print("pre-flight found a blocker: v4 training not started", file=sys.stderr)
+        return rc
+
+    # 4. v4 training, gates and report.
+    step("4. v4 training")
+    v4_out = profile.path(profile.v4_out)
+    args = ["--config", profile.v4_config, "--bank", bank_path, "--pairs", v4_pairs, "--out",
+            v4_out, "--mine-schedule", schedule, "--epochs", str(epochs),
+            "--baseline", f"v3={v3_best}"]
+    rc = train_v4.main(args + (["--resume"] if resume else []))
+    if rc not in (0, train_v4.EXIT_ABORT):
+        return rc
+
+    # 5. Deploy decision.
+    step("5. Deploy decision")
+    gate = json.loads((Path(v4_out) / "gate.json").read_text())
+    deploy = {
+        "stage1": gate["stage1"],
+        "checkpoint": gate.get("best_checkpoint") if gate["stage1"] == "v4" else None,
+        "heuristic": {"kind": "exp_weighted", "alpha": 0.1},
+        "verdict": gate["verdict"], "reason": gate["reason"],
+        "bank": bank_path, "bank_fingerprint": bank.fingerprint(),
+        "gate": str(Path(v4_out) / "gate.json"), "report": str(Path(v4_out) / "report.md"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "profile": asdict(profile),
+    }
+    deploy_path = Path(profile.path(profile.deploy))
+    deploy_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(deploy_path, lambda f: f.write(json.dumps(deploy, indent=2).encode()))
+    print(f"verdict {gate['verdict']}; stage 1 = {deploy['stage1']}: {gate['reason']}")
+    print(f"wrote {deploy_path} ({time.perf_counter() - t0:.0f}s for the whole checklist)")
+    return rc
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training.checklist",
+                                description=__doc__.split("\n")[0])
+    p.add_argument("--profile", default="default", help="default | smoke | a profile YAML")
+    p.add_argument("--bank", default=None, help="use this bank instead of the profile's")
+    p.add_argument("--resume", action="store_true", help="continue v4 from its last.pt")
+    args = p.parse_args(argv)
+    try:
+        profile = load_profile(args.profile, args.bank)
+        return run_checklist(profile, resume=args.resume)
+    except (ConfigError, BankError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())
