@@ -246,3 +246,22 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tiny):
     gb = json.loads((killed_out / "gate.json").read_text())
     assert gb["value"] == ga["value"] and gb["best_epoch"] == ga["best_epoch"]
     assert not math.isnan(gb["value"])
+
+
+def test_gate_falls_back_to_heuristic_without_a_significant_win():
+    import numpy as np
+
+    from training.config import GateConfig
+    from training.gates import decide
+
+    gates = GateConfig(metric="recall@500", success=55.0, partial=40.0)
+    rng = np.random.default_rng(0)
+    heuristic = np.where(rng.random(400) < 0.6, rng.integers(0, 500, 400), -1)
+    same = decide(60.0, heuristic.copy(), heuristic, gates, [10, 500])
+    assert same["verdict"] == "success" and not same["beats_heuristic"]
+    assert same["stage1"] == "heuristic"
+    assert "Serve the exp-weighted heuristic" in same["actions"][0]
+    better = decide(60.0, np.zeros(400, dtype=int), heuristic, gates, [10, 500])
+    assert better["stage1"] == "v4" and better["vs_heuristic"]["recall@500"]["diff"] > 0
+    wall = decide(30.0, np.zeros(400, dtype=int), heuristic, gates, [10, 500])
+    assert wall["verdict"] == "data_wall" and wall["stage1"] == "heuristic"

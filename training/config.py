@@ -46,6 +46,7 @@ class TrainConfig:
     bank: str = "artifacts/wikipedia_vital_bank.npz"  # the bank the pairs index
     out: str = "runs/twotower_v4"  # run directory
     name: str = "twotower_v4"  # run name: log file prefix and report title
+    label: str = "v4"  # this model's short name in comparison tables and gate.json
     log_dir: str = "logs"  # where logs/<name>_<timestamp>.log goes (the checklist's tail -f)
     bs: int = 32  # micro-batch size (in-batch negatives come from it)
     accum: int = 16  # micro-batches per optimizer step: bs x accum = effective batch

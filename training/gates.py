@@ -82,7 +82,12 @@ def decide(value: float, v4_ranks: np.ndarray, heuristic_ranks: np.ndarray, gate
     else:
         reason = (f"v4 {gates.metric} {value:.2f}% is below the partial gate "
                   f"({gates.partial}%): data wall, serve the heuristic")
+    actions = ACTIONS[verdict]
+    if stage1 == "heuristic" and verdict != "data_wall":
+        # Thresholds met but no significant win over the heuristic: it stays in service.
+        actions = ["Serve the exp-weighted heuristic as stage 1 (deploy.json does): v4 does not "
+                   "beat it beyond the 95% CI."] + ACTIONS["partial"][1:]
     return {"verdict": verdict, "metric": gates.metric, "value": value,
             "thresholds": {"success": gates.success, "partial": gates.partial},
             "beats_heuristic": beats, "vs_heuristic": comparisons, "stage1": stage1,
-            "reason": reason, "actions": ACTIONS[verdict]}
+            "reason": reason, "actions": actions}

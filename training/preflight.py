@@ -510,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     results = run_preflight(pairs, bank, args.mine_schedule, args.filter_threshold, args.epochs,
-                            args.sample, args.seed, progress=True)
+                            args.sample, args.seed, progress=sys.stderr.isatty())
     results.append(write_manifest(manifest_out, pairs, bank, results, args.mine_schedule,
                                   args.filter_threshold, expansion_args))
     try:

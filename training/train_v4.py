@@ -325,22 +325,22 @@ def final_gate(cfg: TrainConfig, bank: Bank, val: Pairs, paths: RunPaths, best_e
     """Evaluate best.pt beside the heuristics, oracle and baselines; decide the verdict."""
     ks = tuple(cfg.eval_ks)
     query, doc, state = ck.load_towers(paths.ckpt("best.pt"), bank.fingerprint())
-    methods = {"v4": ("checkpoint", paths.ckpt("best.pt"))}
+    methods = {cfg.label: ("checkpoint", paths.ckpt("best.pt"))}
     for name, ckpt_path in baselines.items():
         methods[name] = ("checkpoint", ckpt_path)
     methods.update({"heuristic": ("exp_weighted", None), "last-vector": ("last_vector", None),
                     "oracle": ("oracle", None)})
     table, ranks = compare_methods(bank, val, methods, ks, cfg.index, cfg.seed)
-    value = table["v4"][cfg.gates.metric]
-    gate = decide(value, ranks["v4"], ranks["heuristic"], cfg.gates, list(ks))
+    value = table[cfg.label][cfg.gates.metric]
+    gate = decide(value, ranks[cfg.label], ranks["heuristic"], cfg.gates, list(ks))
     gate.update({"best_epoch": best_epoch, "best_checkpoint": str(paths.ckpt("best.pt")),
                  "methods": table, "val_pairs": len(val),
                  "finished": datetime.now(UTC).isoformat(timespec="seconds")})
     log.info("")
     log.info(_table_text(table, ks))
-    log.info(f"Final gate: {gate['verdict']} ({cfg.gates.metric} {value:.2f}%; success >= "
-             f"{cfg.gates.success}%, partial >= {cfg.gates.partial}%). Stage 1: {gate['stage1']}"
-             f" - {gate['reason']}")
+    log.info(f"Final gate: {gate['verdict']} by thresholds ({cfg.gates.metric} {value:.2f}%; "
+             f"success >= {cfg.gates.success}%, partial >= {cfg.gates.partial}%). "
+             f"Stage 1: {gate['stage1']} - {gate['reason']}")
     for line in gate["actions"]:
         log.info(f"  - {line}")
     return gate
