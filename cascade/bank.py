@@ -211,22 +211,29 @@ def normalize_rows(v: np.ndarray, source: str = "bank") -> None:
 # load / save
 
 
-def load_bank(path: str | os.PathLike, normalize: bool = True) -> Bank:
-    """Load and validate a bank `.npz` (and its sidecar `.json`, if present)."""
-    path = str(path)
+def open_npz(path: str, required: tuple[str, ...], error: type[ValueError], what: str
+             ) -> np.lib.npyio.NpzFile:
+    """Open an `.npz` without pickle, refusing a missing file, a non-archive or a missing key."""
     if not os.path.exists(path):
-        raise BankError(f"{path}: no such file")
+        raise error(f"{path}: no such file")
     try:
         npz = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise BankError(f"{path}: not a readable .npz file ({e})") from None
+        raise error(f"{path}: not a readable .npz file ({e})") from None
     if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise BankError(f"{path}: not an .npz archive (a single .npy array?)")
-    with npz:
-        missing = [k for k in REQUIRED_KEYS if k not in npz.files]
-        if missing:
-            raise BankError(f"{path}: missing key '{missing[0]}' (a bank needs "
-                            f"{', '.join(REQUIRED_KEYS)}; found {', '.join(npz.files) or 'none'})")
+        raise error(f"{path}: not an .npz archive (a single .npy array?)")
+    missing = [k for k in required if k not in npz.files]
+    if missing:
+        npz.close()
+        raise error(f"{path}: missing key '{missing[0]}' ({what} needs {', '.join(required)}; "
+                    f"found {', '.join(npz.files) or 'none'})")
+    return npz
+
+
+def load_bank(path: str | os.PathLike, normalize: bool = True) -> Bank:
+    """Load and validate a bank `.npz` (and its sidecar `.json`, if present)."""
+    path = str(path)
+    with open_npz(path, REQUIRED_KEYS, BankError, "a bank") as npz:
         arrays = {}
         for key in REQUIRED_KEYS + OPTIONAL_KEYS:
             if key in npz.files:

@@ -10,13 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from cascade.bank import Bank, atomic_write
+from cascade.bank import Bank, atomic_write, open_npz
 
 FORMAT_VERSION = 1
 TRAIN, VAL = 0, 1
@@ -88,19 +87,7 @@ def check_against_bank(pairs: Pairs, bank: Bank, source: str = "pairs") -> None:
 def load_pairs(path: str | os.PathLike, bank: Bank | None = None) -> Pairs:
     """Load a pairs `.npz`; with `bank`, also check it was built from that bank."""
     path = str(path)
-    if not os.path.exists(path):
-        raise PairsError(f"{path}: no such file")
-    try:
-        npz = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise PairsError(f"{path}: not a readable .npz file ({e})") from None
-    if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise PairsError(f"{path}: not an .npz archive")
-    with npz:
-        missing = [k for k in KEYS if k not in npz.files]
-        if missing:
-            raise PairsError(f"{path}: missing key '{missing[0]}' (pairs need {', '.join(KEYS)}; "
-                             f"found {', '.join(npz.files) or 'none'})")
+    with open_npz(path, KEYS, PairsError, "a pairs file") as npz:
         try:
             cols = {k: npz[k] for k in KEYS}
             fingerprint = str(npz["bank_fingerprint"]) if "bank_fingerprint" in npz.files else ""
