@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    # The load average goes into the JSON: on a shared machine another job halves throughput,
+    # and a reader needs to know whether that happened.
+    load_before = os.getloadavg()
     sentences = corpus_sentences(args.sentences)
     n = len(sentences)
     t = time.perf_counter()
@@ -116,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['speedup']:7.2f}x")
     print(f"padding (padded / real tokens): char-length sort {pad['char_sort']:.3f}, "
           f"token-length sort {pad['token_sort']:.3f}; max |diff| of vectors {max_diff:.1e}")
+    print(f"load average (1 min) before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f} "
+          f"on {os.cpu_count()} CPUs: other jobs on the machine slow both methods")
 
     result = {
         "benchmark": "embed_throughput",
@@ -126,7 +131,9 @@ def main(argv: list[str] | None = None) -> int:
         "max_abs_diff": max_diff,
         "env": {"torch": torch.__version__, "torch_threads": torch.get_num_threads(),
                 "cpu_count": os.cpu_count(), "python": platform.python_version(),
-                "machine": platform.machine(), "device": "cpu"},
+                "machine": platform.machine(), "device": "cpu",
+                "loadavg_1_5_15_before": [round(x, 2) for x in load_before],
+                "loadavg_1_5_15_after": [round(x, 2) for x in os.getloadavg()]},
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
