@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dim", type=int, default=768)
     p.add_argument("--pairs", type=int, default=50_000)
     p.add_argument("--context", type=int, default=100)
-    p.add_argument("--train-pairs", type=int, default=2048,
+    p.add_argument("--train-pairs", type=int, default=512,
                    help="pairs the measured epoch trains on")
     p.add_argument("--work", default=None, help="keep bank/pairs/run here (default: a temp dir)")
     p.add_argument("--out", default="benchmarks/results/train_memory.json")

@@ -5,10 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from cascade.pairs import Pairs, context_windows
+from cascade.pairs import Pairs, context_windows, window_batch
 from cascade.towers import DocTower, QueryTower
-
-_BATCH = 1024
 
 
 def context_batch(vectors: np.ndarray, pairs: Pairs, max_len: int
@@ -20,8 +18,9 @@ def context_batch(vectors: np.ndarray, pairs: Pairs, max_len: int
 
 @torch.no_grad()
 def encode_queries(tower: QueryTower, vectors: np.ndarray, pairs: Pairs,
-                   batch: int = _BATCH) -> np.ndarray:
+                   batch: int | None = None) -> np.ndarray:
     """Query vectors for every pair -> (P, D) float32."""
+    batch = batch or window_batch(tower.cfg.max_len, vectors.shape[1])
     was_training = tower.training
     tower.eval()
     out = np.empty((len(pairs), vectors.shape[1]), dtype=np.float32)

@@ -55,6 +55,14 @@ class Pairs:
         return self.subset(np.flatnonzero(self.split == VAL))
 
 
+WINDOW_BATCH_FLOATS = 1 << 24  # bound one gathered (B, L, D) context batch to 64 MB
+
+
+def window_batch(max_len: int, dim: int, most: int = 1024) -> int:
+    """How many context windows of up to max_len x dim floats to gather at once."""
+    return int(min(most, max(16, WINDOW_BATCH_FLOATS // max(1, max_len * dim))))
+
+
 def context_windows(pairs: Pairs, max_len: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The last `max_len` context rows of each pair, left-aligned: rows (P, L) and mask (P, L).
 

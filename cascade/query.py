@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cascade.pairs import Pairs, context_windows
+from cascade.pairs import Pairs, context_windows, window_batch
 
 DEFAULT_ALPHA = 0.1
 _BATCH = 2048
@@ -45,8 +45,10 @@ def heuristic_queries(vectors: np.ndarray, pairs: Pairs, kind: str = "exp_weight
     if kind not in ("exp_weighted", "last_vector"):  # checked up front: also with no pairs
         raise ValueError(f"unknown heuristic {kind!r} (exp_weighted, last_vector)")
     out = np.empty((len(pairs), vectors.shape[1]), dtype=np.float32)
-    for lo in range(0, len(pairs), _BATCH):
-        rows, mask = context_windows(pairs.subset(np.arange(lo, min(lo + _BATCH, len(pairs)))),
+    longest = int(pairs.lengths.max()) if len(pairs) else 1
+    batch = window_batch(min(longest, max_len or longest), vectors.shape[1], most=_BATCH)
+    for lo in range(0, len(pairs), batch):
+        rows, mask = context_windows(pairs.subset(np.arange(lo, min(lo + batch, len(pairs)))),
                                      max_len)
         ctx = vectors[rows]
         if kind == "exp_weighted":

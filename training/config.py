@@ -62,7 +62,7 @@ class TrainConfig:
     mine_schedule: str = "0-5:none;6-10:8@0.82-0.92;11-30:16@0.84-0.96"
     filter_threshold: float = 0.98  # drop mined negatives with cos > this to the positive
     mine_pool: int = 64  # candidates searched per pair when mining (before filtering)
-    index: str = "auto"  # FAISS index for mining and eval: auto | flat | ivf
+    index: str = "auto"  # FAISS index for mining and eval: auto | flat | ivf | ivf_sq8
     grad_clip: float = 1.0
     device: str = "cpu"
     seed: int = 42
@@ -175,8 +175,8 @@ def validate(cfg: TrainConfig) -> None:
     for key, value in (("select_metric", cfg.select_metric), ("gates.metric", cfg.gates.metric)):
         if value not in metrics:
             raise ConfigError(f"config: '{key}' is {value!r}, not one of {sorted(metrics)}")
-    if cfg.index not in ("auto", "flat", "ivf"):
-        raise ConfigError(f"config: 'index' is {cfg.index!r} (auto, flat, ivf)")
+    if cfg.index not in ("auto", "flat", "ivf", "ivf_sq8"):
+        raise ConfigError(f"config: 'index' is {cfg.index!r} (auto, flat, ivf, ivf_sq8)")
 
 
 def to_yaml(cfg) -> str:

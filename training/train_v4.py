@@ -303,6 +303,7 @@ def train(cfg: TrainConfig, resume: bool = False, init_from: str | None = None,
             atomic_write(paths.gate, lambda f: f.write(json.dumps(result, indent=2).encode()))
             return result
 
+    del index, doc_vectors  # the final gate builds its own; two at once would double memory
     result.update(final_gate(cfg, bank, val, paths, best_epoch, baselines or {}))
     if "mid_gate" not in result and cfg.gates.mid_epoch <= cfg.epochs and history:
         h = next((x for x in history if x["epoch"] == cfg.gates.mid_epoch), None)
