@@ -265,3 +265,18 @@ def test_gate_falls_back_to_heuristic_without_a_significant_win():
     assert better["stage1"] == "v4" and better["vs_heuristic"]["recall@500"]["diff"] > 0
     wall = decide(30.0, np.zeros(400, dtype=int), heuristic, gates, [10, 500])
     assert wall["verdict"] == "data_wall" and wall["stage1"] == "heuristic"
+
+
+@pytest.mark.parametrize("model", [{"kind": "mean_mlp", "hidden": 16, "max_len": 6},
+                                   {"kind": "transformer", "hidden": 16, "heads": 2,
+                                    "max_len": 6},
+                                   {"kind": "gru", "hidden": 16, "max_len": 6, "doc": "mlp"}])
+def test_other_towers_train_and_reload(tiny, model):
+    name = f"kind_{model['kind']}_{model.get('doc', 'identity')}"
+    cfg = tiny_cfg(tiny, name, epochs=2, mine_schedule="0-1:none;2-2:4@0.0-0.99", model=model)
+    gate = train(cfg)
+    assert gate["verdict"] in ("success", "partial", "data_wall")
+    query, doc, state = ck.load_towers(Path(cfg.out) / "checkpoints" / "best.pt")
+    assert state[ck.MODEL_CONFIG]["kind"] == model["kind"]
+    assert doc.is_identity == (model.get("doc", "identity") == "identity")
+    assert gate["methods"]["v4"]["recall@100"] > 0
