@@ -65,6 +65,11 @@ def write_report(path: Path, cfg, history: list[dict], result: dict) -> None:
         if "methods" in result:
             lines += [f"## Val split ({result['val_pairs']} pairs), context rows excluded", "",
                       methods_markdown(result["methods"], ks), ""]
+        for key, d in result.get("vs_heuristic", {}).items():
+            lines.append(f"- {cfg.label} vs heuristic, {key}: {d['diff']:+.2f} points (paired 95% "
+                         f"CI {d['ci95'][0]:+.2f} to {d['ci95'][1]:+.2f}, "
+                         f"{'significant' if d['significant'] else 'not significant'})")
+        lines.append("")
     if "mid_gate" in result:
         mg = result["mid_gate"]
         lines += [f"Mid-gate (epoch {mg['epoch']}): {mg['metric']} {mg['value']:.2f}% vs "
