@@ -69,7 +69,10 @@ class Bank:
         return self._fingerprint
 
     def text(self, row: int) -> str | None:
-        return None if self.concept_texts is None else str(self.concept_texts[row])
+        if self.concept_texts is None:
+            return None
+        text = self.concept_texts[row]
+        return text.decode("utf-8") if isinstance(text, bytes) else str(text)
 
 
 def article_runs(article_indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -263,6 +266,10 @@ def save_bank(bank: Bank, path: str | os.PathLike, meta: dict | None = None) -> 
         value = getattr(bank, key)
         if value is not None:
             arrays[key] = value
+    if bank.concept_texts is not None and bank.concept_texts.dtype.kind == "U":
+        # numpy's str arrays take 4 bytes per character, padded to the longest text; UTF-8
+        # bytes take a quarter of that. Bank.text() decodes either.
+        arrays["concept_texts"] = np.char.encode(bank.concept_texts, "utf-8")
     atomic_write(path, lambda f: np.savez(f, **arrays))
     sidecar = dict(bank.meta)
     sidecar.update(meta or {})

@@ -109,7 +109,7 @@ def test_ingest_few_articles(wiki_run):
         texts += sentences
         art += [i] * len(sentences)
         chunk += list(range(len(sentences)))
-    assert bank.concept_texts.tolist() == texts
+    assert [bank.text(i) for i in range(bank.n)] == texts
     assert bank.article_indices.tolist() == art
     assert bank.chunk_indices.tolist() == chunk
     assert bank.cpe_ids[0] == f"{articles[0].id}:0"
@@ -242,7 +242,7 @@ def test_jsonl_ingest(tmp_path):
                 "--log-dir", tmp_path / "logs")
     assert r.returncode == 0, r.stderr
     bank = load_bank(out)
-    assert bank.concept_texts.tolist() == [
+    assert [bank.text(i) for i in range(bank.n)] == [
         "Cats purr.", "Dogs bark.", "Birds sing.", "Rome is in Italy.", "Paris is in France.",
         "A single sentence without a topic.", "Lions roar."]
     assert bank.cpe_ids.tolist() == ["a:0", "a:1", "a:2", "7:0", "7:1", "z:0", "b:0"]
