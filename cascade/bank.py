@@ -219,12 +219,14 @@ def open_npz(path: str, required: tuple[str, ...], error: type[ValueError], what
     """Open an `.npz` without pickle, refusing a missing file, a non-archive or a missing key."""
     if not os.path.exists(path):
         raise error(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise error(f"{path}: is a directory, not an .npz file")
+    if not zipfile.is_zipfile(path):
+        raise error(f"{path}: not an .npz file (not a zip archive)")
     try:
         npz = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile) as e:
         raise error(f"{path}: not a readable .npz file ({e})") from None
-    if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise error(f"{path}: not an .npz archive (a single .npy array?)")
     missing = [k for k in required if k not in npz.files]
     if missing:
         npz.close()

@@ -138,8 +138,13 @@ def test_refuses_tmd_out_of_range(tmp_path, small_bank):
 def test_refuses_non_npz(tmp_path):
     path = tmp_path / "junk.npz"
     path.write_text("not a zip")
-    with pytest.raises(BankError, match="not a readable .npz"):
+    with pytest.raises(BankError, match="not an .npz file \\(not a zip archive\\)"):
         load_bank(path)
+    with pytest.raises(BankError, match="is a directory"):
+        load_bank(tmp_path)
+    np.save(tmp_path / "single.npy", np.zeros(3))
+    with pytest.raises(BankError, match="not an .npz"):
+        load_bank(tmp_path / "single.npy")
 
 
 def test_summary(small_bank):

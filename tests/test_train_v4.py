@@ -70,6 +70,12 @@ def test_config_refuses_unknown_key_and_wrong_type(tmp_path):
     bad.write_text("model: {kind: gru, hiden: 3}\n")
     with pytest.raises(ConfigError, match="unknown key 'hiden'"):
         load_config(bad)
+    bad.write_text("model: gru\n")
+    with pytest.raises(ConfigError, match="model: expected a mapping"):
+        load_config(bad)
+    bad.write_text("- epochs\n- 3\n")
+    with pytest.raises(ConfigError, match="expected a mapping of settings at the top level"):
+        load_config(bad)
     with pytest.raises(ConfigError, match="lr_min"):
         load_config(None, {"lr": 1e-4, "lr_min": 1e-3})
 

@@ -129,6 +129,8 @@ def merge(cfg, overrides: dict, where: str = "flags"):
 
     def deep(base: dict, new: dict) -> dict:
         for k, v in new.items():
+            if isinstance(base.get(k), dict) and not isinstance(v, dict):
+                raise ConfigError(f"{where}.{k}: expected a mapping, got {v!r}")
             base[k] = deep(dict(base[k]), v) if isinstance(v, dict) and isinstance(
                 base.get(k), dict) else v
         return base
@@ -149,6 +151,9 @@ def load_config(path: str | os.PathLike | None, overrides: dict | None = None) -
             data = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: expected a mapping of settings at the top level, "
+                              f"got a {type(data).__name__}")
         cfg = merge(cfg, data, str(p))
     if overrides:
         cfg = merge(cfg, overrides, "flags")
