@@ -37,3 +37,14 @@ def test_smoke_checklist_end_to_end(tmp_path):
                                 "HF_HUB_OFFLINE": "1"})
     assert again.returncode == 0
     assert "0. Bank" not in again.stdout and "1b. v3 baseline training" not in again.stdout
+
+
+def test_named_bank_that_is_missing_is_refused_not_built(tmp_path):
+    missing = tmp_path / "mine.npz"
+    r = subprocess.run([sys.executable, "-m", "training.checklist", "--bank", str(missing)],
+                       cwd=tmp_path, capture_output=True, text=True,
+                       env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin",
+                            "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 2
+    assert r.stderr.startswith(f"error: {missing}: no such bank") and r.stderr.count("\n") == 1
+    assert not missing.exists() and not (tmp_path / "runs").exists()

@@ -168,6 +168,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bank", default=None, help="use this bank instead of the profile's")
     p.add_argument("--resume", action="store_true", help="continue v4 from its last.pt")
     args = p.parse_args(argv)
+    if args.bank and not Path(args.bank).exists():
+        # Only the profile's own bank is built when missing: building the default corpus into a
+        # path the user named would train on data they did not ask for.
+        print(f"error: {args.bank}: no such bank (build one with `make data BANK={args.bank} "
+              f"CORPUS=my.jsonl`, or `python -m training.synth_bank --out {args.bank}`)",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
     try:
         profile = load_profile(args.profile, args.bank)
         return run_checklist(profile, resume=args.resume)
