@@ -286,3 +286,15 @@ def test_other_towers_train_and_reload(tiny, model):
     assert state[ck.MODEL_CONFIG]["kind"] == model["kind"]
     assert doc.is_identity == (model.get("doc", "identity") == "identity")
     assert gate["methods"]["v4"]["recall@100"] > 0
+
+
+def test_resume_with_other_settings_is_refused(tiny):
+    cfg = tiny_cfg(tiny, "resume_cfg", epochs=1, mine_schedule="0-1:none")
+    train(cfg)
+    changed = tiny_cfg(tiny, "resume_cfg", epochs=1, mine_schedule="0-1:none", lr=cfg.lr * 2)
+    with pytest.raises(ConfigError, match=r"--resume with other settings .*\(lr: "):
+        train(changed, resume=True)
+    # The interrupted run's own settings (plus a new log directory) resume fine.
+    same = tiny_cfg(tiny, "resume_cfg", epochs=1, mine_schedule="0-1:none",
+                    log_dir=str(tiny / "other_logs"))
+    assert train(same, resume=True)["verdict"]

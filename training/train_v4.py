@@ -122,6 +122,33 @@ def selection_key(metrics: dict, cfg: TrainConfig) -> tuple[float, float]:
     return (round(metrics[cfg.select_metric], 6), metrics["mrr"])
 
 
+# Settings that may change on --resume without changing what the run computes.
+RESUME_MAY_CHANGE = ("log_dir", "threads")
+
+
+def check_resume_config(saved: dict, cfg: TrainConfig, where: Path) -> None:
+    """Refuse to resume with settings other than the interrupted run's: it would not be exact."""
+    now = dataclasses.asdict(cfg)
+
+    def diff(a: dict, b: dict, prefix: str = "") -> str | None:
+        for key in sorted(set(a) | set(b)):
+            if not prefix and key in RESUME_MAY_CHANGE:
+                continue
+            x, y = a.get(key), b.get(key)
+            if isinstance(x, dict) and isinstance(y, dict):
+                found = diff(x, y, f"{prefix}{key}.")
+                if found:
+                    return found
+            elif x != y:
+                return f"{prefix}{key}: {x!r} in {where}, {y!r} now"
+        return None
+
+    changed = diff(saved, now)
+    if changed:
+        raise ConfigError(f"--resume with other settings than the interrupted run ({changed}); "
+                          f"resume with the same config and flags, or train into a new --out")
+
+
 def should_abort(history: list[dict], cfg: TrainConfig) -> bool:
     recent = history[-cfg.abort.patience:]
     return (len(recent) == cfg.abort.patience
@@ -217,6 +244,7 @@ def train(cfg: TrainConfig, resume: bool = False, init_from: str | None = None,
 
     if resume and paths.ckpt("last.pt").exists():
         state = ck.load_checkpoint(paths.ckpt("last.pt"), bank.fingerprint())
+        check_resume_config(state[ck.CONFIG], cfg, paths.ckpt("last.pt"))
         query.load_state_dict(state[ck.QUERY_TOWER])
         doc.load_state_dict(state[ck.DOC_TOWER])
         ts = state[ck.TRAIN_STATE]
