@@ -34,7 +34,26 @@ class TowerConfig:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown model config keys: {sorted(unknown)}")
-        return cls(**d)
+        cfg = cls(**d)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """Refuse a config no tower can be built from, naming the setting (ValueError)."""
+        if self.kind not in ("gru", "mean_mlp", "transformer"):
+            raise ValueError(f"model.kind is {self.kind!r} (gru, mean_mlp, transformer)")
+        if self.doc not in ("identity", "mlp"):
+            raise ValueError(f"model.doc is {self.doc!r} (identity, mlp)")
+        for key in ("dim", "hidden", "layers", "heads", "max_len"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"model.{key} must be >= 1, got {getattr(self, key)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.alpha < 0:
+            raise ValueError(f"model.alpha must be >= 0, got {self.alpha}")
+        if self.kind == "transformer" and self.hidden % self.heads:
+            raise ValueError(f"model.hidden ({self.hidden}) must be a multiple of model.heads "
+                             f"({self.heads}) for the transformer tower")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -154,6 +173,5 @@ QUERY_TOWERS = {"gru": GRUTower, "mean_mlp": MeanMLPTower, "transformer": Transf
 
 
 def build_towers(cfg: TowerConfig) -> tuple[QueryTower, DocTower]:
-    if cfg.kind not in QUERY_TOWERS:
-        raise ValueError(f"unknown query tower {cfg.kind!r} ({', '.join(QUERY_TOWERS)})")
+    cfg.validate()
     return QUERY_TOWERS[cfg.kind](cfg), DocTower(cfg)

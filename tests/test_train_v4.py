@@ -70,6 +70,14 @@ def test_config_refuses_unknown_key_and_wrong_type(tmp_path):
     bad.write_text("model: {kind: gru, hiden: 3}\n")
     with pytest.raises(ConfigError, match="unknown key 'hiden'"):
         load_config(bad)
+    for model, message in (("{kind: lstm}", "model.kind is 'lstm'"),
+                           ("{doc: tied}", "model.doc is 'tied'"),
+                           ("{kind: transformer, hidden: 30, heads: 4}", "multiple of model.heads"),
+                           ("{dropout: 1.5}", "model.dropout must be in"),
+                           ("{hidden: 0}", "model.hidden must be >= 1")):
+        bad.write_text(f"model: {model}\n")
+        with pytest.raises(ConfigError, match=message):
+            load_config(bad)
     bad.write_text("model: gru\n")
     with pytest.raises(ConfigError, match="model: expected a mapping"):
         load_config(bad)

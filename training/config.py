@@ -164,8 +164,7 @@ def load_config(path: str | os.PathLike | None, overrides: dict | None = None) -
 def validate(cfg: TrainConfig) -> None:
     positive = {"bs": cfg.bs, "accum": cfg.accum, "epochs": cfg.epochs, "lr": cfg.lr,
                 "tau": cfg.tau, "mine_pool": cfg.mine_pool,
-                "checkpoint_every": cfg.checkpoint_every,
-                "model.hidden": cfg.model.hidden, "model.max_len": cfg.model.max_len}
+                "checkpoint_every": cfg.checkpoint_every}
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"config: '{key}' must be > 0, got {value}")
@@ -180,6 +179,10 @@ def validate(cfg: TrainConfig) -> None:
     for key, value in (("select_metric", cfg.select_metric), ("gates.metric", cfg.gates.metric)):
         if value not in metrics:
             raise ConfigError(f"config: '{key}' is {value!r}, not one of {sorted(metrics)}")
+    try:
+        cfg.model.validate()
+    except ValueError as e:
+        raise ConfigError(f"config: {e}") from None
     if cfg.index not in ("auto", "flat", "ivf", "ivf_sq8"):
         raise ConfigError(f"config: 'index' is {cfg.index!r} (auto, flat, ivf, ivf_sq8)")
 

@@ -231,7 +231,10 @@ def train(cfg: TrainConfig, resume: bool = False, init_from: str | None = None,
                                                       replace=False)
         train_pairs = train_pairs.subset(np.sort(keep))
     if init_from:
-        cfg.model = TowerConfig.from_dict(ck.load_checkpoint(init_from)[ck.MODEL_CONFIG])
+        try:
+            cfg.model = TowerConfig.from_dict(ck.load_checkpoint(init_from)[ck.MODEL_CONFIG])
+        except (ValueError, TypeError) as e:
+            raise ck.CheckpointError(f"{init_from}: {e}") from None
     cfg.model.dim = bank.dim
     query, doc = build_towers(cfg.model)
     params = list(query.parameters()) + list(doc.parameters())
