@@ -20,6 +20,7 @@ from training.expand_pairs import (
     ExpandConfig,
     defaults_for,
     expand_pairs,
+    near_duplicate_mask,
     resolve,
 )
 from training.synth_bank import SynthConfig, synth_bank
@@ -125,6 +126,23 @@ def test_near_duplicate_target_dropped():
     assert pairs.meta["near_duplicate_targets_dropped"] == 1
     assert 3 in pairs.target and 14 not in pairs.target
     assert len(pairs) == 3 * 5 - 1
+
+
+def test_near_duplicate_chain_keeps_a_row_whose_only_duplicate_was_dropped():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal(64).astype(np.float32)
+    step = rng.standard_normal(64).astype(np.float32)
+    step -= (step @ a) / (a @ a) * a  # orthogonal to a
+    a /= np.linalg.norm(a)
+    step *= 0.035 / np.linalg.norm(step)  # angle ~0.035 rad: cos ~0.99939 per step
+    chain = np.stack([a + i * step for i in range(3)])
+    chain /= np.linalg.norm(chain, axis=1, keepdims=True)
+    other = rng.standard_normal((2, 64)).astype(np.float32)
+    vectors = np.concatenate([chain, other / np.linalg.norm(other, axis=1, keepdims=True)])
+    cos = vectors @ vectors.T
+    assert cos[0, 1] > 0.999 and cos[1, 2] > 0.999 and cos[0, 2] < 0.999
+    # Row 1 repeats row 0 and goes; row 2 repeats only row 1, which was not kept: it stays.
+    assert near_duplicate_mask(vectors).tolist() == [False, True, False, False, False]
 
 
 # ---------------------------------------------------------------------------------------------

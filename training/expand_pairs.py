@@ -82,13 +82,20 @@ def candidate_targets(bank: Bank, cfg: ExpandConfig) -> tuple[np.ndarray, dict]:
 
 
 def near_duplicate_mask(vectors: np.ndarray, threshold: float = NEAR_DUP_COS) -> np.ndarray:
-    """True for each row whose vector has cos > threshold with an earlier row (M, D) -> (M,)."""
+    """True for each row with cos > threshold to an earlier row that is kept: (M, D) -> (M,).
+
+    Rows are kept greedily in order, so a row whose only near-duplicate was itself dropped stays.
+    """
     index = faiss.IndexFlatIP(vectors.shape[1])
     index.add(vectors)
     lims, _, ids = index.range_search(vectors, threshold)
     owner = np.repeat(np.arange(len(vectors)), np.diff(lims).astype(np.int64))
     dup = np.zeros(len(vectors), dtype=bool)
-    dup[owner[ids < owner]] = True
+    # The search is vectorized; this loop only visits rows that have an earlier near-duplicate
+    # (a handful per thousand on real banks), in order, so each sees its predecessors' verdicts.
+    for row in np.unique(owner[ids < owner]):
+        earlier = ids[lims[row]:lims[row + 1]]
+        dup[row] = bool((~dup[earlier[earlier < row]]).any())
     return dup
 
 
