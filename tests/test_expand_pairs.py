@@ -145,6 +145,23 @@ def test_near_duplicate_chain_keeps_a_row_whose_only_duplicate_was_dropped():
     assert near_duplicate_mask(vectors).tolist() == [False, True, False, False, False]
 
 
+def test_near_duplicate_ivf_path_matches_exact():
+    # Random directions are IVF's worst case (no clusters, many points near list borders).
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((6000, 48)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    src = rng.choice(3000, 200, replace=False)
+    noise = rng.standard_normal((200, 48)).astype(np.float32)
+    noise -= (noise * x[src]).sum(1, keepdims=True) * x[src]
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    angle = np.arccos(0.9993)
+    x[3000 + src] = np.cos(angle) * x[src] + np.sin(angle) * noise
+    exact = near_duplicate_mask(x, exact_max=len(x))
+    approx = near_duplicate_mask(x, exact_max=100)
+    assert exact.sum() == 200 and set(np.flatnonzero(exact)) == set(3000 + src)
+    assert (approx == exact).all()
+
+
 # ---------------------------------------------------------------------------------------------
 # split
 
