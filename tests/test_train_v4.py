@@ -141,7 +141,8 @@ def test_training_run_writes_history_checkpoints_and_gate(tiny):
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
     # The checklist's "quick metrics" snippet works on the file.
     latest = history[-1]
-    assert f"Epoch {latest['epoch']}: R@100={latest['recall@100']:.2f}%, Δ={latest['margin']:.4f}"
+    line = f"Epoch {latest['epoch']}: R@100={latest['recall@100']:.2f}%, Δ={latest['margin']:.4f}"
+    assert line.startswith("Epoch 4: R@100=") and isinstance(latest["margin"], float)
     assert history[2]["mined_per_pair"] > 0 and "mined_per_pair" not in history[0]
     for name in ("best.pt", "last.pt", "epoch_002.pt", "epoch_004.pt"):
         state = torch.load(out / "checkpoints" / name, weights_only=True)
@@ -306,3 +307,62 @@ def test_resume_with_other_settings_is_refused(tiny):
     same = tiny_cfg(tiny, "resume_cfg", epochs=1, mine_schedule="0-1:none",
                     log_dir=str(tiny / "other_logs"))
     assert train(same, resume=True)["verdict"]
+
+
+def test_monitor_reports_epoch_recall_margin_and_liveness(tiny, capsys):
+    from training import monitor
+
+    cfg = tiny_cfg(tiny, "monitored", epochs=1, mine_schedule="0-1:none",
+                   eval_ks=[10, 100, 500], select_metric="recall@500",
+                   gates={**TINY["gates"], "metric": "recall@500"})
+    train(cfg)
+    capsys.readouterr()  # the training log
+    run = Path(cfg.out)
+    last = json.loads((run / "history.json").read_text())[-1]
+    # train.pid names this (finished) training's process: this test process, which is alive.
+    assert monitor.main(["--run", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"Epoch 1: R@500={last['recall@500']:.2f}%, Δ={last['margin']:.4f}")
+    assert f"running (pid {os.getpid()})" in out and "verdict " in out
+    # A pid that is gone reads as not running.
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    (run / "train.pid").write_text(dead)
+    assert monitor.main(["--run", str(run), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["alive"] is False and status["epoch"] == 1 and status["pid"] == int(dead)
+    assert monitor.main(["--run", str(tiny / "no_such_run")]) == 2
+
+
+def test_mining_never_returns_the_positive_its_duplicates_or_context(tiny):
+    import numpy as np
+
+    from cascade.bank import load_bank
+    from cascade.index import build_index
+    from cascade.pairs import load_pairs
+    from cascade.towers import TowerConfig, build_towers
+    from training.curriculum import parse_schedule
+    from training.mining import mine
+
+    bank = load_bank(tiny / "bank.npz")
+    vectors = bank.vectors.copy()
+    train_pairs = load_pairs(tiny / "pairs.npz", bank).train()
+    # Plant a near-duplicate of the first pair's positive in another article.
+    other = int(np.flatnonzero(bank.article_indices != bank.article_indices[
+        train_pairs.target[0]])[-1])
+    vectors[other] = vectors[train_pairs.target[0]] + 1e-3
+    vectors[other] /= np.linalg.norm(vectors[other])
+    query, _ = build_towers(TowerConfig(dim=16, hidden=16, max_len=6))
+    # 40 of a pool of 64: deep enough that the planted duplicate would be kept if not filtered.
+    (segment,) = parse_schedule("0-1:40@0.1-0.95")
+    negs = mine(query, vectors, vectors, build_index(vectors, "flat"), bank.article_indices,
+                train_pairs, segment, 0.98, 64)
+    assert negs.rows.shape == (len(train_pairs), 40) and (negs.rows >= 0).any()
+    for i in range(len(train_pairs)):
+        rows = negs.rows[i][negs.rows[i] >= 0]
+        assert train_pairs.target[i] not in rows
+        assert not ((rows >= train_pairs.ctx_start[i]) & (rows < train_pairs.ctx_end[i])).any()
+        assert (vectors[rows] @ vectors[train_pairs.target[i]] <= 0.98).all()
+        cos = negs.cos[i][negs.rows[i] >= 0]
+        assert ((cos >= 0.1 - 1e-6) & (cos <= 0.95 + 1e-6)).all()
+    assert other not in negs.rows[0]
