@@ -60,7 +60,7 @@ bench-scale: $(STAMP)  ## peak memory of training on a synthetic 500k x 768 bank
 test: $(STAMP)  ## run the test suite (slow cases excluded)
 	$(PY) -m pytest
 
-test-slow: $(STAMP)  ## run the slow cases too
+test-slow: $(STAMP)  ## also the slow case: the whole checklist on the real corpus from scratch (~7 min)
 	$(PY) -m pytest -m ''
 
 lint: $(STAMP)  ## ruff
