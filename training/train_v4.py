@@ -24,7 +24,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -212,6 +212,79 @@ def log_epoch(h: dict, cfg: TrainConfig) -> None:
              f"{h['neg_cos']:.3f})")
 
 
+@dataclass
+class Progress:
+    """Where a run stands between epochs: what last.pt carries besides weights and optimizer."""
+    history: list[dict] = field(default_factory=list)
+    step: int = 0  # optimizer steps taken
+    epoch: int = 0  # last finished epoch
+    best: tuple[float, float] = (-1.0, -1.0)  # selection_key of best.pt
+    best_epoch: int = 0
+
+
+def restore(paths: RunPaths, cfg: TrainConfig, bank: Bank, query, doc, optimizer,
+            memory: MemoryBank, resume: bool, init_from: str | None) -> Progress:
+    """Continue from last.pt (--resume), start from another run's weights, or start fresh."""
+    if resume and paths.ckpt("last.pt").exists():
+        state = ck.load_checkpoint(paths.ckpt("last.pt"), bank.fingerprint())
+        check_resume_config(state[ck.CONFIG], cfg, paths.ckpt("last.pt"))
+        query.load_state_dict(state[ck.QUERY_TOWER])
+        doc.load_state_dict(state[ck.DOC_TOWER])
+        ts = state[ck.TRAIN_STATE]
+        optimizer.load_state_dict(ts["optimizer"])
+        memory.load_state_dict(ts["memory"])
+        torch.set_rng_state(ts["torch_rng"])
+        log.info(f"Resumed from {paths.ckpt('last.pt')} after epoch {state[ck.EPOCH]}")
+        return Progress(ts["history"], ts["step"], state[ck.EPOCH], tuple(ts["best"]),
+                        ts["best_epoch"])
+    if resume:
+        log.info(f"--resume: no {paths.ckpt('last.pt')} yet, starting from scratch")
+    elif init_from:
+        state = ck.load_checkpoint(init_from, bank.fingerprint())
+        query.load_state_dict(state[ck.QUERY_TOWER])
+        doc.load_state_dict(state[ck.DOC_TOWER])
+        log.info(f"Initialized from {init_from} (epoch {state[ck.EPOCH]})")
+    return Progress()
+
+
+def save_epoch(paths: RunPaths, cfg: TrainConfig, bank: Bank, query, doc, optimizer,
+               memory: MemoryBank, progress: Progress, metrics: dict) -> dict:
+    """best.pt when the selection metric improved, epoch_XXX.pt every `checkpoint_every`, and
+    last.pt (with everything --resume needs) every epoch; then history.json. Returns the state."""
+    epoch = progress.epoch
+    key = selection_key(metrics, cfg)
+    state = tower_state(query, doc, cfg, bank, epoch, metrics, key[0])
+    if key > progress.best:
+        progress.best, progress.best_epoch = key, epoch
+        ck.save_checkpoint(paths.ckpt("best.pt"), state)
+    if epoch % cfg.checkpoint_every == 0:
+        ck.save_checkpoint(paths.ckpt(f"epoch_{epoch:03d}.pt"), state)
+    state[ck.TRAIN_STATE] = {"optimizer": optimizer.state_dict(), "memory": memory.state_dict(),
+                             "torch_rng": torch.get_rng_state(), "history": progress.history,
+                             "step": progress.step, "best": list(progress.best),
+                             "best_epoch": progress.best_epoch}
+    ck.save_checkpoint(paths.ckpt("last.pt"), state)
+    atomic_write(paths.history,
+                 lambda f: f.write(json.dumps(progress.history, indent=1).encode()))
+    return state
+
+
+def abort_run(paths: RunPaths, cfg: TrainConfig, state: dict, history: list[dict],
+              result: dict) -> dict:
+    """Margin collapse: abort.pt, the checklist's recommendations, gate.json saying why."""
+    ck.save_checkpoint(paths.ckpt("abort.pt"), state)
+    reason = (f"separation margin Δ < {cfg.abort.margin} for {cfg.abort.patience} "
+              f"consecutive evals after epoch {cfg.abort.after_epoch} "
+              f"(last {history[-1]['margin']:.4f} at epoch {history[-1]['epoch']})")
+    log.info(f"ABORT: {reason}. Saved {paths.ckpt('abort.pt')}. Recommendations:")
+    for line in ABORT_ADVICE:
+        log.info(f"  - {line}")
+    result.update({"verdict": "aborted", "reason": reason, "epoch": history[-1]["epoch"],
+                   "stage1": "heuristic", "actions": ABORT_ADVICE})
+    atomic_write(paths.gate, lambda f: f.write(json.dumps(result, indent=2).encode()))
+    return result
+
+
 def train(cfg: TrainConfig, resume: bool = False, init_from: str | None = None,
           baselines: dict[str, str] | None = None) -> dict:
     """Run the whole training; returns gate.json's content (or the abort record)."""
@@ -224,12 +297,15 @@ def train(cfg: TrainConfig, resume: bool = False, init_from: str | None = None,
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
 
+    # 1) inputs, refused before anything trains
     bank, pairs, segments = load_inputs(cfg)
     train_pairs, val = pairs.train(), pairs.val()
     if cfg.max_train_pairs and len(train_pairs) > cfg.max_train_pairs:
         keep = np.random.default_rng(cfg.seed).choice(len(train_pairs), cfg.max_train_pairs,
                                                       replace=False)
         train_pairs = train_pairs.subset(np.sort(keep))
+
+    # 2) model, optimizer, memory bank; then resume / init-from
     if init_from:
         try:
             cfg.model = TowerConfig.from_dict(ck.load_checkpoint(init_from)[ck.MODEL_CONFIG])
@@ -242,39 +318,18 @@ def train(cfg: TrainConfig, resume: bool = False, init_from: str | None = None,
     memory = MemoryBank(cfg.memory_bank_size, bank.dim)
     steps_per_epoch = math.ceil(math.ceil(len(train_pairs) / cfg.bs) / cfg.accum)
     total_steps = steps_per_epoch * cfg.epochs
-    history: list[dict] = []
-    step, start_epoch, best, best_epoch = 0, 1, (-1.0, -1.0), 0
-
-    if resume and paths.ckpt("last.pt").exists():
-        state = ck.load_checkpoint(paths.ckpt("last.pt"), bank.fingerprint())
-        check_resume_config(state[ck.CONFIG], cfg, paths.ckpt("last.pt"))
-        query.load_state_dict(state[ck.QUERY_TOWER])
-        doc.load_state_dict(state[ck.DOC_TOWER])
-        ts = state[ck.TRAIN_STATE]
-        optimizer.load_state_dict(ts["optimizer"])
-        memory.load_state_dict(ts["memory"])
-        torch.set_rng_state(ts["torch_rng"])
-        history, step = ts["history"], ts["step"]
-        best, best_epoch = tuple(ts["best"]), ts["best_epoch"]
-        start_epoch = state[ck.EPOCH] + 1
-        log.info(f"Resumed from {paths.ckpt('last.pt')} after epoch {state[ck.EPOCH]}")
-    elif resume:
-        log.info(f"--resume: no {paths.ckpt('last.pt')} yet, starting from scratch")
-    elif init_from:
-        state = ck.load_checkpoint(init_from, bank.fingerprint())
-        query.load_state_dict(state[ck.QUERY_TOWER])
-        doc.load_state_dict(state[ck.DOC_TOWER])
-        log.info(f"Initialized from {init_from} (epoch {state[ck.EPOCH]})")
+    progress = restore(paths, cfg, bank, query, doc, optimizer, memory, resume, init_from)
 
     atomic_write(paths.out / "config.yaml", lambda f: f.write(to_yaml(cfg).encode()))
     log.info(f"{cfg.name}: bank {cfg.bank} ({bank.n:,} x {bank.dim}), pairs {cfg.pairs} "
              f"(train {len(train_pairs):,}, val {len(val):,}), {cfg.model.kind} tower, "
              f"batch {cfg.bs} x {cfg.accum}, {steps_per_epoch} steps/epoch; log {log_path}")
 
+    # 3) epochs: mine (when scheduled), train, evaluate, checkpoint, check abort and mid-gate
     doc_vectors = encode_docs(doc, bank.vectors)
     index = build_index(doc_vectors, cfg.index, seed=cfg.seed)
     result: dict = {}
-    for epoch in range(start_epoch, cfg.epochs + 1):
+    for epoch in range(progress.epoch + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
         segment = segment_for(segments, epoch)
         negatives, mining = None, {}
@@ -287,8 +342,8 @@ def train(cfg: TrainConfig, resume: bool = False, init_from: str | None = None,
                       "mining_raw_positive_rate": negs.positive_rate,
                       "mining_raw_near_dup_rate": negs.near_dup_rate}
         t_train = time.perf_counter()
-        losses, step = train_epoch(query, doc, optimizer, memory, bank, train_pairs, negatives,
-                                   cfg, epoch, step, total_steps)
+        losses, progress.step = train_epoch(query, doc, optimizer, memory, bank, train_pairs,
+                                            negatives, cfg, epoch, progress.step, total_steps)
         train_s = time.perf_counter() - t_train
         if not doc.is_identity:
             doc_vectors = encode_docs(doc, bank.vectors)
@@ -299,49 +354,28 @@ def train(cfg: TrainConfig, resume: bool = False, init_from: str | None = None,
              "curriculum": (f"{segment.count} hard negatives @ {segment.cos_min:g}-"
                             f"{segment.cos_max:g}" if segment.count else "no mining (warm start)"),
              "seconds": time.perf_counter() - t0, "pairs_per_s": len(train_pairs) / train_s}
-        history.append(h)
+        progress.history.append(h)
+        progress.epoch = epoch
         log_epoch(h, cfg)
-
-        key = selection_key(metrics, cfg)
-        state = tower_state(query, doc, cfg, bank, epoch, metrics, key[0])
-        if key > best:
-            best, best_epoch = key, epoch
-            ck.save_checkpoint(paths.ckpt("best.pt"), state)
-        if epoch % cfg.checkpoint_every == 0:
-            ck.save_checkpoint(paths.ckpt(f"epoch_{epoch:03d}.pt"), state)
-        state[ck.TRAIN_STATE] = {"optimizer": optimizer.state_dict(),
-                                 "memory": memory.state_dict(), "torch_rng": torch.get_rng_state(),
-                                 "history": history, "step": step, "best": list(best),
-                                 "best_epoch": best_epoch}
-        ck.save_checkpoint(paths.ckpt("last.pt"), state)
-        atomic_write(paths.history, lambda f: f.write(json.dumps(history, indent=1).encode()))
+        state = save_epoch(paths, cfg, bank, query, doc, optimizer, memory, progress, metrics)
 
         if epoch == cfg.gates.mid_epoch:
             mg = mid_gate(metrics[cfg.gates.metric], cfg.gates)
             result["mid_gate"] = mg
             log.info(f"Mid-gate (epoch {epoch}): {cfg.gates.metric} {mg['value']:.2f}% vs "
                      f"{mg['threshold']}%: {mg['status']} ({mg['note']})")
-        if should_abort(history, cfg):
-            ck.save_checkpoint(paths.ckpt("abort.pt"), state)
-            reason = (f"separation margin Δ < {cfg.abort.margin} for {cfg.abort.patience} "
-                      f"consecutive evals after epoch {cfg.abort.after_epoch} "
-                      f"(last {history[-1]['margin']:.4f} at epoch {epoch})")
-            log.info(f"ABORT: {reason}. Saved {paths.ckpt('abort.pt')}. Recommendations:")
-            for line in ABORT_ADVICE:
-                log.info(f"  - {line}")
-            result.update({"verdict": "aborted", "reason": reason, "epoch": epoch,
-                           "stage1": "heuristic", "actions": ABORT_ADVICE})
-            atomic_write(paths.gate, lambda f: f.write(json.dumps(result, indent=2).encode()))
-            return result
+        if should_abort(progress.history, cfg):
+            return abort_run(paths, cfg, state, progress.history, result)
 
+    # 4) the final gate on best.pt, beside the heuristics and baselines
     del index, doc_vectors  # the final gate builds its own; two at once would double memory
-    result.update(final_gate(cfg, bank, val, paths, best_epoch, baselines or {}))
-    if "mid_gate" not in result and cfg.gates.mid_epoch <= cfg.epochs and history:
-        h = next((x for x in history if x["epoch"] == cfg.gates.mid_epoch), None)
+    result.update(final_gate(cfg, bank, val, paths, progress.best_epoch, baselines or {}))
+    if "mid_gate" not in result and cfg.gates.mid_epoch <= cfg.epochs:
+        h = next((x for x in progress.history if x["epoch"] == cfg.gates.mid_epoch), None)
         if h:
             result["mid_gate"] = mid_gate(h[cfg.gates.metric], cfg.gates)
     atomic_write(paths.gate, lambda f: f.write(json.dumps(result, indent=2).encode()))
-    write_report(paths.out / "report.md", cfg, history, result)
+    write_report(paths.out / "report.md", cfg, progress.history, result)
     return result
 
 
