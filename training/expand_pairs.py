@@ -167,15 +167,22 @@ def main(argv: list[str] | None = None) -> int:
     d = ExpandConfig()
     p = argparse.ArgumentParser(prog="python -m training.expand_pairs",
                                 description=__doc__.split("\n")[0])
-    p.add_argument("--bank", default="artifacts/wikipedia_vital_bank.npz")
-    p.add_argument("--out", default="artifacts/twotower/pairs_v4.npz")
-    p.add_argument("--context-len", type=int, default=d.context_len)
-    p.add_argument("--stride", type=int, default=d.stride)
-    p.add_argument("--max-per-seq", type=int, default=d.max_per_seq)
-    p.add_argument("--min-context", type=int, default=d.min_context)
-    p.add_argument("--target-pairs", type=int, default=d.target_pairs)
-    p.add_argument("--train-split", type=float, default=d.train_split)
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--bank", default="artifacts/wikipedia_vital_bank.npz", help="bank .npz")
+    p.add_argument("--out", default="artifacts/twotower/pairs_v4.npz",
+                   help="pairs .npz (a manifest .json is written beside it)")
+    p.add_argument("--context-len", type=int, default=d.context_len,
+                   help="most context chunks per pair (default per bank: 8 short, 100 long)")
+    p.add_argument("--stride", type=int, default=d.stride,
+                   help="chunks between consecutive targets (default per bank: 1 or 32)")
+    p.add_argument("--max-per-seq", type=int, default=d.max_per_seq,
+                   help="pairs per article at most (default per bank: 1000 or 30)")
+    p.add_argument("--min-context", type=int, default=d.min_context,
+                   help="fewest context chunks a pair may have (default 1)")
+    p.add_argument("--target-pairs", type=int, default=d.target_pairs,
+                   help="pairs hoped for; fewer is reported with advice (default 50000)")
+    p.add_argument("--train-split", type=float, default=d.train_split,
+                   help="fraction of articles in train (default 0.9)")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the article split")
     p.add_argument("--auto-retry", action="store_true",
                    help=f"if short, retry once with --stride {RETRY_STRIDE} --max-per-seq "
                         f"{RETRY_MAX_PER_SEQ}")

@@ -489,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sample", type=int, default=DEFAULT_SAMPLE,
                    help=f"bank rows for the alignment check; sample/{FILTER_SAMPLE_SHARE} train "
                         f"pairs for the filter check")
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seed", type=int, default=42, help="seed of the sampled checks")
     args = p.parse_args(argv)
     pairs_path = Path(args.pairs)
     manifest_out = args.manifest_out or pairs_path.with_name(f"{pairs_path.stem}_manifest.json")

@@ -426,12 +426,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m training.train_v4",
                                 description=__doc__.split("\n")[0])
     p.add_argument("--config", help="YAML config (a path, or a name under training/configs/)")
-    flags = {"pairs": str, "bank": str, "out": str, "bs": int, "accum": int, "epochs": int,
-             "lr": float, "lr_min": float, "wd": float, "tau": float, "margin": float,
-             "memory_bank_size": int, "mine_schedule": str, "filter_threshold": float,
-             "device": str, "seed": int, "name": str, "log_dir": str, "max_train_pairs": int}
-    for name, tp in flags.items():
-        p.add_argument(f"--{name.replace('_', '-')}", type=tp, default=None, dest=name)
+    # Each flag overrides the config key of the same name; unset, the YAML's value (or the
+    # TrainConfig default) holds. The names are the checklist's launch-script flags.
+    flags = {
+        "pairs": (str, "pairs .npz (index windows) from training.expand_pairs"),
+        "bank": (str, "the bank .npz the pairs index"),
+        "out": (str, "run directory: config.yaml, history.json, checkpoints/, gate.json"),
+        "bs": (int, "micro-batch size (in-batch negatives come from it)"),
+        "accum": (int, "micro-batches per optimizer step: bs x accum = effective batch"),
+        "epochs": (int, "epochs"),
+        "lr": (float, "peak learning rate (AdamW)"),
+        "lr_min": (float, "floor of the cosine decay"),
+        "wd": (float, "AdamW weight decay"),
+        "tau": (float, "InfoNCE temperature"),
+        "margin": (float, "margin penalty in cosine units: relu(margin - (cos_pos - cos_neg))"),
+        "memory_bank_size": (int, "FIFO of recent doc vectors used as extra negatives"),
+        "mine_schedule": (str, "curriculum, e.g. '0-5:none;6-10:8@0.82-0.92;11-30:16@0.84-0.96'"),
+        "filter_threshold": (float, "drop mined negatives with cos > this to the positive"),
+        "device": (str, "cpu (the only device this trainer runs on)"),
+        "seed": (int, "seed of the split order, mining and initialization"),
+        "name": (str, "run name: log file prefix and report title"),
+        "log_dir": (str, "where <name>_<timestamp>.log goes"),
+        "max_train_pairs": (int, "use at most this many train pairs (0 = all)"),
+    }
+    for name, (tp, text) in flags.items():
+        p.add_argument(f"--{name.replace('_', '-')}", type=tp, default=None, dest=name,
+                       help=f"{text} (without --config: {getattr(TrainConfig(), name)})")
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoints/last.pt")
     p.add_argument("--init-from", help="start from another run's best.pt (e.g. v5 from v4)")
     p.add_argument("--baseline", action="append", default=[], metavar="NAME=CKPT",
