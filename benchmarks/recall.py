@@ -33,11 +33,13 @@ KS = (10, 50, 100, 500, 1000)
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.recall",
                                 description=__doc__.split("\n")[0])
-    p.add_argument("--bank", default="artifacts/wikipedia_vital_bank.npz")
-    p.add_argument("--pairs", default="artifacts/twotower/wikipedia_vital_bank/pairs_v4.npz")
-    p.add_argument("--ckpt", action="append", default=[], metavar="NAME=PATH")
-    p.add_argument("--split", choices=("val", "train"), default="val")
-    p.add_argument("--out", default="benchmarks/results/recall.json")
+    p.add_argument("--bank", default="artifacts/wikipedia_vital_bank.npz", help="bank .npz")
+    p.add_argument("--pairs", default="artifacts/twotower/wikipedia_vital_bank/pairs_v4.npz",
+                   help="pairs .npz whose split is scored")
+    p.add_argument("--ckpt", action="append", default=[], metavar="NAME=PATH",
+                   help="a trained checkpoint to score beside the heuristics (repeatable)")
+    p.add_argument("--split", choices=("val", "train"), default="val", help="which split")
+    p.add_argument("--out", default="benchmarks/results/recall.json", help="results JSON")
     args = p.parse_args(argv)
     try:
         ckpts = dict(c.split("=", 1) if "=" in c else (Path(c).parent.parent.name, c)
