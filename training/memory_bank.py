@@ -1,6 +1,13 @@
-"""A FIFO memory bank of recent doc vectors (detached) and their bank rows, used as negatives."""
+"""A FIFO memory bank of recent doc vectors (detached) and their bank rows, used as negatives.
+
+With a trainable doc tower the stored vectors go stale as the tower moves, and the model learns to
+run away from its own past outputs (on the default bank val Recall@10 fell from 59% to 8% in seven
+epochs); `refresh` re-encodes the stored rows with the current tower.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 
@@ -22,6 +29,12 @@ class MemoryBank:
         self.rows[idx] = rows
         self.ptr = int((self.ptr + len(rows)) % self.size)
         self.filled = min(self.size, self.filled + len(rows))
+
+    def refresh(self, encode: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Replace the stored vectors by encode(rows) (no gradient): (M,) rows -> (M, D)."""
+        if self.filled:
+            with torch.no_grad():
+                self.vectors[:self.filled] = encode(self.rows[:self.filled])
 
     def get(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.vectors[:self.filled], self.rows[:self.filled]

@@ -196,6 +196,8 @@ def train_epoch(query, doc, optimizer, memory: MemoryBank, bank: Bank, train: Pa
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
+        if not doc.is_identity:
+            memory.refresh(lambda rows: doc(torch.from_numpy(bank.vectors[rows.numpy()])))
         bar.set_postfix(loss=f"{float(parts['loss'].detach()):.3f}")
     means = {k: v / len(train) for k, v in sums.items()}
     means["lr"] = lr
