@@ -84,6 +84,11 @@ def test_config_refuses_unknown_key_and_wrong_type(tmp_path):
     bad.write_text("- epochs\n- 3\n")
     with pytest.raises(ConfigError, match="expected a mapping of settings at the top level"):
         load_config(bad)
+    with pytest.raises(ConfigError, match="'gates.metric' is 'mrr'"):
+        load_config(None, {"gates": {"metric": "mrr"}})
+    with pytest.raises(ConfigError, match="'select_metric' is 'recall@7'"):
+        load_config(None, {"select_metric": "recall@7"})
+    assert load_config(None, {"select_metric": "mrr"}).select_metric == "mrr"
     with pytest.raises(ConfigError, match="lr_min"):
         load_config(None, {"lr": 1e-4, "lr_min": 1e-3})
 

@@ -175,10 +175,15 @@ def validate(cfg: TrainConfig) -> None:
     if not 0.0 < cfg.filter_threshold <= 1.0:
         raise ConfigError(f"config: 'filter_threshold' must be in (0, 1], got "
                           f"{cfg.filter_threshold}")
-    metrics = {f"recall@{k}" for k in cfg.eval_ks} | {"mrr"}
-    for key, value in (("select_metric", cfg.select_metric), ("gates.metric", cfg.gates.metric)):
-        if value not in metrics:
-            raise ConfigError(f"config: '{key}' is {value!r}, not one of {sorted(metrics)}")
+    recalls = {f"recall@{k}" for k in cfg.eval_ks}
+    if cfg.select_metric not in recalls | {"mrr"}:
+        raise ConfigError(f"config: 'select_metric' is {cfg.select_metric!r}, not one of "
+                          f"{sorted(recalls | {'mrr'})}")
+    # Gate thresholds are percents and the comparison with the heuristic is a paired recall
+    # difference, so the gate is a recall@k.
+    if cfg.gates.metric not in recalls:
+        raise ConfigError(f"config: 'gates.metric' is {cfg.gates.metric!r}, not one of "
+                          f"{sorted(recalls)} (a recall@k among eval_ks)")
     try:
         cfg.model.validate()
     except ValueError as e:

@@ -65,7 +65,7 @@ def decide(value: float, v4_ranks: np.ndarray, heuristic_ranks: np.ndarray, gate
     """The final gate: verdict by thresholds, and whether v4 beats the heuristic beyond the CI
     on the gated metric (and on recall@10, reported)."""
     verdict = final_verdict(value, gates)
-    gate_k = int(gates.metric.split("@")[1]) if "@" in gates.metric else max(ks)
+    gate_k = int(gates.metric.split("@")[1])  # config validation: gates.metric is a recall@k
     comparisons = {f"recall@{k}": paired_difference(v4_ranks, heuristic_ranks, k)
                    for k in sorted({gate_k, min(ks)})}
     gated = comparisons[f"recall@{gate_k}"]
