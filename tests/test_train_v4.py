@@ -89,6 +89,12 @@ def test_config_refuses_unknown_key_and_wrong_type(tmp_path):
     with pytest.raises(ConfigError, match="'select_metric' is 'recall@7'"):
         load_config(None, {"select_metric": "recall@7"})
     assert load_config(None, {"select_metric": "mrr"}).select_metric == "mrr"
+    with pytest.raises(ConfigError, match="'abort.patience' must be >= 1"):
+        load_config(None, {"abort": {"patience": 0}})
+    with pytest.raises(ConfigError, match="partial <= success"):
+        load_config(None, {"gates": {"success": 40.0, "partial": 55.0}})
+    with pytest.raises(ConfigError, match="percents .55.0 means 55%., not fractions"):
+        load_config(None, {"gates": {"success": 0.6, "partial": 0.4, "mid": 0.35}})
     with pytest.raises(ConfigError, match="lr_min"):
         load_config(None, {"lr": 1e-4, "lr_min": 1e-3})
 

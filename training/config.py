@@ -184,6 +184,16 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.gates.metric not in recalls:
         raise ConfigError(f"config: 'gates.metric' is {cfg.gates.metric!r}, not one of "
                           f"{sorted(recalls)} (a recall@k among eval_ks)")
+    if cfg.abort.patience < 1:
+        raise ConfigError(f"config: 'abort.patience' must be >= 1, got {cfg.abort.patience}")
+    g = cfg.gates
+    if not 0.0 <= g.partial <= g.success <= 100.0 or not 0.0 <= g.mid <= 100.0:
+        raise ConfigError(f"config: gates need 0 <= partial <= success <= 100 and 0 <= mid <= "
+                          f"100 (percent), got partial {g.partial}, success {g.success}, "
+                          f"mid {g.mid}")
+    if 0.0 < g.success < 1.0:
+        raise ConfigError(f"config: 'gates.success' is {g.success}: gate thresholds are percents "
+                          f"(55.0 means 55%), not fractions")
     try:
         cfg.model.validate()
     except ValueError as e:
