@@ -401,3 +401,22 @@ def test_memory_bank_follows_a_trainable_doc_tower(tiny):
     # The tower did move: the memory is not simply the raw bank vectors.
     assert not np.allclose(memory["vectors"].numpy(), bank.vectors[memory["rows"].numpy()],
                            atol=1e-3)
+
+
+@pytest.mark.parametrize("value,status", [(35.0, "pass"), (34.9, "watch"), (30.0, "watch"),
+                                          (29.9, "fail")])
+def test_mid_gate_bands(value, status):
+    from training.config import GateConfig
+    from training.gates import mid_gate
+
+    assert mid_gate(value, GateConfig(mid=35.0))["status"] == status
+
+
+@pytest.mark.parametrize("value,verdict", [(55.0, "success"), (54.9, "partial"), (40.0, "partial"),
+                                           (39.9, "data_wall")])
+def test_final_verdict_thresholds(value, verdict):
+    from training.config import GateConfig
+    from training.gates import ACTIONS, final_verdict
+
+    assert final_verdict(value, GateConfig(success=55.0, partial=40.0)) == verdict
+    assert ACTIONS[verdict]
