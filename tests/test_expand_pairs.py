@@ -231,6 +231,15 @@ def test_cli_shortfall_and_auto_retry(tmp_path, long_bank_path):
     assert retried["pairs"] > first["pairs"]
 
 
+def test_cli_shortfall_when_every_window_is_used(tmp_path, small_bank_path):
+    # Short articles at stride 1 with no article capped: the checklist's retry cannot help.
+    proc = _run("--bank", str(small_bank_path), "--out", str(tmp_path / "p.npz"),
+                "--target-pairs", "1000000", "--auto-retry")
+    assert proc.returncode == 0, proc.stderr
+    assert "Every window of every article is already used" in proc.stdout
+    assert "retrying" not in proc.stdout and "--auto-retry does it" not in proc.stdout
+
+
 @pytest.mark.parametrize("args, message", [
     (["--bank", "MISSING"], "no such file"),
     (["--stride", "0"], "--stride must be >= 1"),

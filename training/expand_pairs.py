@@ -156,11 +156,23 @@ def _article_start_of(bank: Bank, rows: np.ndarray) -> np.ndarray:
     return starts[np.searchsorted(starts, rows, side="right") - 1]
 
 
-def shortfall_advice(n: int, cfg: ExpandConfig) -> str:
-    return (f"only {n:,} pairs, short of --target-pairs {cfg.target_pairs:,}. To get more: lower "
-            f"--stride (now {cfg.stride}), raise --max-per-seq (now {cfg.max_per_seq}), or ingest "
-            f"more articles (the checklist's retry is --stride {RETRY_STRIDE} --max-per-seq "
-            f"{RETRY_MAX_PER_SEQ}; --auto-retry does it)")
+def shortfall_advice(pairs: Pairs, cfg: ExpandConfig) -> str:
+    """The checklist's advice for a short expansion, limited to the levers that can still help."""
+    head = f"only {len(pairs):,} pairs, short of --target-pairs {cfg.target_pairs:,}."
+    if cfg.stride == 1 and not pairs.meta["articles_capped"]:
+        return (f"{head} Every window of every article is already used (stride 1, no article "
+                f"capped): only more articles give more pairs (ingest a larger corpus)")
+    levers = []
+    if cfg.stride > 1:
+        levers.append(f"lower --stride (now {cfg.stride})")
+    if pairs.meta["articles_capped"]:
+        levers.append(f"raise --max-per-seq (now {cfg.max_per_seq}; "
+                      f"{pairs.meta['articles_capped']:,} articles capped)")
+    retry = ""
+    if cfg.stride > RETRY_STRIDE or cfg.max_per_seq < RETRY_MAX_PER_SEQ:
+        retry = (f" (the checklist's retry is --stride {RETRY_STRIDE} --max-per-seq "
+                 f"{RETRY_MAX_PER_SEQ}; --auto-retry does it)")
+    return f"{head} To get more: {', '.join(levers)}, or ingest more articles{retry}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,14 +220,14 @@ def main(argv: list[str] | None = None) -> int:
     pairs = expand_pairs(bank, cfg)
     retried = False
     if len(pairs) < SHORT_FRACTION * cfg.target_pairs:
-        print(f"warning: {shortfall_advice(len(pairs), cfg)}")
+        print(f"warning: {shortfall_advice(pairs, cfg)}")
         if args.auto_retry and (cfg.stride > RETRY_STRIDE or cfg.max_per_seq < RETRY_MAX_PER_SEQ):
             cfg = ExpandConfig(**{**asdict(cfg), "stride": min(cfg.stride, RETRY_STRIDE),
                                   "max_per_seq": max(cfg.max_per_seq, RETRY_MAX_PER_SEQ)})
             print(f"retrying with --stride {cfg.stride} --max-per-seq {cfg.max_per_seq}")
             pairs, retried = expand_pairs(bank, cfg), True
             if len(pairs) < SHORT_FRACTION * cfg.target_pairs:
-                print(f"warning: after the retry, {shortfall_advice(len(pairs), cfg)}")
+                print(f"warning: after the retry, {shortfall_advice(pairs, cfg)}")
     pairs.meta.update({"retried": retried, "seconds": round(time.perf_counter() - t0, 2),
                        "bank_kind": defaults_for(bank)["bank_kind"], "out": args.out})
     save_pairs(pairs, args.out)
