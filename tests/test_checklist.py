@@ -48,3 +48,19 @@ def test_named_bank_that_is_missing_is_refused_not_built(tmp_path):
     assert r.returncode == 2
     assert r.stderr.startswith(f"error: {missing}: no such bank") and r.stderr.count("\n") == 1
     assert not missing.exists() and not (tmp_path / "runs").exists()
+
+
+def test_another_bank_with_shipped_gates_gets_a_note(tmp_path):
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}
+    bank = tmp_path / "other.npz"
+    made = subprocess.run([sys.executable, "-m", "training.synth_bank", "--out", str(bank),
+                           "--n", "4000", "--dim", "64", "--mean-chunks", "12", "--seed", "9"],
+                          cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert made.returncode == 0, made.stderr
+    r = subprocess.run([sys.executable, "-m", "training.checklist", "--profile", "smoke",
+                        "--bank", str(bank)], cwd=tmp_path, capture_output=True, text=True,
+                       env=env)
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+    assert "note: the gates of smoke_v4.yaml" in r.stdout
+    assert f"for {bank}, set thresholds relative to the heuristic" in r.stdout
+    assert (tmp_path / "runs" / "other" / "deploy.json").exists()
