@@ -232,12 +232,17 @@ def test_init_from_continues_from_a_checkpoint(tiny):
     assert b[0]["mrr"] == pytest.approx(max(a, key=lambda h: h["recall@100"])["mrr"], abs=0.02)
 
 
-def test_sigkill_then_resume_matches_uninterrupted_run(tiny):
-    """Kill the run mid-training with SIGKILL, --resume it, and get the same results."""
+@pytest.mark.parametrize("doc", ["identity", "mlp"])
+def test_sigkill_then_resume_matches_uninterrupted_run(tiny, doc):
+    """Kill the run mid-training with SIGKILL, --resume it, and get the same results (also with
+    a trainable doc tower, whose memory bank is re-encoded every step)."""
+    data, tiny = tiny, tiny / f"sigkill_{doc}"  # the shared bank and pairs; this case's runs
+    tiny.mkdir()
     cfg_path = _write_cfg(tiny, "resume.yaml", {**TINY, "epochs": 5,
-                                                "mine_schedule": "0-1:none;2-5:4@0.0-0.99"})
-    common = ["--config", str(cfg_path), "--bank", str(tiny / "bank.npz"), "--pairs",
-              str(tiny / "pairs.npz"), "--log-dir", str(tiny / "logs")]
+                                                "mine_schedule": "0-1:none;2-5:4@0.0-0.99",
+                                                "model": {**TINY["model"], "doc": doc}})
+    common = ["--config", str(cfg_path), "--bank", str(data / "bank.npz"), "--pairs",
+              str(data / "pairs.npz"), "--log-dir", str(tiny / "logs")]
     cmd = [sys.executable, "-m", "training.train_v4", *common]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     straight = subprocess.run(cmd + ["--out", str(tiny / "straight")], capture_output=True,
@@ -420,3 +425,4 @@ def test_final_verdict_thresholds(value, verdict):
 
     assert final_verdict(value, GateConfig(success=55.0, partial=40.0)) == verdict
     assert ACTIONS[verdict]
+
