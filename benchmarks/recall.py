@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     # The original protocol: the heuristic's own context rows stay in the results.
-    index = build_index(bank.vectors)
+    index = build_index(bank.vectors, "flat")
     _, I = index.search(heuristic_queries(bank.vectors, split), max(KS))
     table["heuristic (context not excluded)"] = recall_report(target_ranks(I, split.target), KS)
     table["heuristic (context not excluded)"]["margin"] = float("nan")

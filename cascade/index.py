@@ -12,20 +12,39 @@ import numpy as np
 FLAT_MAX_ROWS = 200_000  # above this, "auto" builds an IVF index
 
 
+class ExactIndex:
+    """Exact inner-product search over an (N, D) float32 array, in place.
+
+    FAISS's brute-force kernel (`faiss.knn`) without the copy of the vectors an IndexFlatIP
+    keeps, so exact search costs no memory beyond the bank. It has the part of the faiss index
+    API the helpers below use (`ntotal`, `search`).
+    """
+
+    def __init__(self, vectors: np.ndarray):
+        self.xb = np.ascontiguousarray(vectors, dtype=np.float32)  # no copy for a bank's array
+        self.ntotal = len(self.xb)
+        self.d = self.xb.shape[1]
+
+    def search(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return faiss.knn(np.ascontiguousarray(xq, dtype=np.float32), self.xb, k,
+                         metric=faiss.METRIC_INNER_PRODUCT)
+
+
 def build_index(vectors: np.ndarray, kind: str = "auto", nprobe: int = 32,
-                seed: int = 0) -> faiss.Index:
+                seed: int = 0) -> faiss.Index | ExactIndex:
     """Inner-product index over unit (N, D) vectors.
 
-    "flat" (exact), "ivf" (IVF, float storage), "ivf_sq8" (IVF, 8-bit scalar-quantized storage:
-    a quarter of the memory, cosines within ~1e-3), or "auto": flat up to FLAT_MAX_ROWS rows,
-    ivf_sq8 above, where FAISS's own copy of a float bank would double the memory.
+    "flat" (exact, over the array in place), "ivf" (IVF, float storage), "ivf_sq8" (IVF, 8-bit
+    scalar-quantized storage: a quarter of the memory, cosines within ~1e-3), or "auto": flat up
+    to FLAT_MAX_ROWS rows, ivf_sq8 above, where exact search over every training pair would be
+    slow. IVF is approximate: use it for mining, and "flat" wherever a recall is reported.
     """
     n, d = vectors.shape
     if kind == "auto":
         kind = "flat" if n <= FLAT_MAX_ROWS else "ivf_sq8"
     if kind == "flat":
-        index = faiss.IndexFlatIP(d)
-    elif kind in ("ivf", "ivf_sq8"):
+        return ExactIndex(vectors)
+    if kind in ("ivf", "ivf_sq8"):
         nlist = int(4 * np.sqrt(n))
         quantizer = faiss.IndexFlatIP(d)
         if kind == "ivf":

@@ -105,6 +105,8 @@ def test_search_batched_equals_search(flat, queries):
 
 def test_build_index_kinds(small_bank):
     assert build_index(small_bank.vectors, "auto").ntotal == small_bank.n
+    # Exact search runs over the bank's own array: no second copy of the vectors.
+    assert np.shares_memory(build_index(small_bank.vectors, "flat").xb, small_bank.vectors)
     with pytest.raises(ValueError, match="unknown index kind"):
         build_index(small_bank.vectors, "hnsw")
 

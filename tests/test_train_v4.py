@@ -426,3 +426,16 @@ def test_final_verdict_thresholds(value, verdict):
     assert final_verdict(value, GateConfig(success=55.0, partial=40.0)) == verdict
     assert ACTIONS[verdict]
 
+
+
+def test_reported_recall_is_exact_whatever_index_mines(tiny):
+    """cfg.index picks the mining index; the epoch eval and the final gate always search
+    exactly, so an approximate IVF index cannot lower the reported numbers."""
+    flat = train(tiny_cfg(tiny, "mine_flat", epochs=1, mine_schedule="0-1:none"))
+    ivf = train(tiny_cfg(tiny, "mine_ivf", epochs=1, mine_schedule="0-1:none",
+                         index="ivf_sq8"))
+    for method in ("heuristic", "last-vector", "oracle", "v4"):
+        assert ivf["methods"][method] == flat["methods"][method], method
+    a = json.loads((tiny / "mine_flat" / "history.json").read_text())[0]
+    b = json.loads((tiny / "mine_ivf" / "history.json").read_text())[0]
+    assert a["recall@10"] == b["recall@10"] and a["mrr"] == b["mrr"]

@@ -62,7 +62,7 @@ class TrainConfig:
     mine_schedule: str = "0-5:none;6-10:8@0.82-0.92;11-30:16@0.84-0.96"
     filter_threshold: float = 0.98  # drop mined negatives with cos > this to the positive
     mine_pool: int = 64  # candidates searched per pair when mining (before filtering)
-    index: str = "auto"  # FAISS index for mining and eval: auto | flat | ivf | ivf_sq8
+    index: str = "auto"  # FAISS index for mining: auto | flat | ivf | ivf_sq8 (eval is exact)
     grad_clip: float = 1.0
     device: str = "cpu"
     seed: int = 42

@@ -21,6 +21,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import faiss
 import numpy as np
 
 from cascade.bank import Bank, BankError, atomic_write, load_bank
@@ -96,8 +97,11 @@ def near_duplicate_mask(vectors: np.ndarray, threshold: float = NEAR_DUP_COS,
 
     Rows are kept greedily in order, so a row whose only near-duplicate was itself dropped stays.
     """
-    kind = "flat" if len(vectors) <= exact_max else "ivf"
-    index = build_index(vectors, kind, nprobe=NEAR_DUP_NPROBE)
+    if len(vectors) <= exact_max:
+        index = faiss.IndexFlatIP(vectors.shape[1])  # range search needs a real faiss index
+        index.add(vectors)
+    else:
+        index = build_index(vectors, "ivf", nprobe=NEAR_DUP_NPROBE)
     lims, _, ids = index.range_search(vectors, threshold)
     owner = np.repeat(np.arange(len(vectors)), np.diff(lims).astype(np.int64))
     dup = np.zeros(len(vectors), dtype=bool)

@@ -25,15 +25,15 @@ def method_queries(kind: str, source, bank: Bank, pairs: Pairs) -> tuple[np.ndar
     return heuristic_queries(bank.vectors, pairs, kind), bank.vectors
 
 
-def compare_methods(bank: Bank, pairs: Pairs, methods: dict[str, tuple], ks: tuple[int, ...],
-                    index_kind: str = "auto", seed: int = 0) -> tuple[dict, dict]:
-    """Evaluate each method on `pairs`: -> ({name: metrics}, {name: ranks})."""
+def compare_methods(bank: Bank, pairs: Pairs, methods: dict[str, tuple], ks: tuple[int, ...]
+                    ) -> tuple[dict, dict]:
+    """Evaluate each method on `pairs` with exact search: -> ({name: metrics}, {name: ranks})."""
     table, ranks, indexes = {}, {}, {}
     for name, (kind, source) in methods.items():
         q, docs = method_queries(kind, source, bank, pairs)
         key = id(docs)
         if key not in indexes:
-            indexes[key] = build_index(docs, index_kind, seed=seed)
+            indexes[key] = build_index(docs, "flat")
         view = bank if docs is bank.vectors else Bank(
             docs, bank.article_indices, bank.chunk_indices, path=bank.path)
         table[name], ranks[name] = evaluate(q, pairs, view, indexes[key], ks)

@@ -350,8 +350,11 @@ def train(cfg: TrainConfig, resume: bool = False, init_from: str | None = None,
         if not doc.is_identity:
             doc_vectors = encode_docs(doc, bank.vectors)
             index = build_index(doc_vectors, cfg.index, seed=cfg.seed)
+        # Reported recall is exact whatever cfg.index mines with: an IVF index at its default
+        # nprobe found 72% of what exact search finds on a 1M-row bank.
         metrics, _ = evaluate(encode_queries(query, bank.vectors, val), val,
-                              _doc_bank(bank, doc_vectors), index, tuple(cfg.eval_ks))
+                              _doc_bank(bank, doc_vectors), build_index(doc_vectors, "flat"),
+                              tuple(cfg.eval_ks))
         h = {"epoch": epoch, **losses, **metrics, **mining,
              "curriculum": (f"{segment.count} hard negatives @ {segment.cos_min:g}-"
                             f"{segment.cos_max:g}" if segment.count else "no mining (warm start)"),
@@ -398,7 +401,7 @@ def final_gate(cfg: TrainConfig, bank: Bank, val: Pairs, paths: RunPaths, best_e
         methods[name] = ("checkpoint", ckpt_path)
     methods.update({"heuristic": ("exp_weighted", None), "last-vector": ("last_vector", None),
                     "oracle": ("oracle", None)})
-    table, ranks = compare_methods(bank, val, methods, ks, cfg.index, cfg.seed)
+    table, ranks = compare_methods(bank, val, methods, ks)
     value = table[cfg.label][cfg.gates.metric]
     gate = decide(value, ranks[cfg.label], ranks["heuristic"], cfg.gates, list(ks))
     gate.update({"best_epoch": best_epoch, "best_checkpoint": str(paths.ckpt("best.pt")),
