@@ -297,6 +297,15 @@ def atomic_write(path: str | os.PathLike, write) -> None:
         raise
 
 
+def sha256_file(path: str | os.PathLike) -> str:
+    """"sha256:<hex>" of a file's bytes, read in 4 MB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return "sha256:" + h.hexdigest()
+
+
 def _default_mode() -> int:
     umask = os.umask(0)
     os.umask(umask)

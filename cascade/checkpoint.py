@@ -7,12 +7,11 @@ dicts go in. The model's architecture comes from the checkpoint's own MODEL_CONF
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 
-from cascade.bank import _default_mode
+from cascade.bank import atomic_write
 from cascade.towers import DocTower, QueryTower, TowerConfig, build_towers
 
 FORMAT_VERSION = 1
@@ -34,19 +33,9 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
-    """torch.save to a temp file beside `path`, then rename: never a half-written checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save({FORMAT: FORMAT_VERSION, **state}, tmp)
-        os.chmod(tmp, _default_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """torch.save through a temp file and a rename: never a half-written checkpoint."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda f: torch.save({FORMAT: FORMAT_VERSION, **state}, f))
 
 
 def load_checkpoint(path: str | os.PathLike, bank_fingerprint: str | None = None) -> dict:

@@ -60,3 +60,16 @@ def recall_report(ranks: np.ndarray, ks: tuple[int, ...]) -> dict:
         out[f"recall@{k}_ci95"] = [100 * lo, 100 * hi]
     out["mrr"] = mrr(ranks)
     return out
+
+
+def alignment(vectors: np.ndarray, sample: int, rng: np.random.Generator) -> dict:
+    """Mean / std of cos over all distinct pairs of `sample` random rows of unit (N, D) vectors.
+
+    A |mean| far from 0 means a common component dominates the space (whitening helps)."""
+    rows = np.sort(rng.choice(len(vectors), size=min(sample, len(vectors)), replace=False))
+    x = vectors[rows].astype(np.float64)
+    cos = (x @ x.T)[np.triu_indices(len(x), k=1)]
+    mean = float(cos.mean()) if len(cos) else float("nan")
+    return {"mean_cos": mean, "std_cos": float(cos.std()) if len(cos) else float("nan"),
+            "mean_vector_norm": float(np.linalg.norm(x.mean(axis=0))),
+            "sampled_rows": int(len(x)), "pairs": int(len(cos))}

@@ -7,7 +7,6 @@ The file pins the fingerprint of the bank it indexes, so it cannot be used again
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -139,10 +138,3 @@ def save_pairs(pairs: Pairs, path: str | os.PathLike) -> None:
     atomic_write(path, lambda f: np.savez(f, **arrays))
     pairs.path = str(path)
 
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return "sha256:" + h.hexdigest()

@@ -11,8 +11,8 @@ from datetime import datetime
 import numpy as np
 import pytest
 
-from cascade.bank import Bank, save_bank
-from cascade.pairs import KEYS, TRAIN, VAL, Pairs, save_pairs, sha256_file
+from cascade.bank import Bank, save_bank, sha256_file
+from cascade.pairs import KEYS, TRAIN, VAL, Pairs, save_pairs
 from training import preflight
 from training.expand_pairs import ExpandConfig, expand_pairs, resolve
 from training.preflight import (

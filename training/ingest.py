@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from cascade.bank import Bank, BankError, atomic_write, save_bank
+from cascade.bank import Bank, BankError, atomic_write, save_bank, sha256_file
 
 # The encoder must never reach the network: set before sentence-transformers is imported.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -242,14 +242,6 @@ def read_jsonl_corpus(path: str | os.PathLike) -> list[Article]:
     if not articles:
         raise CorpusError(f"{path}: no articles")
     return articles
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -519,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
         corpus_path = Path(args.corpus) if args.corpus else default_corpus_path()
         if not corpus_path.is_file():
             raise CorpusError(f"{corpus_path}: no such file")
-        corpus_sha = file_sha256(corpus_path)
+        corpus_sha = sha256_file(corpus_path)
     except CorpusError as e:
         print(f"ingest: error: {e}", file=sys.stderr)
         return 2

@@ -28,6 +28,7 @@ from cascade.bank import Bank, BankError, atomic_write, load_bank
 from cascade.encode import encode_docs, encode_queries
 from cascade.evaluation import KS, evaluate
 from cascade.index import build_index, search_batched
+from cascade.metrics import alignment
 from cascade.negatives import DUP_THRESHOLD, Negatives, clean_negatives, separation_margin
 from cascade.pairs import Pairs, PairsError, load_pairs
 from cascade.query import heuristic_queries
@@ -154,19 +155,6 @@ def raw_top_rates(q: np.ndarray, I: np.ndarray, doc_vectors: np.ndarray, pairs: 
             "union_rate": union / max(len(q), 1)}
 
 
-def alignment(doc_vectors: np.ndarray, sample: int = SAMPLE, seed: int = 0) -> dict:
-    """Mean / std of cos over all distinct pairs of `sample` random doc rows (N, D)."""
-    rng = np.random.default_rng(seed)
-    rows = rng.choice(len(doc_vectors), size=min(sample, len(doc_vectors)), replace=False)
-    x = doc_vectors[np.sort(rows)].astype(np.float64)
-    iu = np.triu_indices(len(x), k=1)
-    cos = (x @ x.T)[iu]
-    mean = float(cos.mean()) if len(cos) else float("nan")
-    return {"mean_cos": mean, "std_cos": float(cos.std()) if len(cos) else float("nan"),
-            "mean_vector_norm": float(np.linalg.norm(x.mean(axis=0))),
-            "sampled_rows": int(len(x)), "pairs": int(len(cos))}
-
-
 # ---------------------------------------------------------------------------------------------
 # the post-mortem
 
@@ -192,7 +180,7 @@ def run_postmortem(query: QueryTower, doc: DocTower, bank: Bank, pairs: Pairs,
                         dup_threshold)
     raw = raw_top_rates(q, I[:, :negatives], doc_vectors, val, bank.article_indices,
                         dup_threshold)
-    align = alignment(doc_vectors, sample, seed)
+    align = alignment(doc_vectors, sample, np.random.default_rng(seed))
     # 4. References for reading Δ on this bank: the heuristic's Δ on the same split, and where
     # the query's candidates sit in cos (the checklist's windows were fitted to another bank).
     hq = heuristic_queries(bank.vectors, val)

@@ -28,8 +28,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from cascade.bank import Bank, BankError, atomic_write, load_bank
+from cascade.bank import Bank, BankError, atomic_write, load_bank, sha256_file
 from cascade.index import build_index, search
+from cascade.metrics import alignment
 from cascade.negatives import clean_negatives
 from cascade.pairs import (
     KEYS,
@@ -40,7 +41,6 @@ from cascade.pairs import (
     check_against_bank,
     context_windows,
     load_pairs,
-    sha256_file,
 )
 from cascade.query import heuristic_queries
 from training.curriculum import ScheduleError, check_covers, format_schedule, parse_schedule
@@ -272,14 +272,10 @@ def check_alignment(vectors: np.ndarray, sample: int, rng: np.random.Generator) 
     n = len(vectors)
     if n < 2:
         return CheckResult("alignment", WARNING, f"only {n} bank row(s): nothing to measure")
-    rows = np.sort(rng.choice(n, size=min(sample, n), replace=False))
-    x = vectors[rows]
-    cos = (x @ x.T)[np.triu_indices(len(rows), 1)]
-    mean, std = float(cos.mean()), float(cos.std())
-    values = {"mean_cos": round(mean, 4), "std_cos": round(std, 4), "rows": len(rows),
-              "row_pairs": int(len(cos)),
-              "mean_vector_norm": round(float(np.linalg.norm(x.mean(axis=0))), 4)}
-    detail = f"cos between random rows {mean:.3f} +- {std:.3f} over {len(cos):,} row pairs"
+    values = alignment(vectors, sample, rng)
+    mean = values["mean_cos"]
+    detail = (f"cos between random rows {mean:.3f} +- {values['std_cos']:.3f} over "
+              f"{values['pairs']:,} row pairs")
     if abs(mean) > ALIGN_WARN:
         return CheckResult("alignment", WARNING, f"{detail}: |mean| > {ALIGN_WARN}, a common "
                            f"component dominates; whitening recommended (subtract the mean "
