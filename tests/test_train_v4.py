@@ -59,44 +59,41 @@ def test_every_shipped_yaml_loads():
         assert cfg.epochs > 0, path
 
 
-def test_config_refuses_unknown_key_and_wrong_type(tmp_path):
+@pytest.mark.parametrize("text,message", [
+    ("epochs: 3\nlearning_rate: 0.1\n", "unknown key 'learning_rate'"),
+    ("epochs: three\n", "epochs: expected int"),
+    ("model: {kind: gru, hiden: 3}\n", "unknown key 'hiden'"),
+    ("model: {kind: lstm}\n", "model.kind is 'lstm'"),
+    ("model: {doc: tied}\n", "model.doc is 'tied'"),
+    ("model: {kind: transformer, hidden: 30, heads: 4}\n", "multiple of model.heads"),
+    ("model: {dropout: 1.5}\n", "model.dropout must be in"),
+    ("model: {hidden: 0}\n", "model.hidden must be >= 1"),
+    ("model: gru\n", "model: expected a mapping"),
+    ("- epochs\n- 3\n", "expected a mapping of settings at the top level"),
+])
+def test_config_file_refused(tmp_path, text, message):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("epochs: 3\nlearning_rate: 0.1\n")
-    with pytest.raises(ConfigError, match="unknown key 'learning_rate'"):
+    bad.write_text(text)
+    with pytest.raises(ConfigError, match=message):
         load_config(bad)
-    bad.write_text("epochs: three\n")
-    with pytest.raises(ConfigError, match="epochs: expected int"):
-        load_config(bad)
-    bad.write_text("model: {kind: gru, hiden: 3}\n")
-    with pytest.raises(ConfigError, match="unknown key 'hiden'"):
-        load_config(bad)
-    for model, message in (("{kind: lstm}", "model.kind is 'lstm'"),
-                           ("{doc: tied}", "model.doc is 'tied'"),
-                           ("{kind: transformer, hidden: 30, heads: 4}", "multiple of model.heads"),
-                           ("{dropout: 1.5}", "model.dropout must be in"),
-                           ("{hidden: 0}", "model.hidden must be >= 1")):
-        bad.write_text(f"model: {model}\n")
-        with pytest.raises(ConfigError, match=message):
-            load_config(bad)
-    bad.write_text("model: gru\n")
-    with pytest.raises(ConfigError, match="model: expected a mapping"):
-        load_config(bad)
-    bad.write_text("- epochs\n- 3\n")
-    with pytest.raises(ConfigError, match="expected a mapping of settings at the top level"):
-        load_config(bad)
-    with pytest.raises(ConfigError, match="'gates.metric' is 'mrr'"):
-        load_config(None, {"gates": {"metric": "mrr"}})
-    with pytest.raises(ConfigError, match="'select_metric' is 'recall@7'"):
-        load_config(None, {"select_metric": "recall@7"})
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"gates": {"metric": "mrr"}}, "'gates.metric' is 'mrr'"),
+    ({"select_metric": "recall@7"}, "'select_metric' is 'recall@7'"),
+    ({"abort": {"patience": 0}}, "'abort.patience' must be >= 1"),
+    ({"gates": {"success": 40.0, "partial": 55.0}}, "partial <= success"),
+    ({"gates": {"success": 0.6, "partial": 0.4, "mid": 0.35}},
+     "percents .55.0 means 55%., not fractions"),
+    ({"lr": 1e-4, "lr_min": 1e-3}, "lr_min"),
+])
+def test_config_values_refused(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+
+
+def test_best_checkpoint_may_be_selected_by_mrr():
     assert load_config(None, {"select_metric": "mrr"}).select_metric == "mrr"
-    with pytest.raises(ConfigError, match="'abort.patience' must be >= 1"):
-        load_config(None, {"abort": {"patience": 0}})
-    with pytest.raises(ConfigError, match="partial <= success"):
-        load_config(None, {"gates": {"success": 40.0, "partial": 55.0}})
-    with pytest.raises(ConfigError, match="percents .55.0 means 55%., not fractions"):
-        load_config(None, {"gates": {"success": 0.6, "partial": 0.4, "mid": 0.35}})
-    with pytest.raises(ConfigError, match="lr_min"):
-        load_config(None, {"lr": 1e-4, "lr_min": 1e-3})
 
 
 def test_lr_schedule_warmup_then_cosine():
