@@ -225,8 +225,9 @@ class Progress:
 
 
 def restore(paths: RunPaths, cfg: TrainConfig, bank: Bank, query, doc, optimizer,
-            memory: MemoryBank, resume: bool, init_from: str | None) -> Progress:
-    """Continue from last.pt (--resume), start from another run's weights, or start fresh."""
+            memory: MemoryBank, resume: bool, init: tuple[str, dict] | None) -> Progress:
+    """Continue from last.pt (--resume), start from another run's weights (`init`: its path and
+    loaded checkpoint), or start fresh."""
     if resume and paths.ckpt("last.pt").exists():
         state = ck.load_checkpoint(paths.ckpt("last.pt"), bank.fingerprint())
         check_resume_config(state[ck.CONFIG], cfg, paths.ckpt("last.pt"))
@@ -241,8 +242,8 @@ def restore(paths: RunPaths, cfg: TrainConfig, bank: Bank, query, doc, optimizer
                         ts["best_epoch"])
     if resume:
         log.info(f"--resume: no {paths.ckpt('last.pt')} yet, starting from scratch")
-    elif init_from:
-        state = ck.load_checkpoint(init_from, bank.fingerprint())
+    elif init:
+        init_from, state = init
         query.load_state_dict(state[ck.QUERY_TOWER])
         doc.load_state_dict(state[ck.DOC_TOWER])
         log.info(f"Initialized from {init_from} (epoch {state[ck.EPOCH]})")
@@ -308,9 +309,11 @@ def train(cfg: TrainConfig, resume: bool = False, init_from: str | None = None,
         train_pairs = train_pairs.subset(np.sort(keep))
 
     # 2) model, optimizer, memory bank; then resume / init-from
-    if init_from:
+    init = None
+    if init_from:  # the architecture comes from the checkpoint the run starts from
+        init = (init_from, ck.load_checkpoint(init_from, bank.fingerprint()))
         try:
-            cfg.model = TowerConfig.from_dict(ck.load_checkpoint(init_from)[ck.MODEL_CONFIG])
+            cfg.model = TowerConfig.from_dict(init[1][ck.MODEL_CONFIG])
         except (ValueError, TypeError) as e:
             raise ck.CheckpointError(f"{init_from}: {e}") from None
     cfg.model.dim = bank.dim
@@ -320,7 +323,7 @@ def train(cfg: TrainConfig, resume: bool = False, init_from: str | None = None,
     memory = MemoryBank(cfg.memory_bank_size, bank.dim)
     steps_per_epoch = math.ceil(math.ceil(len(train_pairs) / cfg.bs) / cfg.accum)
     total_steps = steps_per_epoch * cfg.epochs
-    progress = restore(paths, cfg, bank, query, doc, optimizer, memory, resume, init_from)
+    progress = restore(paths, cfg, bank, query, doc, optimizer, memory, resume, init)
 
     atomic_write(paths.out / "config.yaml", lambda f: f.write(to_yaml(cfg).encode()))
     log.info(f"{cfg.name}: bank {cfg.bank} ({bank.n:,} x {bank.dim}), pairs {cfg.pairs} "
