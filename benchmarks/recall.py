@@ -23,6 +23,7 @@ from pathlib import Path
 
 from cascade.bank import BankError, load_bank
 from cascade.checkpoint import CheckpointError, check_split_of, load_checkpoint
+from cascade.device import resolve_device
 from cascade.index import build_index
 from cascade.metrics import paired_difference, recall_report, target_ranks
 from cascade.pairs import PairsError, load_pairs
@@ -43,7 +44,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", choices=("test", "val", "train"), default="test",
                    help="which split (test: judged only, never selected on)")
     p.add_argument("--out", default="benchmarks/results/recall.json", help="results JSON")
+    p.add_argument("--device", default="auto",
+                   help="auto | cpu | cuda | cuda:N | mps: where checkpoints' towers encode "
+                        "(auto: cuda, else mps, else cpu); search is exact, on the CPU")
     args = p.parse_args(argv)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         ckpts = dict(c.split("=", 1) if "=" in c else (Path(c).parent.parent.name, c)
                      for c in args.ckpt)
@@ -57,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         methods = {name: ("checkpoint", path) for name, path in ckpts.items()}
         methods.update({"heuristic": ("exp_weighted", None),
                         "last-vector": ("last_vector", None), "oracle": ("oracle", None)})
-        table, ranks = compare_methods(bank, split, methods, KS)
+        table, ranks = compare_methods(bank, split, methods, KS, device)
     except (BankError, PairsError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -83,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {"benchmark": "recall", "created": datetime.now(UTC).isoformat(timespec="seconds"),
               "bank": args.bank, "bank_fingerprint": bank.fingerprint(), "pairs": args.pairs,
               "split": args.split, "n": len(split), "methods": table, "vs_heuristic": versus,
-              "checkpoints": ckpts}
+              "checkpoints": ckpts, "device": str(device)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(f"wrote {args.out}")

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cascade.bank import atomic_write
-from cascade.bank import Bank
+from cascade.bank import Bank, atomic_write
+from cascade.device import to_cpu
 from cascade.pairs import Pairs
 from cascade.split import SplitSpec, leaked_rows
 from cascade.towers import DocTower, QueryTower, TowerConfig, build_towers
@@ -38,9 +38,11 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
-    """torch.save through a temp file and a rename: never a half-written checkpoint."""
+    """torch.save through a temp file and a rename: never a half-written checkpoint. Tensors are
+    saved on the CPU whatever device trained them, so the file loads on any machine."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda f: torch.save({FORMAT: FORMAT_VERSION, **state}, f))
+    state = to_cpu({FORMAT: FORMAT_VERSION, **state})
+    atomic_write(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: str | os.PathLike, bank_fingerprint: str | None = None) -> dict:
@@ -65,9 +67,10 @@ def load_checkpoint(path: str | os.PathLike, bank_fingerprint: str | None = None
     return ckpt
 
 
-def load_towers(path: str | os.PathLike, bank_fingerprint: str | None = None
-                ) -> tuple[QueryTower, DocTower, dict]:
-    """Rebuild both towers from a checkpoint's own config; returns them in eval mode."""
+def load_towers(path: str | os.PathLike, bank_fingerprint: str | None = None,
+                device: torch.device | str = "cpu") -> tuple[QueryTower, DocTower, dict]:
+    """Rebuild both towers from a checkpoint's own config; returns them in eval mode, on
+    `device`."""
     ckpt = load_checkpoint(path, bank_fingerprint)
     try:
         cfg = TowerConfig.from_dict(ckpt[MODEL_CONFIG])
@@ -77,7 +80,7 @@ def load_towers(path: str | os.PathLike, bank_fingerprint: str | None = None
     except (ValueError, TypeError, RuntimeError) as e:
         raise CheckpointError(f"{path}: weights do not match its model config "
                               f"({str(e).splitlines()[0][:200]})") from None
-    return query.eval(), doc.eval(), ckpt
+    return query.to(device).eval(), doc.to(device).eval(), ckpt
 
 
 def split_spec_of(ckpt: dict) -> SplitSpec | None:

@@ -125,7 +125,7 @@ class MeanMLPTower(QueryTower):
     def encode(self, ctx: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         m = mask.to(ctx.dtype).unsqueeze(-1)
         mean = (ctx * m).sum(1) / m.sum(1).clamp(min=1)
-        last = ctx[torch.arange(len(ctx)), mask.sum(1) - 1]
+        last = ctx[torch.arange(len(ctx), device=ctx.device), mask.sum(1) - 1]
         return self.mlp(torch.cat([mean, last], dim=-1))
 
 
@@ -142,7 +142,7 @@ class TransformerTower(QueryTower):
         # Positions count back from the last chunk, so "the last chunk" has one embedding.
         x = self.inp(ctx) + self.pos(ages(mask).clamp(max=self.cfg.max_len - 1))
         x = self.enc(x, src_key_padding_mask=~mask)
-        return x[torch.arange(len(x)), mask.sum(dim=1) - 1]
+        return x[torch.arange(len(x), device=x.device), mask.sum(dim=1) - 1]
 
 
 class DocTower(nn.Module):

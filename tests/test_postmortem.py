@@ -189,7 +189,7 @@ def test_cli_checkpoint_from_another_bank_or_unreadable(run, tmp_path, capsys):
     _one_line_error(capsys, pm.main(_argv(run, ckpt=str(junk))), "not a readable checkpoint")
 
 
-@pytest.mark.parametrize("flag, value, needle", [("device", "mps", "cpu only"),
+@pytest.mark.parametrize("flag, value, needle", [("device", "gpu", "--device 'gpu': expected"),
                                                  ("negatives", 0, "--negatives"),
                                                  ("dup_threshold", 1.5, "--dup-threshold")])
 def test_cli_bad_flags(run, tmp_path, capsys, flag, value, needle):

@@ -260,17 +260,23 @@ def test_checkpoints_of_another_split_are_refused_as_baseline_and_init(tiny, tmp
     assert checks["checkpoint_leakage"].status == "pass"
 
 
-@pytest.mark.parametrize("doc", ["identity", "mlp"])
-def test_sigkill_then_resume_matches_uninterrupted_run(tiny, doc):
+GPU = [pytest.mark.gpu,
+       pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+
+@pytest.mark.parametrize("doc,device", [("identity", "cpu"), ("mlp", "cpu"),
+                                        pytest.param("identity", "cuda", marks=GPU),
+                                        pytest.param("mlp", "cuda", marks=GPU)])
+def test_sigkill_then_resume_matches_uninterrupted_run(tiny, doc, device):
     """Kill the run mid-training with SIGKILL, --resume it, and get the same results (also with
-    a trainable doc tower, whose memory bank is re-encoded every step)."""
-    data, tiny = tiny, tiny / f"sigkill_{doc}"  # the shared bank and pairs; this case's runs
+    a trainable doc tower, whose memory bank is re-encoded every step; also on a GPU)."""
+    data, tiny = tiny, tiny / f"sigkill_{doc}_{device}"  # the shared bank and pairs
     tiny.mkdir()
     cfg_path = _write_cfg(tiny, "resume.yaml", {**TINY, "epochs": 5,
                                                 "mine_schedule": "0-1:none;2-5:4@0.0-0.99",
                                                 "model": {**TINY["model"], "doc": doc}})
     common = ["--config", str(cfg_path), "--bank", str(data / "bank.npz"), "--pairs",
-              str(data / "pairs.npz"), "--log-dir", str(tiny / "logs")]
+              str(data / "pairs.npz"), "--log-dir", str(tiny / "logs"), "--device", device]
     cmd = [sys.executable, "-m", "training.train_v4", *common]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     straight = subprocess.run(cmd + ["--out", str(tiny / "straight")], capture_output=True,

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from cascade.device import AMP_MODES
 from cascade.towers import TowerConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -64,7 +65,8 @@ class TrainConfig:
     mine_pool: int = 64  # candidates searched per pair when mining (before filtering)
     index: str = "auto"  # FAISS index for mining: auto | flat | ivf | ivf_sq8 (eval is exact)
     grad_clip: float = 1.0
-    device: str = "cpu"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps (auto: cuda, else mps, else cpu)
+    amp: str = "off"  # off | bf16: bf16 autocast in the training steps (cuda only)
     seed: int = 42
     threads: int = 0  # torch threads; 0 = torch's default
     eval_ks: list[int] = field(default_factory=lambda: [10, 100, 500, 1000])
@@ -198,6 +200,8 @@ def validate(cfg: TrainConfig) -> None:
         cfg.model.validate()
     except ValueError as e:
         raise ConfigError(f"config: {e}") from None
+    if cfg.amp not in AMP_MODES:
+        raise ConfigError(f"config: 'amp' is {cfg.amp!r} ({', '.join(AMP_MODES)})")
     if cfg.index not in ("auto", "flat", "ivf", "ivf_sq8"):
         raise ConfigError(f"config: 'index' is {cfg.index!r} (auto, flat, ivf, ivf_sq8)")
 

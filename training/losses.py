@@ -24,7 +24,7 @@ def contrastive_loss(q: torch.Tensor, pos: torch.Tensor, pos_rows: torch.Tensor,
     pushes the query away from its own answer or from rows that retrieval excludes anyway.
     """
     b = len(q)
-    diag = torch.eye(b, dtype=torch.bool)
+    diag = torch.eye(b, dtype=torch.bool, device=q.device)
     sims = [q @ pos.T]  # (B, B): the positive on the diagonal
     masks = [excluded(pos_rows[None, :].expand(b, b), pos_rows, ctx_start, ctx_end) & ~diag]
     if memory is not None and len(memory):
@@ -36,7 +36,7 @@ def contrastive_loss(q: torch.Tensor, pos: torch.Tensor, pos_rows: torch.Tensor,
     sim = torch.cat(sims, dim=1)
     mask = torch.cat(masks, dim=1)
     logits = (sim / tau).masked_fill(mask, float("-inf"))
-    nce = F.cross_entropy(logits, torch.arange(b))
+    nce = F.cross_entropy(logits, torch.arange(b, device=q.device))
 
     # Margin penalty on the hardest remaining negative, in cosine units (not logits).
     cos_pos = sim[:, :b].diagonal()

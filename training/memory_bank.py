@@ -13,10 +13,10 @@ import torch
 
 
 class MemoryBank:
-    def __init__(self, size: int, dim: int):
+    def __init__(self, size: int, dim: int, device: torch.device | str = "cpu"):
         self.size = size
-        self.vectors = torch.zeros(size, dim)
-        self.rows = torch.full((size,), -1, dtype=torch.long)
+        self.vectors = torch.zeros(size, dim, device=device)
+        self.rows = torch.full((size,), -1, dtype=torch.long, device=device)
         self.ptr = 0
         self.filled = 0
 
@@ -24,9 +24,9 @@ class MemoryBank:
         if self.size == 0:
             return
         vectors, rows = vectors.detach()[-self.size:], rows[-self.size:]
-        idx = (self.ptr + torch.arange(len(rows))) % self.size
-        self.vectors[idx] = vectors
-        self.rows[idx] = rows
+        idx = (self.ptr + torch.arange(len(rows), device=self.rows.device)) % self.size
+        self.vectors[idx] = vectors.to(self.vectors.dtype)  # bf16 under autocast
+        self.rows[idx] = rows.to(self.rows.device)
         self.ptr = int((self.ptr + len(rows)) % self.size)
         self.filled = min(self.size, self.filled + len(rows))
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from cascade import checkpoint as ck
 from cascade.bank import Bank, BankError, atomic_write, load_bank
+from cascade.device import resolve_device
 from cascade.encode import encode_docs, encode_queries
 from cascade.evaluation import KS, evaluate
 from cascade.index import build_index, search_batched
@@ -303,7 +304,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pairs", required=True, help="pairs .npz (its val split is examined)")
     p.add_argument("--bank", required=True, help="the bank the pairs and checkpoint were built on")
     p.add_argument("--out", help="JSON report (default: postmortem.json in the run directory)")
-    p.add_argument("--device", default="cpu", help="only cpu is supported")
+    p.add_argument("--device", default="auto",
+                   help="auto | cpu | cuda | cuda:N | mps: where the towers encode (auto: cuda "
+                        "if available, else mps, else cpu); FAISS search stays on the CPU")
     p.add_argument("--dup-threshold", type=float, default=DUP_THRESHOLD,
                    help="cos to the positive above which a candidate is its near-duplicate")
     p.add_argument("--negatives", type=int, default=NEGATIVES, help="hard negatives per query")
@@ -314,8 +317,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def check_args(args: argparse.Namespace) -> str | None:
     """The first impossible flag, as a one-line message; None when all are usable."""
-    if args.device != "cpu":
-        return f"--device {args.device!r}: the post-mortem runs on cpu only"
+    try:
+        args.device = resolve_device(args.device)
+    except ValueError as e:
+        return str(e)
     if not 0.0 < args.dup_threshold <= 1.0:
         return f"--dup-threshold must be in (0, 1], got {args.dup_threshold}"
     if args.negatives < 1:
@@ -330,7 +335,7 @@ def load_inputs(args: argparse.Namespace) -> tuple[QueryTower, DocTower, Bank, P
     bank = load_bank(args.bank)
     pairs = load_pairs(args.pairs, bank)
     try:
-        query, doc, state = ck.load_towers(args.ckpt, bank.fingerprint())
+        query, doc, state = ck.load_towers(args.ckpt, bank.fingerprint(), args.device)
     except ck.CheckpointError:
         raise
     except (RuntimeError, ValueError, TypeError, KeyError) as e:  # foreign config / state dict

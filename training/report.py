@@ -15,22 +15,25 @@ from cascade.pairs import Pairs
 from cascade.query import heuristic_queries
 
 
-def method_queries(kind: str, source, bank: Bank, pairs: Pairs) -> tuple[np.ndarray, np.ndarray]:
-    """(queries, doc vectors) for one method: a checkpoint, a heuristic, or the oracle."""
+def method_queries(kind: str, source, bank: Bank, pairs: Pairs, device="cpu"
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """(queries, doc vectors) for one method: a checkpoint (its towers run on `device`), a
+    heuristic, or the oracle."""
     if kind == "checkpoint":
-        query, doc, _ = load_towers(source, bank.fingerprint())
+        query, doc, _ = load_towers(source, bank.fingerprint(), device)
         return encode_queries(query, bank.vectors, pairs), encode_docs(doc, bank.vectors)
     if kind == "oracle":  # the target itself: the ceiling any stage 1 could reach
         return bank.vectors[pairs.target], bank.vectors
     return heuristic_queries(bank.vectors, pairs, kind), bank.vectors
 
 
-def compare_methods(bank: Bank, pairs: Pairs, methods: dict[str, tuple], ks: tuple[int, ...]
-                    ) -> tuple[dict, dict]:
-    """Evaluate each method on `pairs` with exact search: -> ({name: metrics}, {name: ranks})."""
+def compare_methods(bank: Bank, pairs: Pairs, methods: dict[str, tuple], ks: tuple[int, ...],
+                    device="cpu") -> tuple[dict, dict]:
+    """Evaluate each method on `pairs` with exact search: -> ({name: metrics}, {name: ranks}).
+    Checkpoints' towers encode on `device`; the search is FAISS's, on the CPU."""
     table, ranks, indexes = {}, {}, {}
     for name, (kind, source) in methods.items():
-        q, docs = method_queries(kind, source, bank, pairs)
+        q, docs = method_queries(kind, source, bank, pairs, device)
         key = id(docs)
         if key not in indexes:
             indexes[key] = build_index(docs, "flat")

@@ -35,10 +35,11 @@ from tqdm import tqdm
 
 from cascade import checkpoint as ck
 from cascade.bank import Bank, BankError, atomic_write, load_bank
-from cascade.encode import context_batch, encode_docs, encode_queries
+from cascade.device import autocast, check_amp, resolve_device, rng_state, set_rng_state
+from cascade.encode import encode_docs, encode_queries
 from cascade.evaluation import evaluate
 from cascade.index import build_index
-from cascade.pairs import Pairs, PairsError, load_pairs
+from cascade.pairs import Pairs, PairsError, context_windows, load_pairs
 from cascade.split import SIDE_NAMES, SplitSpec
 from cascade.towers import TowerConfig, build_towers
 from training.config import ConfigError, TrainConfig, load_config, to_yaml
@@ -127,8 +128,10 @@ def selection_key(metrics: dict, cfg: TrainConfig) -> tuple[float, float]:
     return (round(metrics[cfg.select_metric], 6), metrics["mrr"])
 
 
-# Settings that may change on --resume without changing what the run computes.
-RESUME_MAY_CHANGE = ("log_dir", "threads")
+# Settings that may change on --resume without changing what the run computes. A resume on
+# another device continues the run from the same weights, but is not bit-identical to an
+# uninterrupted run (it says so in the log); on the same device it is exact.
+RESUME_MAY_CHANGE = ("log_dir", "threads", "device")
 
 
 def check_resume_config(saved: dict, cfg: TrainConfig, where: Path) -> None:
@@ -161,10 +164,14 @@ def should_abort(history: list[dict], cfg: TrainConfig) -> bool:
                     for h in recent))
 
 
-def train_epoch(query, doc, optimizer, memory: MemoryBank, bank: Bank, train: Pairs,
+def train_epoch(query, doc, optimizer, memory: MemoryBank, vectors: torch.Tensor, train: Pairs,
                 negatives: np.ndarray | None, cfg: TrainConfig, epoch: int, step: int,
                 total_steps: int) -> tuple[dict, int]:
-    """One pass over `train` in a seeded order; returns mean loss parts and the new step."""
+    """One pass over `train` in a seeded order; returns mean loss parts and the new step.
+
+    `vectors` is the bank as a tensor on the training device (on the CPU, a view of the numpy
+    array): batches are gathered where the towers are."""
+    device = vectors.device
     query.train()
     doc.train()
     order = np.random.default_rng([cfg.seed, epoch]).permutation(len(train))
@@ -179,19 +186,22 @@ def train_epoch(query, doc, optimizer, memory: MemoryBank, bank: Bank, train: Pa
             g["lr"] = lr
         for idx in group:
             sub = train.subset(idx)
-            ctx, mask = context_batch(bank.vectors, sub, cfg.model.max_len)
-            pos_rows = torch.from_numpy(sub.target)
-            pos = doc(torch.from_numpy(bank.vectors[sub.target]))
+            rows, mask = context_windows(sub, cfg.model.max_len)
+            ctx = vectors[torch.from_numpy(rows).to(device)]
+            mask = torch.from_numpy(mask).to(device)
+            pos_rows = torch.from_numpy(sub.target).to(device)
             hard = hard_rows = None
-            if negatives is not None:
-                hard_rows = torch.from_numpy(negatives[idx])
-                flat = bank.vectors[np.maximum(negatives[idx], 0)].reshape(-1, bank.dim)
-                hard = doc(torch.from_numpy(flat)).reshape(len(idx), -1, bank.dim)
-            mem, mem_rows = memory.get()
-            parts = contrastive_loss(query(ctx, mask), pos, pos_rows,
-                                     torch.from_numpy(sub.ctx_start),
-                                     torch.from_numpy(sub.ctx_end), mem, mem_rows, hard,
-                                     hard_rows, cfg.tau, cfg.margin, cfg.margin_weight)
+            with autocast(device, cfg.amp):
+                pos = doc(vectors[pos_rows])
+                if negatives is not None:
+                    hard_rows = torch.from_numpy(negatives[idx]).to(device)
+                    hard = doc(vectors[hard_rows.clamp(min=0).flatten()]).reshape(
+                        len(idx), -1, vectors.shape[1])
+                mem, mem_rows = memory.get()
+                parts = contrastive_loss(query(ctx, mask), pos, pos_rows,
+                                         torch.from_numpy(sub.ctx_start).to(device),
+                                         torch.from_numpy(sub.ctx_end).to(device), mem, mem_rows,
+                                         hard, hard_rows, cfg.tau, cfg.margin, cfg.margin_weight)
             (parts["loss"] / len(group)).backward()
             memory.push(pos.detach(), pos_rows)
             for key, value in parts.items():
@@ -202,7 +212,7 @@ def train_epoch(query, doc, optimizer, memory: MemoryBank, bank: Bank, train: Pa
         optimizer.zero_grad(set_to_none=True)
         step += 1
         if not doc.is_identity:
-            memory.refresh(lambda rows: doc(torch.from_numpy(bank.vectors[rows.numpy()])))
+            memory.refresh(lambda rows: doc(vectors[rows]))
         bar.set_postfix(loss=f"{float(parts['loss'].detach()):.3f}")
     means = {k: v / len(train) for k, v in sums.items()}
     means["lr"] = lr
@@ -230,7 +240,8 @@ class Progress:
 
 
 def restore(paths: RunPaths, cfg: TrainConfig, bank: Bank, pairs: Pairs, query, doc, optimizer,
-            memory: MemoryBank, resume: bool, init: tuple[str, dict] | None) -> Progress:
+            memory: MemoryBank, resume: bool, init: tuple[str, dict] | None,
+            device: torch.device) -> Progress:
     """Continue from last.pt (--resume), start from another run's weights (`init`: its path and
     loaded checkpoint), or start fresh."""
     if resume and paths.ckpt("last.pt").exists():
@@ -244,8 +255,12 @@ def restore(paths: RunPaths, cfg: TrainConfig, bank: Bank, pairs: Pairs, query, 
         ts = state[ck.TRAIN_STATE]
         optimizer.load_state_dict(ts["optimizer"])
         memory.load_state_dict(ts["memory"])
-        torch.set_rng_state(ts["torch_rng"])
+        set_rng_state({"cpu": ts["torch_rng"], **ts.get("device_rng", {})}, device)
         log.info(f"Resumed from {paths.ckpt('last.pt')} after epoch {state[ck.EPOCH]}")
+        trained_on = ts.get("device", "cpu")
+        if trained_on != str(device):
+            log.info(f"  (it trained on {trained_on}, this run is on {device}: it continues from "
+                     f"the same state, but not bit-identically to an uninterrupted run)")
         return Progress(ts["history"], ts["step"], state[ck.EPOCH], tuple(ts["best"]),
                         ts["best_epoch"])
     if resume:
@@ -259,7 +274,8 @@ def restore(paths: RunPaths, cfg: TrainConfig, bank: Bank, pairs: Pairs, query, 
 
 
 def save_epoch(paths: RunPaths, cfg: TrainConfig, bank: Bank, split: SplitSpec, query, doc,
-               optimizer, memory: MemoryBank, progress: Progress, metrics: dict) -> dict:
+               optimizer, memory: MemoryBank, progress: Progress, metrics: dict,
+               device: torch.device) -> dict:
     """best.pt when the selection metric improved, epoch_XXX.pt every `checkpoint_every`, and
     last.pt (with everything --resume needs) every epoch; then history.json. Returns the state."""
     epoch = progress.epoch
@@ -270,8 +286,10 @@ def save_epoch(paths: RunPaths, cfg: TrainConfig, bank: Bank, split: SplitSpec, 
         ck.save_checkpoint(paths.ckpt("best.pt"), state)
     if epoch % cfg.checkpoint_every == 0:
         ck.save_checkpoint(paths.ckpt(f"epoch_{epoch:03d}.pt"), state)
+    rng = rng_state(device)
     state[ck.TRAIN_STATE] = {"optimizer": optimizer.state_dict(), "memory": memory.state_dict(),
-                             "torch_rng": torch.get_rng_state(), "history": progress.history,
+                             "torch_rng": rng.pop("cpu"), "device_rng": rng,
+                             "device": str(device), "history": progress.history,
                              "step": progress.step, "best": list(progress.best),
                              "best_epoch": progress.best_epoch}
     ck.save_checkpoint(paths.ckpt("last.pt"), state)
@@ -299,12 +317,18 @@ def abort_run(paths: RunPaths, cfg: TrainConfig, state: dict, history: list[dict
 def train(cfg: TrainConfig, resume: bool = False, init_from: str | None = None,
           baselines: dict[str, str] | None = None) -> dict:
     """Run the whole training; returns gate.json's content (or the abort record)."""
+    try:  # an unusable device is refused before anything is written
+        device = resolve_device(cfg.device)
+        check_amp(cfg.amp, device)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     paths = RunPaths(Path(cfg.out))
     paths.checkpoints.mkdir(parents=True, exist_ok=True)
     log_path = setup_logging(cfg)
     (paths.out / "train.pid").write_text(str(os.getpid()))
     torch.manual_seed(cfg.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False  # cuDNN's autotuner picks kernels by timing
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
 
@@ -327,21 +351,25 @@ def train(cfg: TrainConfig, resume: bool = False, init_from: str | None = None,
             raise ck.CheckpointError(f"{init_from}: {e}") from None
     cfg.model.dim = bank.dim
     query, doc = build_towers(cfg.model)
+    query, doc = query.to(device), doc.to(device)
     params = list(query.parameters()) + list(doc.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.wd)
-    memory = MemoryBank(cfg.memory_bank_size, bank.dim)
+    memory = MemoryBank(cfg.memory_bank_size, bank.dim, device)
+    vectors = torch.from_numpy(bank.vectors).to(device)  # a view on the CPU, a copy elsewhere
     steps_per_epoch = math.ceil(math.ceil(len(train_pairs) / cfg.bs) / cfg.accum)
     total_steps = steps_per_epoch * cfg.epochs
     for name, path in (baselines or {}).items():
         ck.check_split_of(ck.load_checkpoint(path, bank.fingerprint()), path, pairs, bank,
                        f"--baseline {name}")
-    progress = restore(paths, cfg, bank, pairs, query, doc, optimizer, memory, resume, init)
+    progress = restore(paths, cfg, bank, pairs, query, doc, optimizer, memory, resume, init,
+                       device)
 
     atomic_write(paths.out / "config.yaml", lambda f: f.write(to_yaml(cfg).encode()))
     log.info(f"{cfg.name}: bank {cfg.bank} ({bank.n:,} x {bank.dim}), pairs {cfg.pairs} "
              f"(train {len(train_pairs):,}, val {len(val):,}, test {len(test):,}), "
              f"{cfg.model.kind} tower, "
-             f"batch {cfg.bs} x {cfg.accum}, {steps_per_epoch} steps/epoch; log {log_path}")
+             f"batch {cfg.bs} x {cfg.accum}, {steps_per_epoch} steps/epoch, on {device}"
+             f"{' (bf16 autocast)' if cfg.amp == 'bf16' else ''}; log {log_path}")
 
     # 3) epochs: mine (when scheduled), train, evaluate, checkpoint, check abort and mid-gate
     doc_vectors = encode_docs(doc, bank.vectors)
@@ -360,7 +388,7 @@ def train(cfg: TrainConfig, resume: bool = False, init_from: str | None = None,
                       "mining_raw_positive_rate": negs.positive_rate,
                       "mining_raw_near_dup_rate": negs.near_dup_rate}
         t_train = time.perf_counter()
-        losses, progress.step = train_epoch(query, doc, optimizer, memory, bank, train_pairs,
+        losses, progress.step = train_epoch(query, doc, optimizer, memory, vectors, train_pairs,
                                             negatives, cfg, epoch, progress.step, total_steps)
         train_s = time.perf_counter() - t_train
         if not doc.is_identity:
@@ -379,7 +407,7 @@ def train(cfg: TrainConfig, resume: bool = False, init_from: str | None = None,
         progress.epoch = epoch
         log_epoch(h, cfg)
         state = save_epoch(paths, cfg, bank, pairs.split_spec, query, doc, optimizer, memory,
-                           progress, metrics)
+                           progress, metrics, device)
 
         if epoch == cfg.gates.mid_epoch:
             mg = mid_gate(metrics[cfg.gates.metric], cfg.gates)
@@ -390,8 +418,9 @@ def train(cfg: TrainConfig, resume: bool = False, init_from: str | None = None,
             return abort_run(paths, cfg, state, progress.history, result)
 
     # 4) the final gate on best.pt (selected on val), judged on test beside the heuristics
-    del index, doc_vectors  # the final gate builds its own; two at once would double memory
-    result.update(final_gate(cfg, bank, test, paths, progress.best_epoch, baselines or {}))
+    del index, doc_vectors, vectors  # the final gate builds its own; two would double memory
+    result.update(final_gate(cfg, bank, test, paths, progress.best_epoch, baselines or {},
+                             device))
     if "mid_gate" not in result and cfg.gates.mid_epoch <= cfg.epochs:
         h = next((x for x in progress.history if x["epoch"] == cfg.gates.mid_epoch), None)
         if h:
@@ -409,17 +438,16 @@ def _doc_bank(bank: Bank, doc_vectors: np.ndarray) -> Bank:
 
 
 def final_gate(cfg: TrainConfig, bank: Bank, test: Pairs, paths: RunPaths, best_epoch: int,
-               baselines: dict[str, str]) -> dict:
+               baselines: dict[str, str], device: torch.device | str = "cpu") -> dict:
     """Evaluate best.pt beside the heuristics, oracle and baselines on the test split (never
     used for selection); decide the verdict."""
     ks = tuple(cfg.eval_ks)
-    query, doc, state = ck.load_towers(paths.ckpt("best.pt"), bank.fingerprint())
     methods = {cfg.label: ("checkpoint", paths.ckpt("best.pt"))}
     for name, ckpt_path in baselines.items():
         methods[name] = ("checkpoint", ckpt_path)
     methods.update({"heuristic": ("exp_weighted", None), "last-vector": ("last_vector", None),
                     "oracle": ("oracle", None)})
-    table, ranks = compare_methods(bank, test, methods, ks)
+    table, ranks = compare_methods(bank, test, methods, ks, device)
     value = table[cfg.label][cfg.gates.metric]
     gate = decide(value, ranks[cfg.label], ranks["heuristic"], cfg.gates, list(ks),
                   clusters=test.articles(bank))
@@ -469,7 +497,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "memory_bank_size": (int, "FIFO of recent doc vectors used as extra negatives"),
         "mine_schedule": (str, "curriculum, e.g. '0-5:none;6-10:8@0.82-0.92;11-30:16@0.84-0.96'"),
         "filter_threshold": (float, "drop mined negatives with cos > this to the positive"),
-        "device": (str, "cpu (the only device this trainer runs on)"),
+        "device": (str, "auto | cpu | cuda | cuda:N | mps (auto: cuda if available, else mps, "
+                        "else cpu); FAISS search stays on the CPU"),
+        "amp": (str, "off | bf16: bf16 autocast in the training steps, cuda only (evaluation "
+                     "stays float32)"),
         "seed": (int, "seed of the split order, mining and initialization"),
         "name": (str, "run name: log file prefix and report title"),
         "log_dir": (str, "where <name>_<timestamp>.log goes"),
@@ -491,8 +522,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
-        if cfg.device != "cpu":
-            raise ConfigError(f"--device {cfg.device!r}: this trainer runs on cpu only")
         bad = [b for b in args.baseline if "=" not in b]
         if bad:
             raise ConfigError(f"--baseline {bad[0]!r}: expected NAME=CKPT")
