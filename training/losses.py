@@ -17,30 +17,36 @@ def contrastive_loss(q: torch.Tensor, pos: torch.Tensor, pos_rows: torch.Tensor,
                      ctx_start: torch.Tensor, ctx_end: torch.Tensor,
                      memory: torch.Tensor | None, memory_rows: torch.Tensor | None,
                      hard: torch.Tensor | None, hard_rows: torch.Tensor | None,
-                     tau: float, margin: float, margin_weight: float) -> dict[str, torch.Tensor]:
-    """q, pos (B, D) unit; memory (M, D); hard (B, n, D) with rows -1 where absent.
+                     tau: float, margin: float, margin_weight: float,
+                     offset: int = 0) -> dict[str, torch.Tensor]:
+    """q (b, D) unit queries whose positives are pos[offset:offset + b] of pos (B, D) unit
+    (B = b, offset 0 in one process; under data parallelism pos holds every rank's positives);
+    pos_rows (B,); ctx_start, ctx_end (b,); memory (M, D); hard (b, n, D) with rows -1 where
+    absent.
 
     Negatives equal to a pair's positive or inside its context are masked, so the loss never
     pushes the query away from its own answer or from rows that retrieval excludes anyway.
     """
-    b = len(q)
-    diag = torch.eye(b, dtype=torch.bool, device=q.device)
-    sims = [q @ pos.T]  # (B, B): the positive on the diagonal
-    masks = [excluded(pos_rows[None, :].expand(b, b), pos_rows, ctx_start, ctx_end) & ~diag]
+    b, n_pos = len(q), len(pos)
+    own = torch.arange(b, device=q.device) + offset  # each query's positive among pos
+    own_rows = pos_rows[own]
+    diag = F.one_hot(own, n_pos).bool()
+    sims = [q @ pos.T]  # (b, B): the positive at column own
+    masks = [excluded(pos_rows[None, :].expand(b, n_pos), own_rows, ctx_start, ctx_end) & ~diag]
     if memory is not None and len(memory):
         sims.append(q @ memory.T)
-        masks.append(excluded(memory_rows[None, :].expand(b, -1), pos_rows, ctx_start, ctx_end))
+        masks.append(excluded(memory_rows[None, :].expand(b, -1), own_rows, ctx_start, ctx_end))
     if hard is not None and hard.shape[1]:
         sims.append(torch.einsum("bd,bnd->bn", q, hard))
-        masks.append(excluded(hard_rows, pos_rows, ctx_start, ctx_end))
+        masks.append(excluded(hard_rows, own_rows, ctx_start, ctx_end))
     sim = torch.cat(sims, dim=1)
     mask = torch.cat(masks, dim=1)
     logits = (sim / tau).masked_fill(mask, float("-inf"))
-    nce = F.cross_entropy(logits, torch.arange(b, device=q.device))
+    nce = F.cross_entropy(logits, own)
 
     # Margin penalty on the hardest remaining negative, in cosine units (not logits).
-    cos_pos = sim[:, :b].diagonal()
-    neg = sim.masked_fill(mask | F.pad(diag, (0, sim.shape[1] - b)), float("-inf"))
+    cos_pos = sim[torch.arange(b, device=q.device), own]
+    neg = sim.masked_fill(mask | F.pad(diag, (0, sim.shape[1] - n_pos)), float("-inf"))
     hardest = neg.max(dim=1).values
     has_neg = torch.isfinite(hardest)
     gap = cos_pos[has_neg] - hardest[has_neg]

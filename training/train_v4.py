@@ -18,6 +18,7 @@ beats the exp-weighted heuristic beyond the 95% CI.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -42,6 +43,7 @@ from cascade.index import build_index
 from cascade.pairs import Pairs, PairsError, context_windows, load_pairs
 from cascade.split import SIDE_NAMES, SplitSpec
 from cascade.towers import TowerConfig, build_towers
+from training import distributed as ddp
 from training.config import ConfigError, TrainConfig, load_config, to_yaml
 from training.curriculum import ScheduleError, check_covers, parse_schedule, segment_for
 from training.gates import ABORT_ADVICE, decide, mid_gate
@@ -85,7 +87,12 @@ def lr_at(step: int, total: int, lr: float, lr_min: float, warmup: int) -> float
     return lr_min + 0.5 * (lr - lr_min) * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def setup_logging(cfg: TrainConfig) -> Path:
+def setup_logging(cfg: TrainConfig, world: ddp.World = ddp.ONE) -> Path | None:
+    if not world.main:  # rank 0 logs for the run
+        log.handlers.clear()
+        log.addHandler(logging.NullHandler())
+        log.propagate = False
+        return None
     log_dir = Path(cfg.log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
@@ -219,6 +226,84 @@ def train_epoch(query, doc, optimizer, memory: MemoryBank, vectors: torch.Tensor
     return means, step
 
 
+def train_epoch_ddp(model, towers: ddp.TwoTowers, optimizer, memory: MemoryBank,
+                    vectors: torch.Tensor, train: Pairs, negatives: np.ndarray | None,
+                    cfg: TrainConfig, epoch: int, step: int, total_steps: int,
+                    world: ddp.World) -> tuple[dict, int]:
+    """`train_epoch` under DistributedDataParallel: the same micro-batches and optimizer steps,
+    each micro-batch split across the ranks (rank r takes its r-th contiguous share).
+
+    Every rank gathers all ranks' positives, so its queries see the micro-batch's in-batch
+    negatives, and pushes them all to its memory bank (the same on every rank). A rank's loss is
+    scaled by its share of the micro-batch times the world size: DDP averages gradients over the
+    ranks, and the average is then the gradient of the single process's micro-batch mean."""
+    device = vectors.device
+    model.train()
+    order = np.random.default_rng([cfg.seed, epoch]).permutation(len(train))
+    micro = [order[i:i + cfg.bs] for i in range(0, len(order), cfg.bs)]
+    groups = [micro[i:i + cfg.accum] for i in range(0, len(micro), cfg.accum)]
+    sums: dict[str, float] = {}
+    bar = tqdm(groups, desc=f"epoch {epoch}", unit="step", leave=False,
+               disable=not (sys.stderr.isatty() and world.main))
+    for group in bar:
+        lr = lr_at(step, total_steps, cfg.lr, cfg.lr_min, cfg.warmup_steps)
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        for j, idx in enumerate(group):
+            sizes = ddp.split_sizes(len(idx), world.size)
+            lo = sum(sizes[:world.rank])
+            local = idx[lo:lo + sizes[world.rank]]
+            # A rank with no pair in a short last micro-batch runs one at weight 0, so that it
+            # joins every collective of the step.
+            run = local if len(local) else idx[:1]
+            sub = train.subset(run)
+            rows, mask = context_windows(sub, cfg.model.max_len)
+            all_rows = torch.from_numpy(train.target[idx]).to(device)
+            hard_rows = hard_in = None
+            if negatives is not None:
+                hard_rows = torch.from_numpy(negatives[run]).to(device)
+                hard_in = vectors[hard_rows.clamp(min=0).flatten()]
+            # Gradients are reduced across the ranks at the group's last micro-batch only.
+            sync = contextlib.nullcontext() if j == len(group) - 1 else model.no_sync()
+            with sync:
+                with autocast(device, cfg.amp):
+                    q, pos, hard = model(vectors[torch.from_numpy(rows).to(device)],
+                                         torch.from_numpy(mask).to(device),
+                                         vectors[torch.from_numpy(sub.target).to(device)],
+                                         hard_in)
+                    if hard is not None:
+                        hard = hard.reshape(len(run), -1, vectors.shape[1])
+                    every_pos = ddp.gather_rows(pos[:len(local)], sizes, world.rank)
+                    if len(local):
+                        mem, mem_rows = memory.get()
+                        parts = contrastive_loss(q, every_pos, all_rows,
+                                                 torch.from_numpy(sub.ctx_start).to(device),
+                                                 torch.from_numpy(sub.ctx_end).to(device), mem,
+                                                 mem_rows, hard, hard_rows, cfg.tau, cfg.margin,
+                                                 cfg.margin_weight, offset=lo)
+                        loss = parts["loss"] * (len(local) * world.size / len(idx))
+                    else:
+                        parts = {}
+                        loss = 0.0 * (q.sum() + pos.sum() + every_pos.sum()
+                                      + (hard.sum() if hard is not None else 0.0))
+                (loss / len(group)).backward()
+            memory.push(every_pos.detach(), all_rows)
+            for key, value in parts.items():
+                sums[key] = sums.get(key, 0.0) + float(value.detach()) * len(local)
+        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
+                                       cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        if not towers.doc.is_identity:
+            memory.refresh(lambda r: towers.doc(vectors[r]))
+    sums = ddp.all_sum({k: sums.get(k, 0.0) for k in
+                        ("loss", "nce", "margin_penalty", "cos_pos", "cos_hardest")})
+    means = {k: v / len(train) for k, v in sums.items()}
+    means["lr"] = lr
+    return means, step
+
+
 def log_epoch(h: dict, cfg: TrainConfig) -> None:
     recalls = " | ".join(f"Recall@{k} {h[f'recall@{k}']:.2f}%" for k in cfg.eval_ks)
     log.info(f"Epoch {h['epoch']}/{cfg.epochs} | loss {h['loss']:.4f} (nce {h['nce']:.4f}, "
@@ -241,7 +326,7 @@ class Progress:
 
 def restore(paths: RunPaths, cfg: TrainConfig, bank: Bank, pairs: Pairs, query, doc, optimizer,
             memory: MemoryBank, resume: bool, init: tuple[str, dict] | None,
-            device: torch.device) -> Progress:
+            device: torch.device, world: ddp.World = ddp.ONE) -> Progress:
     """Continue from last.pt (--resume), start from another run's weights (`init`: its path and
     loaded checkpoint), or start fresh."""
     if resume and paths.ckpt("last.pt").exists():
@@ -250,12 +335,21 @@ def restore(paths: RunPaths, cfg: TrainConfig, bank: Bank, pairs: Pairs, query, 
         if ck.split_spec_of(state) != pairs.split_spec:
             raise ck.CheckpointError(f"--resume: {paths.ckpt('last.pt')} trained with another "
                                      f"article split than {cfg.pairs}; start a new run")
+        ts = state[ck.TRAIN_STATE]
+        trained_by = ts.get("world_size", 1)
+        launch = (f"torchrun --nproc_per_node {trained_by}" if trained_by > 1
+                  else "python -m training.train_v4, without torchrun")
+        if trained_by != world.size:
+            raise ck.CheckpointError(
+                f"--resume: {paths.ckpt('last.pt')} was trained by {trained_by} process(es), "
+                f"this run has {world.size}; resume with the same count ({launch})")
         query.load_state_dict(state[ck.QUERY_TOWER])
         doc.load_state_dict(state[ck.DOC_TOWER])
-        ts = state[ck.TRAIN_STATE]
         optimizer.load_state_dict(ts["optimizer"])
         memory.load_state_dict(ts["memory"])
         set_rng_state({"cpu": ts["torch_rng"], **ts.get("device_rng", {})}, device)
+        if world.enabled:  # each rank continues from its own generators
+            set_rng_state(ts["rank_rng"][world.rank], device)
         log.info(f"Resumed from {paths.ckpt('last.pt')} after epoch {state[ck.EPOCH]}")
         trained_on = ts.get("device", "cpu")
         if trained_on != str(device):
@@ -275,7 +369,7 @@ def restore(paths: RunPaths, cfg: TrainConfig, bank: Bank, pairs: Pairs, query, 
 
 def save_epoch(paths: RunPaths, cfg: TrainConfig, bank: Bank, split: SplitSpec, query, doc,
                optimizer, memory: MemoryBank, progress: Progress, metrics: dict,
-               device: torch.device) -> dict:
+               device: torch.device, extra: dict | None = None) -> dict:
     """best.pt when the selection metric improved, epoch_XXX.pt every `checkpoint_every`, and
     last.pt (with everything --resume needs) every epoch; then history.json. Returns the state."""
     epoch = progress.epoch
@@ -291,7 +385,7 @@ def save_epoch(paths: RunPaths, cfg: TrainConfig, bank: Bank, split: SplitSpec, 
                              "torch_rng": rng.pop("cpu"), "device_rng": rng,
                              "device": str(device), "history": progress.history,
                              "step": progress.step, "best": list(progress.best),
-                             "best_epoch": progress.best_epoch}
+                             "best_epoch": progress.best_epoch, "world_size": 1, **(extra or {})}
     ck.save_checkpoint(paths.ckpt("last.pt"), state)
     atomic_write(paths.history,
                  lambda f: f.write(json.dumps(progress.history, indent=1).encode()))
@@ -316,16 +410,36 @@ def abort_run(paths: RunPaths, cfg: TrainConfig, state: dict, history: list[dict
 
 def train(cfg: TrainConfig, resume: bool = False, init_from: str | None = None,
           baselines: dict[str, str] | None = None) -> dict:
-    """Run the whole training; returns gate.json's content (or the abort record)."""
+    """Run the whole training; returns gate.json's content (or the abort record). Under torchrun
+    every rank runs this; rank 0 writes the run's files."""
+    world = ddp.world_from_env()
     try:  # an unusable device is refused before anything is written
         device = resolve_device(cfg.device)
         check_amp(cfg.amp, device)
+        if world.enabled:
+            device = ddp.rank_device(world, device)
+            if cfg.bs < world.size:
+                raise ValueError(f"--bs {cfg.bs} with {world.size} processes: every rank takes "
+                                 f"a share of each micro-batch (bs >= world size)")
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    if not world.enabled:
+        return _train(cfg, resume, init_from, baselines, device, world)
+    ddp.init(world, device)
+    try:
+        return _train(cfg, resume, init_from, baselines, device, world)
+    finally:
+        ddp.shutdown()
+
+
+def _train(cfg: TrainConfig, resume: bool, init_from: str | None,
+           baselines: dict[str, str] | None, device: torch.device, world: ddp.World) -> dict:
     paths = RunPaths(Path(cfg.out))
-    paths.checkpoints.mkdir(parents=True, exist_ok=True)
-    log_path = setup_logging(cfg)
-    (paths.out / "train.pid").write_text(str(os.getpid()))
+    if world.main:
+        paths.checkpoints.mkdir(parents=True, exist_ok=True)
+    log_path = setup_logging(cfg, world)
+    if world.main:
+        (paths.out / "train.pid").write_text(str(os.getpid()))
     torch.manual_seed(cfg.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = False  # cuDNN's autotuner picks kernels by timing
@@ -362,13 +476,20 @@ def train(cfg: TrainConfig, resume: bool = False, init_from: str | None = None,
         ck.check_split_of(ck.load_checkpoint(path, bank.fingerprint()), path, pairs, bank,
                        f"--baseline {name}")
     progress = restore(paths, cfg, bank, pairs, query, doc, optimizer, memory, resume, init,
-                       device)
+                       device, world)
+    model = towers = None
+    if world.enabled:
+        towers = ddp.TwoTowers(query, doc)
+        model = torch.nn.parallel.DistributedDataParallel(
+            towers, device_ids=[device.index] if device.type == "cuda" else None)
 
-    atomic_write(paths.out / "config.yaml", lambda f: f.write(to_yaml(cfg).encode()))
+    if world.main:
+        atomic_write(paths.out / "config.yaml", lambda f: f.write(to_yaml(cfg).encode()))
     log.info(f"{cfg.name}: bank {cfg.bank} ({bank.n:,} x {bank.dim}), pairs {cfg.pairs} "
              f"(train {len(train_pairs):,}, val {len(val):,}, test {len(test):,}), "
              f"{cfg.model.kind} tower, "
              f"batch {cfg.bs} x {cfg.accum}, {steps_per_epoch} steps/epoch, on {device}"
+             f"{f' x {world.size} processes (DDP)' if world.enabled else ''}"
              f"{' (bf16 autocast)' if cfg.amp == 'bf16' else ''}; log {log_path}")
 
     # 3) epochs: mine (when scheduled), train, evaluate, checkpoint, check abort and mid-gate
@@ -380,34 +501,52 @@ def train(cfg: TrainConfig, resume: bool = False, init_from: str | None = None,
         segment = segment_for(segments, epoch)
         negatives, mining = None, {}
         if segment.count:
-            negs = mine(query, bank.vectors, doc_vectors, index, bank.article_indices,
-                        train_pairs, segment, cfg.filter_threshold, cfg.mine_pool)
+            miner = ddp.mine_sharded if world.enabled else mine
+            negs = miner(query, bank.vectors, doc_vectors, index, bank.article_indices,
+                         train_pairs, segment, cfg.filter_threshold, cfg.mine_pool)
             negatives = negs.rows
             mining = {"mined_per_pair": float((negs.rows >= 0).sum(1).mean()),
                       "mining_dropped_fraction": negs.dropped_fraction,
                       "mining_raw_positive_rate": negs.positive_rate,
                       "mining_raw_near_dup_rate": negs.near_dup_rate}
         t_train = time.perf_counter()
-        losses, progress.step = train_epoch(query, doc, optimizer, memory, vectors, train_pairs,
-                                            negatives, cfg, epoch, progress.step, total_steps)
+        if world.enabled:
+            losses, progress.step = train_epoch_ddp(model, towers, optimizer, memory, vectors,
+                                                    train_pairs, negatives, cfg, epoch,
+                                                    progress.step, total_steps, world)
+        else:
+            losses, progress.step = train_epoch(query, doc, optimizer, memory, vectors,
+                                                train_pairs, negatives, cfg, epoch,
+                                                progress.step, total_steps)
         train_s = time.perf_counter() - t_train
         if not doc.is_identity:
             doc_vectors = encode_docs(doc, bank.vectors)
             index = build_index(doc_vectors, cfg.index, seed=cfg.seed)
         # Reported recall is exact whatever cfg.index mines with: an IVF index at its default
         # nprobe found 72% of what exact search finds on a 1M-row bank.
-        metrics, _ = evaluate(encode_queries(query, bank.vectors, val), val,
-                              _doc_bank(bank, doc_vectors), build_index(doc_vectors, "flat"),
-                              tuple(cfg.eval_ks))
-        h = {"epoch": epoch, **losses, **metrics, **mining,
-             "curriculum": (f"{segment.count} hard negatives @ {segment.cos_min:g}-"
-                            f"{segment.cos_max:g}" if segment.count else "no mining (warm start)"),
-             "seconds": time.perf_counter() - t0, "pairs_per_s": len(train_pairs) / train_s}
+        # Under DDP rank 0 evaluates and every rank takes its record, so all decide alike.
+        h = None
+        if world.main:
+            metrics, _ = evaluate(encode_queries(query, bank.vectors, val), val,
+                                  _doc_bank(bank, doc_vectors), build_index(doc_vectors, "flat"),
+                                  tuple(cfg.eval_ks))
+            h = {"epoch": epoch, **losses, **metrics, **mining,
+                 "curriculum": (f"{segment.count} hard negatives @ {segment.cos_min:g}-"
+                                f"{segment.cos_max:g}" if segment.count
+                                else "no mining (warm start)"),
+                 "seconds": time.perf_counter() - t0, "pairs_per_s": len(train_pairs) / train_s}
+        if world.enabled:
+            h = ddp.broadcast(h)
+            rank_rng = ddp.gather_objects(rng_state(device))
+        metrics = h
         progress.history.append(h)
         progress.epoch = epoch
         log_epoch(h, cfg)
-        state = save_epoch(paths, cfg, bank, pairs.split_spec, query, doc, optimizer, memory,
-                           progress, metrics, device)
+        state = None
+        if world.main:
+            extra = {"world_size": world.size, "rank_rng": rank_rng} if world.enabled else None
+            state = save_epoch(paths, cfg, bank, pairs.split_spec, query, doc, optimizer,
+                               memory, progress, metrics, device, extra)
 
         if epoch == cfg.gates.mid_epoch:
             mg = mid_gate(metrics[cfg.gates.metric], cfg.gates)
@@ -415,10 +554,16 @@ def train(cfg: TrainConfig, resume: bool = False, init_from: str | None = None,
             log.info(f"Mid-gate (epoch {epoch}): {cfg.gates.metric} {mg['value']:.2f}% vs "
                      f"{mg['threshold']}%: {mg['status']} ({mg['note']})")
         if should_abort(progress.history, cfg):
+            if not world.main:
+                return {"verdict": "aborted", "epoch": epoch}
             return abort_run(paths, cfg, state, progress.history, result)
 
     # 4) the final gate on best.pt (selected on val), judged on test beside the heuristics
     del index, doc_vectors, vectors  # the final gate builds its own; two would double memory
+    if world.enabled:
+        del model, towers
+        if not world.main:
+            return ddp.broadcast(None)  # rank 0's verdict
     result.update(final_gate(cfg, bank, test, paths, progress.best_epoch, baselines or {},
                              device))
     if "mid_gate" not in result and cfg.gates.mid_epoch <= cfg.epochs:
@@ -427,7 +572,7 @@ def train(cfg: TrainConfig, resume: bool = False, init_from: str | None = None,
             result["mid_gate"] = mid_gate(h[cfg.gates.metric], cfg.gates)
     atomic_write(paths.gate, lambda f: f.write(json.dumps(result, indent=2).encode()))
     write_report(paths.out / "report.md", cfg, progress.history, result)
-    return result
+    return ddp.broadcast(result) if world.enabled else result
 
 
 def _doc_bank(bank: Bank, doc_vectors: np.ndarray) -> Bank:
