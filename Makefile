@@ -14,17 +14,18 @@ PROFILE ?= default
 CORPUS ?=
 LIMIT ?=
 RESUME ?=
+NPROC ?=
 BANK_STEM = $(basename $(notdir $(BANK)))
 RUN ?= runs/$(BANK_STEM)/twotower_v4
 # BANK= selects the bank; PROFILE=smoke brings its own small synthetic bank unless BANK= is given.
-CHECKLIST_ARGS = --profile $(PROFILE) $(if $(filter command line,$(origin BANK)),--bank $(BANK)) $(if $(RESUME),--resume)
+CHECKLIST_ARGS = --profile $(PROFILE) $(if $(filter command line,$(origin BANK)),--bank $(BANK)) $(if $(RESUME),--resume) $(if $(NPROC),--nproc $(NPROC))
 
 .DEFAULT_GOAL := help
 .PHONY: help setup data test test-slow lint clean train-v4 train-v4-bg monitor bench bench-scale
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
-	@echo "  variables: BANK=$(BANK) PROFILE=$(PROFILE) (default|smoke) CORPUS=<jsonl> LIMIT=<articles>"
+	@echo "  variables: BANK=$(BANK) PROFILE=$(PROFILE) (default|smoke) CORPUS=<jsonl> LIMIT=<articles> NPROC=<processes (DDP)>"
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 needed, got " + sys.version' 

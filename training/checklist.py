@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -96,9 +98,11 @@ def step(title: str) -> None:
     print(f"\n=== {title} {'=' * max(0, 76 - len(title))}", flush=True)
 
 
-def run_checklist(profile: Profile, resume: bool = False, gates_bank: str | None = None) -> int:
+def run_checklist(profile: Profile, resume: bool = False, gates_bank: str | None = None,
+                  nproc: int = 1) -> int:
     """The checklist on `profile`; `gates_bank` is the bank its v4 config's gates were set for
-    (the profile's own bank), to say so when another bank runs with them."""
+    (the profile's own bank), to say so when another bank runs with them. `nproc` > 1 trains v4
+    data-parallel under torchrun."""
     t0 = time.perf_counter()
     bank_path = profile.bank
     # 0. The bank.
@@ -179,7 +183,14 @@ def run_checklist(profile: Profile, resume: bool = False, gates_bank: str | None
     args = ["--config", profile.v4_config, "--bank", bank_path, "--pairs", v4_pairs, "--out",
             v4_out, "--mine-schedule", schedule, "--epochs", str(epochs),
             "--baseline", f"v3={v3_best}"]
-    rc = train_v4.main(args + (["--resume"] if resume else []))
+    args += ["--resume"] if resume else []
+    if nproc > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+               str(nproc), "-m", "training.train_v4", *args]
+        print(shlex.join(cmd), flush=True)
+        rc = subprocess.run(cmd).returncode
+    else:
+        rc = train_v4.main(args)
     if rc not in (0, train_v4.EXIT_ABORT):
         return rc
 
@@ -212,7 +223,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", default="default", help="default | smoke | a profile YAML")
     p.add_argument("--bank", default=None, help="use this bank instead of the profile's")
     p.add_argument("--resume", action="store_true", help="continue v4 from its last.pt")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="train v4 data-parallel in this many processes (torchrun, DDP)")
     args = p.parse_args(argv)
+    if args.nproc < 1:
+        print(f"error: --nproc must be >= 1, got {args.nproc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     if args.bank and not Path(args.bank).exists():
         # Only the profile's own bank is built when missing: building the default corpus into a
         # path the user named would train on data they did not ask for.
@@ -222,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     try:
         profile, own_bank = load_profile(args.profile, args.bank)
-        return run_checklist(profile, resume=args.resume, gates_bank=own_bank)
+        return run_checklist(profile, resume=args.resume, gates_bank=own_bank, nproc=args.nproc)
     except (ConfigError, BankError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
