@@ -13,6 +13,10 @@ Val selects; the final gate judges best.pt on the test split, which nothing else
 Δ below the abort threshold on consecutive evals after the abort epoch saves abort.pt and exits
 with code 3. The final gate writes gate.json: success / partial / data wall, and whether v4
 beats the exp-weighted heuristic beyond the 95% CI.
+
+--device picks where the towers train (FAISS stays on the CPU); under torchrun
+(`torchrun --standalone --nproc_per_node N -m training.train_v4 ...`) it trains data-parallel,
+see training/distributed.py.
 """
 
 from __future__ import annotations
@@ -676,7 +680,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(f"--baseline {name}={path}: no such checkpoint")
         result = train(cfg, resume=args.resume, init_from=args.init_from, baselines=baselines)
     except (ConfigError, BankError, PairsError, ScheduleError, ck.CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        if ddp.world_from_env().main:  # under torchrun every rank finds the same problem
+            print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return EXIT_ABORT if result.get("verdict") == "aborted" else 0
 
