@@ -14,6 +14,7 @@ import argparse
 import hashlib
 import json
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -277,7 +278,7 @@ def save_bank(bank: Bank, path: str | os.PathLike, meta: dict | None = None) -> 
     sidecar.update(meta or {})
     sidecar.update(summary(bank))
     sidecar["format_version"] = FORMAT_VERSION
-    atomic_write(sidecar_path(path), lambda f: f.write(json.dumps(sidecar, indent=2).encode()))
+    write_json(sidecar_path(path), sidecar)
     bank.meta, bank.path = sidecar, str(path)
     return sidecar
 
@@ -295,6 +296,31 @@ def atomic_write(path: str | os.PathLike, write) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def finite_json(obj):
+    """A copy of `obj` that strict JSON readers accept: NaN and inf floats become None (null),
+    numpy scalars plain numbers, tuples lists."""
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite_json(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def json_text(obj, indent: int | None = 2) -> str:
+    """Strict JSON of `obj` (non-finite floats as null, never NaN/Infinity)."""
+    return json.dumps(finite_json(obj), indent=indent, allow_nan=False)
+
+
+def write_json(path: str | os.PathLike, obj, indent: int | None = 2) -> None:
+    """Write `obj` as strict JSON (see `json_text`) atomically."""
+    text = json_text(obj, indent) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -347,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         if key in bank.meta:
             s[key] = bank.meta[key]
     if args.json:
-        print(json.dumps(s, indent=2))
+        print(json_text(s))
         return 0
     c = s["chunks_per_article"]
     print(f"bank        {args.path}")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from cascade.bank import atomic_write
+from cascade.bank import atomic_write, sha256_file
 from cascade.towers import DocTower, QueryTower, TowerConfig, build_towers
 
 FORMAT_VERSION = 1
@@ -23,8 +23,10 @@ MODEL_CONFIG = "model_config"
 CONFIG = "config"
 EPOCH = "epoch"
 METRICS = "metrics"
-BEST_METRIC = "best_metric"
+EPOCH_METRIC = "epoch_metric"  # {"name": the selection metric, "value": this epoch's}
+BEST_METRIC = "best_metric"  # the selection metric's best value over the run up to this epoch
 BANK_FINGERPRINT = "bank_fingerprint"
+PAIRS_FINGERPRINT = "pairs_fingerprint"  # the training pairs' content: --resume checks it
 TRAIN_STATE = "train_state"  # optimizer, step, memory bank, RNG, history: only in last.pt
 
 
@@ -73,3 +75,13 @@ def load_towers(path: str | os.PathLike, bank_fingerprint: str | None = None
         raise CheckpointError(f"{path}: weights do not match its model config "
                               f"({str(e).splitlines()[0][:200]})") from None
     return query.eval(), doc.eval(), ckpt
+
+
+def verify_sha256(path: str | os.PathLike, expected: str) -> None:
+    """Refuse a file whose sha256 is not `expected` ("sha256:<hex>", as deploy.json pins it)."""
+    if not os.path.exists(path):
+        raise ValueError(f"{path}: no such file (pinned {expected[:19]}...)")
+    actual = sha256_file(path)
+    if actual != expected:
+        raise ValueError(f"{path}: sha256 {actual[:19]}... is not the pinned {expected[:19]}... "
+                         f"(the file changed since it was pinned)")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from cascade.bank import BankError, atomic_write, load_bank
+from cascade.bank import BankError, load_bank, write_json
 from training import expand_pairs, postmortem, preflight, train_v4
 from training.config import CONFIG_DIR, ConfigError, from_dict, load_config
 
@@ -168,7 +168,7 @@ def run_checklist(profile: Profile, resume: bool = False, gates_bank: str | None
     }
     deploy_path = Path(profile.path(profile.deploy))
     deploy_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(deploy_path, lambda f: f.write(json.dumps(deploy, indent=2).encode()))
+    write_json(deploy_path, deploy)
     print(f"verdict {gate['verdict']}; stage 1 = {deploy['stage1']}: {gate['reason']}")
     print(f"wrote {deploy_path} ({time.perf_counter() - t0:.0f}s for the whole checklist)")
     return rc

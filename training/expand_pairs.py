@@ -14,7 +14,6 @@ checklist's stride 32 / cap 30 / context 100.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from cascade.bank import Bank, BankError, atomic_write, load_bank
+from cascade.bank import Bank, BankError, load_bank, write_json
 from cascade.index import build_index
 from cascade.pairs import TRAIN, VAL, Pairs, save_pairs
 
@@ -236,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
                        "bank_kind": defaults_for(bank)["bank_kind"], "out": args.out})
     save_pairs(pairs, args.out)
     manifest_path = Path(args.out).with_suffix(".json")
-    atomic_write(manifest_path, lambda f: f.write(json.dumps(pairs.meta, indent=2).encode()))
+    write_json(manifest_path, pairs.meta)
 
     m = pairs.meta
     print(f"wrote {args.out}: {m['pairs']:,} pairs (train {m['train_pairs']:,} from "

@@ -11,6 +11,8 @@ import os
 import sys
 from pathlib import Path
 
+from cascade.bank import json_text
+
 
 def alive(pid_file: Path) -> tuple[bool, int | None]:
     try:
@@ -56,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     s = status(run)
     if args.json:
-        print(json.dumps(s, indent=2))
+        print(json_text(s))
         return 0
     state = f"running (pid {s['pid']})" if s["alive"] else "not running"
     if "epoch" not in s:

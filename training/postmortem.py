@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import sys
 from pathlib import Path
@@ -24,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from cascade import checkpoint as ck
-from cascade.bank import Bank, BankError, atomic_write, load_bank
+from cascade.bank import Bank, BankError, load_bank, write_json
 from cascade.encode import encode_docs, encode_queries
 from cascade.evaluation import KS, evaluate
 from cascade.index import build_index, search_batched
@@ -285,17 +284,6 @@ def summary_table(r: dict) -> str:
     return "\n".join(lines)
 
 
-def _finite(x):
-    """JSON-safe copy: NaN / inf floats become null."""
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_finite(v) for v in x]
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m training.postmortem",
                                 description=__doc__.split("\n")[0])
@@ -357,11 +345,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     result["inputs"] = {"ckpt": args.ckpt, "pairs": args.pairs, "bank": args.bank,
-                        "epoch": state.get(ck.EPOCH), "best_metric": state.get(ck.BEST_METRIC)}
+                        "epoch": state.get(ck.EPOCH), "epoch_metric": state.get(ck.EPOCH_METRIC)}
     out = Path(args.out) if args.out else default_out(args.ckpt)
     out.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(_finite(result), indent=2)
-    atomic_write(out, lambda f: f.write(text.encode()))
+    write_json(out, result)
 
     print(f"Phase-2 post-mortem of {args.ckpt} (epoch {state.get(ck.EPOCH, '?')}) on "
           f"{len(pairs.val()):,} val pairs of {args.pairs}; bank {args.bank} "

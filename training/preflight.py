@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from cascade.bank import Bank, BankError, atomic_write, load_bank, sha256_file
+from cascade.bank import Bank, BankError, load_bank, sha256_file, write_json
 from cascade.index import build_index, search
 from cascade.metrics import alignment
 from cascade.negatives import clean_negatives
@@ -435,7 +435,7 @@ def write_manifest(path: str | Path, pairs: Pairs, bank: Bank, results: list[Che
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda f: f.write(json.dumps(manifest, indent=2).encode()))
+        write_json(path, manifest)
     except OSError as e:
         return CheckResult("manifest", BLOCKER, f"cannot write {path}: {e}", manifest)
     detail = f"wrote {path} (commit {commit or 'unknown'})"
@@ -511,8 +511,7 @@ def main(argv: list[str] | None = None) -> int:
                                   args.filter_threshold, expansion_args))
     try:
         results_out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(results_out, lambda f: f.write(
-            json.dumps([asdict(r) for r in results], indent=2).encode()))
+        write_json(results_out, [asdict(r) for r in results])
     except OSError as e:
         print(f"error: cannot write {results_out}: {e}", file=sys.stderr)
         return 2
