@@ -142,8 +142,9 @@ def validate(bank: Bank, source: str = "bank", normalize: bool = True) -> Bank:
                             f"outside [0, {TMD_MAX}) (4+5+6 bit domain|task|modifier)")
         bank.tmd_codes = codes.astype(np.uint16)
 
-    if normalize:
-        normalize_rows(v, source)
+    if normalize and normalize_rows(v, source):
+        # The vectors now differ from the file's: a fingerprint cached for the file is not theirs.
+        bank.meta.pop("fingerprint_of", None)
     return bank
 
 
@@ -196,8 +197,9 @@ def _check_article_order(articles: np.ndarray, chunks: np.ndarray, source: str) 
             f"increasing order")
 
 
-def normalize_rows(v: np.ndarray, source: str = "bank") -> None:
-    """L2-normalize (N, D) float32 rows in place, block by block, logging when anything changed."""
+def normalize_rows(v: np.ndarray, source: str = "bank") -> int:
+    """L2-normalize (N, D) float32 rows in place, block by block, logging when anything changed;
+    returns how many rows changed."""
     changed = 0
     for lo in range(0, v.shape[0], _BLOCK):
         block = v[lo:lo + _BLOCK]
@@ -209,6 +211,7 @@ def normalize_rows(v: np.ndarray, source: str = "bank") -> None:
     if changed:
         log.warning("%s: %d of %d vectors were not unit length; normalized them", source,
                     changed, v.shape[0])
+    return changed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,8 +258,17 @@ def load_bank(path: str | os.PathLike, normalize: bool = True) -> Bank:
             meta = json.loads(side.read_text())
         except json.JSONDecodeError as e:
             raise BankError(f"{side}: sidecar is not valid JSON ({e})") from None
-    bank = Bank(**arrays, meta=meta, path=path)
-    return validate(bank, source=path, normalize=normalize)
+    bank = validate(Bank(**arrays, meta=meta, path=path), source=path, normalize=normalize)
+    # Hashing a large bank's vectors takes seconds on every load: the sidecar keeps the
+    # fingerprint with the size and mtime of the file it was computed from.
+    if meta.get("fingerprint_of") == _file_stamp(path) and meta.get("fingerprint"):
+        bank._fingerprint = meta["fingerprint"]
+    return bank
+
+
+def _file_stamp(path: str | os.PathLike) -> dict:
+    st = os.stat(path)
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 def save_bank(bank: Bank, path: str | os.PathLike, meta: dict | None = None) -> dict:
@@ -277,6 +289,7 @@ def save_bank(bank: Bank, path: str | os.PathLike, meta: dict | None = None) -> 
     sidecar = dict(bank.meta)
     sidecar.update(meta or {})
     sidecar.update(summary(bank))
+    sidecar["fingerprint_of"] = _file_stamp(path)
     sidecar["format_version"] = FORMAT_VERSION
     write_json(sidecar_path(path), sidecar)
     bank.meta, bank.path = sidecar, str(path)
