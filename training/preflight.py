@@ -43,6 +43,7 @@ from cascade.pairs import (
     load_pairs,
 )
 from cascade.query import heuristic_queries
+from training.config import FILTER_MIN, ConfigError, check_value
 from training.curriculum import ScheduleError, check_covers, format_schedule, parse_schedule
 
 DEFAULT_SCHEDULE = "0-5:none;6-10:8@0.82-0.92;11-30:16@0.84-0.96"  # the checklist's curriculum
@@ -50,8 +51,9 @@ DEFAULT_FILTER_THRESHOLD = 0.98  # drop candidates with cos > this to the positi
 DEFAULT_EPOCHS = 30
 DEFAULT_SAMPLE = 2000  # bank rows for the alignment check (all pairs among them)
 FILTER_SAMPLE_SHARE = 4  # the filter check searches sample / 4 train pairs (64 candidates each)
-FILTER_MIN = 0.95  # a threshold at or below this drops genuine hard negatives: blocker
 FILTER_LAX = 0.995  # above this, too lax to catch near-duplicates: warning
+MIN_EVAL_PAIRS = 50  # fewer val pairs, or pairs from fewer articles, than this: blocker
+MIN_EVAL_ARTICLES = 10
 ALIGN_WARN = 0.10  # |mean cos| between random rows above this: recommend whitening
 SEARCH_K = 64  # candidates per query for the filter check
 MANIFEST_VERSION = 1
@@ -114,6 +116,15 @@ def check_sanity(pairs: Pairs, bank: Bank) -> CheckResult:
     for name, count in (("train", values["train_pairs"]), ("val", values["val_pairs"])):
         if count == 0:
             problems.append(f"the {name} split is empty")
+    # A split judged by article-resampled CIs needs enough of both (a 2-article corpus gave 1
+    # val pair, passed, and the run's gate meant nothing).
+    for name in ("val",):
+        n_pairs, n_articles = values[f"{name}_pairs"], values[f"{name}_articles"]
+        if n_pairs and (n_pairs < MIN_EVAL_PAIRS or n_articles < MIN_EVAL_ARTICLES):
+            problems.append(f"the {name} split has {n_pairs:,} pairs from {n_articles:,} "
+                            f"articles, too few for a confidence interval to mean anything "
+                            f"(need >= {MIN_EVAL_PAIRS} pairs from >= {MIN_EVAL_ARTICLES} "
+                            f"articles): ingest more articles")
     if problems:
         return CheckResult("data_sanity", BLOCKER, "; ".join(problems), values)
     detail = (f"{p:,} pairs: train {values['train_pairs']:,} ({values['train_articles']:,} "
@@ -313,10 +324,17 @@ def check_schedule(schedule: str, epochs: int) -> CheckResult:
 def check_filter(pairs: Pairs, bank: Bank, threshold: float, queries: int,
                  rng: np.random.Generator, progress: bool = False) -> CheckResult:
     """Judge the threshold and measure what it drops from the top-64 of sampled train pairs."""
-    if not threshold > FILTER_MIN or threshold >= 1.0:
-        status = BLOCKER
-        verdict = (f"threshold {threshold} must be > {FILTER_MIN} and < 1 (at or below "
-                   f"{FILTER_MIN} it drops genuine hard negatives; at 1 it drops nothing)")
+    try:  # the trainer's own check of the value
+        check_value("filter_threshold", threshold)
+        valid = True
+    except ConfigError as e:
+        valid, problem = False, str(e).removeprefix("config: ")
+    if not valid:
+        status, verdict = BLOCKER, (f"{problem} (at or below {FILTER_MIN} it drops genuine hard "
+                                    f"negatives)")
+    elif threshold >= 1.0:
+        status, verdict = BLOCKER, (f"threshold {threshold} turns the filter off (the v3 "
+                                    f"recipe); the v4 curriculum needs it below 1")
     elif threshold > FILTER_LAX:
         status, verdict = WARNING, (f"threshold {threshold} > {FILTER_LAX} is too lax to catch "
                                     f"near-duplicates of the positive")
