@@ -18,6 +18,8 @@ BANK_STEM = $(basename $(notdir $(BANK)))
 RUN ?= runs/$(BANK_STEM)/twotower_v4
 # BANK= selects the bank; PROFILE=smoke brings its own small synthetic bank unless BANK= is given.
 CHECKLIST_ARGS = --profile $(PROFILE) $(if $(filter command line,$(origin BANK)),--bank $(BANK)) $(if $(RESUME),--resume)
+# What `make monitor` needs to find the run train-v4 makes with the same PROFILE= / BANK=.
+MONITOR_VARS = $(if $(filter command line,$(origin PROFILE)),PROFILE=$(PROFILE)) $(if $(filter command line,$(origin BANK)),BANK=$(BANK))
 
 .DEFAULT_GOAL := help
 .PHONY: help setup data test test-slow lint clean train-v4 train-v4-bg monitor bench bench-scale
@@ -35,8 +37,11 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)  ## create .venv and install everything (idempotent)
 
-data: $(STAMP)  ## build the bank: the Wikipedia default corpus, or CORPUS=my.jsonl
-	$(PY) -m training.ingest --out $(BANK) $(if $(CORPUS),--corpus $(CORPUS)) $(if $(LIMIT),--limit-articles $(LIMIT))
+# CORPUS= without BANK= names the bank after the corpus: it never replaces the default bank.
+DATA_BANK = $(if $(and $(CORPUS),$(filter-out command line,$(origin BANK))),artifacts/$(basename $(notdir $(CORPUS)))_bank.npz,$(BANK))
+
+data: $(STAMP)  ## build the bank: the Wikipedia default corpus, or CORPUS=my.jsonl (-> artifacts/my_bank.npz)
+	$(PY) -m training.ingest --out $(DATA_BANK) $(if $(CORPUS),--corpus $(CORPUS)) $(if $(LIMIT),--limit-articles $(LIMIT))
 
 train-v4: $(STAMP)  ## the whole v4 checklist: data, v3 baseline, post-mortem, pairs, pre-flight, v4, gate, deploy.json
 	$(PY) -m training.checklist $(CHECKLIST_ARGS)
@@ -44,10 +49,10 @@ train-v4: $(STAMP)  ## the whole v4 checklist: data, v3 baseline, post-mortem, p
 train-v4-bg: $(STAMP)  ## the same in the background (as the checklist's overnight script); see make monitor
 	@mkdir -p logs
 	nohup $(PY) -m training.checklist $(CHECKLIST_ARGS) > logs/train_v4_bg.log 2>&1 & echo $$! > logs/train_v4_bg.pid
-	@echo "started pid $$(cat logs/train_v4_bg.pid); follow with: tail -f logs/train_v4_bg.log, or make monitor"
+	@echo "started pid $$(cat logs/train_v4_bg.pid); follow with: tail -f logs/train_v4_bg.log, or make monitor $(strip $(MONITOR_VARS))"
 
 monitor: $(STAMP)  ## latest epoch, Recall@500, separation margin and whether the run is alive (RUN=...)
-	@$(PY) -m training.monitor --run $(if $(filter smoke,$(PROFILE)),runs/synth_smoke_bank/twotower_v4,$(RUN))
+	@$(PY) -m training.monitor $(if $(filter command line,$(origin RUN)),--run $(RUN),--profile $(PROFILE) $(if $(filter command line,$(origin BANK)),--bank $(BANK)))
 
 bench: $(STAMP)  ## recall of the trained run vs the heuristics (after make train-v4), embedding throughput
 	$(PY) -m benchmarks.recall --bank $(BANK) --pairs artifacts/twotower/$(BANK_STEM)/pairs_v4.npz \

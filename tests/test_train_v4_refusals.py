@@ -254,3 +254,22 @@ def test_bank_fingerprint_comes_from_the_sidecar_while_the_file_is_unchanged(tmp
     st = os.stat(tmp_path / "b.npz")
     os.utime(tmp_path / "b.npz", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     assert load_bank(tmp_path / "b.npz").fingerprint() == real
+
+
+@pytest.mark.parametrize("schedule,epoch,expected", [
+    ("0-5:none;6-10:8@0.82-0.92;11-30:16@0.84-0.96", 12,
+     ["11-30:16@0.84-0.96 -> 11-30:16@0.84-0.94", "11-30:16@0.84-0.96 -> 11-30:8@0.84-0.96"]),
+    ("0-2:none;3-4:4@0.3-0.95;5-6:8@0.3-0.97", 2,  # no mining yet: the next segment's window
+     ["3-4:4@0.3-0.95 -> 3-4:4@0.3-0.93", "3-4:4@0.3-0.95 -> 3-4:2@0.3-0.95"]),
+    ("0-6:none", 4, ["mines no hard negatives"]),
+])
+def test_abort_advice_names_the_windows_of_the_schedule_in_use(schedule, epoch, expected):
+    from training.curriculum import parse_schedule
+    from training.gates import abort_advice
+
+    advice = abort_advice(parse_schedule(schedule), epoch, tau=0.07)
+    text = " ".join(advice)
+    assert all(e in text for e in expected), advice
+    assert "--tau 0.07 -> 0.063" in text
+    if "0.84" not in schedule:  # never the checklist's own windows for another schedule
+        assert "0.84" not in text and "16 -> 8" not in text

@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-import yaml
-
-from cascade.bank import BankError, load_bank, write_json
+from cascade.bank import BankError, load_bank, sha256_file, write_json
 from training import expand_pairs, postmortem, preflight, train_v4
-from training.config import CONFIG_DIR, ConfigError, from_dict, load_config
+from training.config import CONFIG_DIR, ConfigError, from_dict, load_config, load_yaml
 
 EXIT_BLOCKED = 1
 EXIT_BAD_INPUT = 2
@@ -58,7 +57,7 @@ def load_profile(name_or_path: str, bank: str | None) -> tuple[Profile, str]:
         p = CONFIG_DIR / f"profile_{name_or_path}.yaml"
     if not p.exists():
         raise ConfigError(f"{name_or_path}: no such profile (try default or smoke)")
-    profile = from_dict(Profile, yaml.safe_load(p.read_text()) or {}, str(p))
+    profile = from_dict(Profile, load_yaml(p), str(p))
     own_bank = profile.bank
     if bank:
         profile.bank = bank
@@ -76,6 +75,13 @@ def step(title: str) -> None:
     print(f"\n=== {title} {'=' * max(0, 76 - len(title))}", flush=True)
 
 
+def call(module, argv: list[str]) -> int:
+    """Run a step as `python -m <module> argv`, printing that command first: the log holds the
+    exact commands that reproduce the checklist by hand."""
+    print(f"$ python -m {module.__name__} {shlex.join(argv)}", flush=True)
+    return module.main(argv)
+
+
 def run_checklist(profile: Profile, resume: bool = False, gates_bank: str | None = None) -> int:
     """The checklist on `profile`; `gates_bank` is the bank its v4 config's gates were set for
     (the profile's own bank), to say so when another bank runs with them."""
@@ -86,10 +92,10 @@ def run_checklist(profile: Profile, resume: bool = False, gates_bank: str | None
         step(f"0. Bank {bank_path} is missing: building it ({profile.make_bank})")
         if profile.make_bank == "synthetic":
             from training import synth_bank
-            rc = synth_bank.main(["--out", bank_path] + flags(profile.synthetic))
+            rc = call(synth_bank, ["--out", bank_path] + flags(profile.synthetic))
         else:
             from training import ingest
-            rc = ingest.main(["--out", bank_path])
+            rc = call(ingest, ["--out", bank_path])
         if rc:
             return rc
     bank = load_bank(bank_path)
@@ -111,34 +117,40 @@ def run_checklist(profile: Profile, resume: bool = False, gates_bank: str | None
     v3_best = Path(v3_out) / "checkpoints" / "best.pt"
     if not v3_best.exists():
         step("1a. v3 baseline pairs (phase-2 recipe)")
-        rc = expand_pairs.main(["--bank", bank_path, "--out", v3_pairs] + flags(profile.v3_expand))
+        rc = call(expand_pairs, ["--bank", bank_path, "--out", v3_pairs]
+                  + flags(profile.v3_expand))
         if rc:
             return rc
         step("1b. v3 baseline training (hard negatives from epoch 1, no curriculum, no filter)")
-        rc = train_v4.main(["--config", profile.v3_config, "--bank", bank_path, "--pairs",
-                            v3_pairs, "--out", v3_out, "--name", "twotower_v3_phase2"])
+        rc = call(train_v4, ["--config", profile.v3_config, "--bank", bank_path, "--pairs",
+                             v3_pairs, "--out", v3_out, "--name", "twotower_v3_phase2"])
         if rc not in (0, train_v4.EXIT_ABORT):
             return rc
     step("1. Phase-2 (v3) post-mortem")
-    rc = postmortem.main(["--ckpt", str(v3_best), "--pairs", v3_pairs, "--bank", bank_path,
-                          "--out", str(Path(v3_out) / "postmortem.json"), "--device", "cpu"])
+    rc = call(postmortem, ["--ckpt", str(v3_best), "--pairs", v3_pairs, "--bank", bank_path,
+                           "--out", str(Path(v3_out) / "postmortem.json"), "--device", "cpu"])
     if rc:
         return rc
 
     # 2. Expand the v4 pairs, with the checklist's retry.
     step("2. Expand training pairs")
     v4_pairs = profile.path(profile.v4_pairs)
-    rc = expand_pairs.main(["--bank", bank_path, "--out", v4_pairs, "--auto-retry"]
-                           + flags(profile.v4_expand))
-    if rc:
-        return rc
+    if resume and Path(v4_pairs).exists():
+        # Re-expanding could change the pairs under the run being resumed (its last.pt pins
+        # them, and --resume would refuse).
+        print(f"--resume: keeping {v4_pairs}, the pairs the run started with")
+    else:
+        rc = call(expand_pairs, ["--bank", bank_path, "--out", v4_pairs, "--auto-retry"]
+                  + flags(profile.v4_expand))
+        if rc:
+            return rc
 
     # 3. Pre-flight: a blocker stops the run.
     step("3. v4 pre-flight checks")
     manifest = str(Path(v4_pairs).with_name("pairs_v4_manifest.json"))
-    rc = preflight.main(["--pairs", v4_pairs, "--bank", bank_path, "--mine-schedule", schedule,
-                         "--filter-threshold", str(v4_cfg.filter_threshold), "--epochs",
-                         str(epochs), "--manifest-out", manifest])
+    rc = call(preflight, ["--pairs", v4_pairs, "--bank", bank_path, "--mine-schedule",
+                          schedule, "--filter-threshold", str(v4_cfg.filter_threshold),
+                          "--epochs", str(epochs), "--manifest-out", manifest])
     if rc:
         print("pre-flight found a blocker: v4 training not started", file=sys.stderr)
         return rc
@@ -149,16 +161,19 @@ def run_checklist(profile: Profile, resume: bool = False, gates_bank: str | None
     args = ["--config", profile.v4_config, "--bank", bank_path, "--pairs", v4_pairs, "--out",
             v4_out, "--mine-schedule", schedule, "--epochs", str(epochs),
             "--baseline", f"v3={v3_best}"]
-    rc = train_v4.main(args + (["--resume"] if resume else []))
+    rc = call(train_v4, args + (["--resume"] if resume else []))
     if rc not in (0, train_v4.EXIT_ABORT):
         return rc
 
     # 5. Deploy decision.
     step("5. Deploy decision")
     gate = json.loads((Path(v4_out) / "gate.json").read_text())
+    checkpoint = gate.get("best_checkpoint") if gate["stage1"] == "v4" else None
     deploy = {
         "stage1": gate["stage1"],
-        "checkpoint": gate.get("best_checkpoint") if gate["stage1"] == "v4" else None,
+        "checkpoint": checkpoint,
+        # Serving refuses a checkpoint whose bytes are not these (cascade.checkpoint.verify_sha256).
+        "checkpoint_sha256": sha256_file(checkpoint) if checkpoint else None,
         "heuristic": {"kind": "exp_weighted", "alpha": 0.1},
         "verdict": gate["verdict"], "reason": gate["reason"],
         "bank": bank_path, "bank_fingerprint": bank.fingerprint(),

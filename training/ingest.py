@@ -213,9 +213,14 @@ def read_jsonl_corpus(path: str | os.PathLike) -> list[Article]:
                 raise CorpusError(f"{where}: not UTF-8 text") from None
             if not line.strip():
                 continue
+            text = line.rstrip("\r\n")  # else an unclosed object is an error at "column 1"
             try:
-                rec = json.loads(line)
+                rec = json.loads(text)
             except json.JSONDecodeError as e:
+                if e.pos >= len(text.rstrip()):
+                    raise CorpusError(f"{where}: not valid JSON: the line ends before the JSON "
+                                      f"value does (a missing closing brace, bracket or quote?)"
+                                      ) from None
                 raise CorpusError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") \
                     from None
             if not isinstance(rec, dict):
@@ -452,6 +457,19 @@ def inputs_key(corpus_sha256: str, encoder_id: str, limit: int | None) -> str:
     return "sha256:" + hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
+def other_corpus(out: Path, corpus_path: Path) -> str | None:
+    """What `out` was built from, when that is not `corpus_path` (None: no bank there, or one of
+    this corpus). A bank without an ingest sidecar counts as another corpus's."""
+    if not out.exists():
+        return None
+    try:
+        meta = json.loads(out.with_suffix(".json").read_text())
+        built_from = meta["corpus_path"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        return "unknown: no ingest sidecar"
+    return None if built_from == str(corpus_path.resolve()) else meta.get("corpus", built_from)
+
+
 def up_to_date(out: Path, key: str) -> bool:
     side = out.with_suffix(".json")
     if not (out.exists() and side.exists()):
@@ -494,6 +512,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="embedding cache root (one folder per encoder inside)")
     p.add_argument("--log-dir", default="logs", help="where ingest_<timestamp>.log goes")
     p.add_argument("--force", action="store_true", help="rebuild even if the bank is up to date")
+    p.add_argument("--replace", action="store_true",
+                   help="replace a bank at --out that was built from another corpus")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     if args.limit_articles is not None and args.limit_articles < 1:
@@ -535,6 +555,14 @@ def main(argv: list[str] | None = None) -> int:
                            "attribution": WIKI_ATTRIBUTION, "license": "CC BY-SA 4.0"}
     except CorpusError as e:
         print(f"ingest: error: {e}", file=sys.stderr)
+        return 2
+
+    other = other_corpus(out, corpus_path)
+    if other and not args.replace:
+        print(f"ingest: error: {out} is a bank built from another corpus ({other}); not "
+              f"replacing it. Name a bank for {corpus_path}: --out "
+              f"{out.parent / (corpus_path.stem + '_bank.npz')} (make data CORPUS={corpus_path} "
+              f"BANK=...), or pass --replace", file=sys.stderr)
         return 2
 
     log_file = _setup_logging(Path(args.log_dir))

@@ -42,7 +42,7 @@ from cascade.pairs import Pairs, PairsError, load_pairs
 from cascade.towers import TowerConfig, build_towers
 from training.config import ConfigError, TrainConfig, load_config, to_yaml
 from training.curriculum import ScheduleError, check_covers, parse_schedule, segment_for
-from training.gates import ABORT_ADVICE, decide, mid_gate
+from training.gates import abort_advice, decide, mid_gate
 from training.losses import contrastive_loss
 from training.memory_bank import MemoryBank
 from training.mining import mine
@@ -335,10 +335,11 @@ def abort_run(paths: RunPaths, cfg: TrainConfig, state: dict, history: list[dict
               f"consecutive evals after epoch {cfg.abort.after_epoch} "
               f"(last {history[-1]['margin']:.4f} at epoch {history[-1]['epoch']})")
     log.info(f"ABORT: {reason}. Saved {paths.ckpt('abort.pt')}. Recommendations:")
-    for line in ABORT_ADVICE:
+    advice = abort_advice(parse_schedule(cfg.mine_schedule), history[-1]["epoch"], cfg.tau)
+    for line in advice:
         log.info(f"  - {line}")
     result.update({"verdict": "aborted", "reason": reason, "epoch": history[-1]["epoch"],
-                   "stage1": "heuristic", "actions": ABORT_ADVICE})
+                   "stage1": "heuristic", "actions": advice})
     write_json(paths.gate, result)
     return result
 
