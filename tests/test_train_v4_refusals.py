@@ -273,3 +273,56 @@ def test_abort_advice_names_the_windows_of_the_schedule_in_use(schedule, epoch, 
     assert "--tau 0.07 -> 0.063" in text
     if "0.84" not in schedule:  # never the checklist's own windows for another schedule
         assert "0.84" not in text and "16 -> 8" not in text
+
+
+# ---------------------------------------------------------------------------------------------
+# the monitor shows the current run only
+
+
+def test_monitor_a_zombie_is_not_running_and_an_older_verdict_is_not_shown(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from training import monitor
+
+    run = tmp_path / "run"
+    run.mkdir()
+    write_json(run / "gate.json", {"verdict": "success", "stage1": "v4"})  # a previous run's
+    st = os.stat(run / "gate.json")
+    os.utime(run / "gate.json", ns=(st.st_atime_ns, st.st_mtime_ns - 10**9))
+    child = subprocess.Popen([sys.executable, "-c", "pass"])  # exits; not reaped until wait()
+    try:
+        deadline = time.time() + 60
+        while Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.time() < deadline
+            time.sleep(0.05)
+        (run / "train.pid").write_text(str(child.pid))
+        s = monitor.status(run)
+        assert s["alive"] is False and s["pid"] == child.pid
+        assert "verdict" not in s
+    finally:
+        child.wait()
+    write_json(run / "gate.json", {"verdict": "partial", "stage1": "v4"})  # this run's
+    assert monitor.status(run)["verdict"] == "partial"
+
+
+def test_monitor_finds_the_run_of_a_profile_and_the_bg_hint_names_it(tmp_path, monkeypatch,
+                                                                     capsys):
+    import subprocess
+
+    from training import monitor
+
+    monkeypatch.chdir(tmp_path)
+    assert monitor.main(["--profile", "smoke"]) == 2
+    assert "runs/synth_smoke_bank/twotower_v4: no such run directory" in capsys.readouterr().err
+    assert monitor.main(["--profile", "smoke", "--bank", "artifacts/mine.npz"]) == 2
+    assert "runs/mine/twotower_v4: no such run" in capsys.readouterr().err
+    repo = Path(__file__).resolve().parents[1]
+    hint = subprocess.run(["make", "-n", "train-v4-bg", "PROFILE=smoke"], cwd=repo,
+                          capture_output=True, text=True).stdout
+    assert "or make monitor PROFILE=smoke\"" in hint
+    monitor_cmd = subprocess.run(["make", "-n", "monitor", "PROFILE=smoke"], cwd=repo,
+                                 capture_output=True, text=True).stdout
+    assert "training.monitor --profile smoke" in monitor_cmd
