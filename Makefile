@@ -42,6 +42,7 @@ DATA_BANK = $(if $(and $(CORPUS),$(filter-out command line,$(origin BANK))),arti
 
 data: $(STAMP)  ## build the bank: the Wikipedia default corpus, or CORPUS=my.jsonl (-> artifacts/my_bank.npz)
 	$(PY) -m training.ingest --out $(DATA_BANK) $(if $(CORPUS),--corpus $(CORPUS)) $(if $(LIMIT),--limit-articles $(LIMIT))
+	$(if $(CORPUS),@echo "train on it: make train-v4 BANK=$(DATA_BANK)")
 
 train-v4: $(STAMP)  ## the whole v4 checklist: data, v3 baseline, post-mortem, pairs, pre-flight, v4, gate, deploy.json
 	$(PY) -m training.checklist $(CHECKLIST_ARGS)

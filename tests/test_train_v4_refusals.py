@@ -326,3 +326,17 @@ def test_monitor_finds_the_run_of_a_profile_and_the_bg_hint_names_it(tmp_path, m
     monitor_cmd = subprocess.run(["make", "-n", "monitor", "PROFILE=smoke"], cwd=repo,
                                  capture_output=True, text=True).stdout
     assert "training.monitor --profile smoke" in monitor_cmd
+
+
+def test_recall_benchmark_clamps_k_to_the_bank_and_writes_strict_json(data, tmp_path, capsys):
+    from benchmarks import recall
+
+    out = tmp_path / "recall.json"
+    assert recall.main(["--bank", str(data / "bank.npz"), "--pairs", str(data / "pairs.npz"),
+                        "--out", str(out)]) == 0
+    report = json.loads(out.read_text(),
+                        parse_constant=lambda c: pytest.fail(f"non-strict constant {c}"))
+    heuristic = report["methods"]["heuristic"]
+    assert "recall@600" in heuristic and "recall@1000" not in heuristic  # a 600-row bank
+    assert heuristic["recall@600"] == 100.0
+    assert report["methods"]["heuristic (context not excluded)"]["margin"] is None
