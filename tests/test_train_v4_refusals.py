@@ -122,6 +122,19 @@ def test_refused_yaml_run_leaves_no_files(data, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["inputs"]
 
 
+@pytest.mark.parametrize("flag,value,message", [
+    ("--pairs", "/nonexistent/pairs.npz", "no such file"),
+    ("--mine-schedule", "0-1:none", "are not covered"),
+    ("--init-from", "/nonexistent/best.pt", "no such checkpoint"),
+])
+def test_run_refused_on_its_inputs_leaves_no_files(data, tmp_path, capsys, flag, value, message):
+    from training.train_v4 import main
+
+    assert main(cli_args(data, tmp_path / "run", flag, value)) == EXIT_BAD_INPUT
+    assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # no checkpoints/, train.pid or 0-byte log
+
+
 # ---------------------------------------------------------------------------------------------
 # resume
 
