@@ -56,7 +56,7 @@ DEFAULT_EPOCHS = 30
 DEFAULT_SAMPLE = 2000  # bank rows for the alignment check (all pairs among them)
 FILTER_SAMPLE_SHARE = 4  # the filter check searches sample / 4 train pairs (64 candidates each)
 FILTER_LAX = 0.995  # above this, too lax to catch near-duplicates: warning
-MIN_EVAL_PAIRS = 50  # fewer val pairs, or pairs from fewer articles, than this: blocker
+MIN_EVAL_PAIRS = 50  # fewer val/test pairs, or pairs from fewer articles, than this: blocker
 MIN_EVAL_ARTICLES = 10
 ALIGN_WARN = 0.10  # |mean cos| between random rows above this: recommend whitening
 SEARCH_K = 64  # candidates per query for the filter check
@@ -121,9 +121,9 @@ def check_sanity(pairs: Pairs, bank: Bank) -> CheckResult:
     for name in SIDE_NAMES.values():
         if values[f"{name}_pairs"] == 0:
             problems.append(f"the {name} split is empty")
-    # A split judged by article-resampled CIs needs enough of both (a 2-article corpus gave 1
-    # val pair, passed, and the run's gate meant nothing).
-    for name in ("val",):
+    # The splits that select (val) and judge (test) by article-resampled CIs need enough pairs
+    # and articles (a 2-article corpus gave 1 val pair, passed, and the gate meant nothing).
+    for name in ("val", "test"):
         n_pairs, n_articles = values[f"{name}_pairs"], values[f"{name}_articles"]
         if n_pairs and (n_pairs < MIN_EVAL_PAIRS or n_articles < MIN_EVAL_ARTICLES):
             problems.append(f"the {name} split has {n_pairs:,} pairs from {n_articles:,} "
@@ -466,7 +466,8 @@ def write_manifest(path: str | Path, pairs: Pairs, bank: Bank, results: list[Che
         schedule_out = schedule  # kept verbatim; the schedule check already blocks it
     commit = git_commit()
     sanity = next((r.values for r in results if r.name == "data_sanity"), {})
-    count_keys = ("pairs", *(f"{s}_{c}" for c in ("pairs", "articles") for s in SIDE_NAMES.values()))
+    count_keys = ("pairs", *(f"{s}_{c}" for c in ("pairs", "articles")
+                             for s in SIDE_NAMES.values()))
     checks = {r.name: r.status for r in results}
     warnings = []
     if commit is None:
