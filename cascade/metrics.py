@@ -28,6 +28,32 @@ def mrr(ranks: np.ndarray) -> float:
     return float(np.where(ranks >= 0, 1.0 / (np.maximum(ranks, 0) + 1.0), 0.0).mean())
 
 
+def hits(ranks: np.ndarray, k: int) -> np.ndarray:
+    """(P,) 1.0 where the target is within the top k, else 0.0: recall@k per query."""
+    return ((ranks >= 0) & (ranks < k)).astype(np.float64)
+
+
+def reciprocal_ranks(ranks: np.ndarray, k: int) -> np.ndarray:
+    """(P,) 1 / (rank + 1) within the top k, else 0: MRR@k per query."""
+    return np.where((ranks >= 0) & (ranks < k), 1.0 / (np.maximum(ranks, 0) + 1.0), 0.0)
+
+
+def ndcg_gains(ranks: np.ndarray, k: int) -> np.ndarray:
+    """(P,) nDCG@k per query with one relevant item (the target): 1 / log2(rank + 2) within the
+    top k, else 0. The ideal DCG of a single relevant item is 1, so no normalization is left."""
+    return np.where((ranks >= 0) & (ranks < k), 1.0 / np.log2(np.maximum(ranks, 0) + 2.0), 0.0)
+
+
+def mrr_at(ranks: np.ndarray, k: int) -> float:
+    """MRR@k: mean reciprocal rank, counting a target below rank k as 0."""
+    return float(reciprocal_ranks(ranks, k).mean()) if len(ranks) else 0.0
+
+
+def ndcg_at(ranks: np.ndarray, k: int) -> float:
+    """nDCG@k over queries with one relevant item each (see `ndcg_gains`)."""
+    return float(ndcg_gains(ranks, k).mean()) if len(ranks) else 0.0
+
+
 def wilson_ci(p: float, n: int, z: float = Z95) -> tuple[float, float]:
     """95% Wilson score interval for a proportion p observed over n trials."""
     if n == 0:
