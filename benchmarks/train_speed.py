@@ -123,7 +123,7 @@ def run_cell(work: Path, bank_file: Path, pairs_file: Path, tag: str, threads: i
             "command": " ".join(cmd[1:])}
 
 
-def memory_term(dim: int, context: int, sizes: tuple[int, ...], repeats: int = 3) -> dict:
+def memory_term(dim: int, context: int, sizes: tuple[int, ...], repeats: int = 2) -> dict:
     """Seconds of one micro-batch through the checklist config's own towers and loss, forward +
     backward (32 pairs, 16 hard negatives each), with the memory bank holding each of `sizes`
     rows: {size: median seconds}."""
@@ -222,29 +222,48 @@ def table(cells: list[dict]) -> str:
 
 
 def plot(cells: list[dict], path: Path) -> None:
-    from training.plots import new_figure, save_figure
-    fig, (ax1, ax2) = new_figure(ncols=2, width=11)
-    for ctx in sorted({c["context"] for c in cells}):
+    """Log-log: pairs/s (all-in and forward/backward only) and peak RSS against bank rows."""
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+    from training.plots import legend_below, new_figure, save_figure
+    fig, (ax1, ax2) = new_figure(ncols=2, width=11, height=4.8)
+    for i, ctx in enumerate(sorted({c["context"] for c in cells})):
+        colour = f"C{i}"
         sub = sorted((c for c in cells if c["context"] == ctx), key=lambda c: c["rows"])
         x = [c["rows"] for c in sub]
-        ax1.plot(x, [c["pairs_per_s_all_in"] for c in sub], "o-", label=f"context {ctx}, all-in")
-        ax1.plot(x, [c["pairs_per_s_train"] for c in sub], "s--",
-                 label=f"context {ctx}, fwd/bwd only")
-        ax2.plot(x, [c["peak_rss_gb"] for c in sub], "o-", label=f"context {ctx}")
+        ax1.plot(x, [c["pairs_per_s_all_in"] for c in sub], "o-", color=colour,
+                 label=f"context {ctx}: all-in (encode + mine + fwd/bwd + eval)")
+        ax1.plot(x, [c["pairs_per_s_train"] for c in sub], "s--", color=colour,
+                 label=f"context {ctx}: forward/backward only")
+        ax2.plot(x, [c["peak_rss_gb"] for c in sub], "o-", color=colour, label=f"context {ctx}")
     ax1.axhline(REFERENCE["pairs_per_s"], color="grey", linestyle=":",
-                label="original trainer, context 8 (quoted)")
+                label="original trainer, context 8, all-in (quoted)")
     ax2.axhline(REFERENCE["peak_rss_gb"], color="grey", linestyle=":",
                 label="original trainer, context 8 (quoted)")
     for ax, ylabel, title in ((ax1, "training pairs / s", "Throughput of one epoch"),
                               (ax2, "peak RSS (GB)", "Peak memory of the trainer process")):
         ax.set_xscale("log")
         ax.set_yscale("log")
+        rows = sorted({c["rows"] for c in cells})
+        ax.set_xticks(rows, [f"{r / 1e6:g}M" if r >= 1e6 else f"{r / 1e3:g}k" for r in rows])
+        ax.set_xlim(min(rows) / 1.5, max(rows) * 1.5)
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("bank rows (768-d, synthetic)")
         ax.set_ylabel(ylabel)
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
+        legend_below(ax, ncol=1)
     save_figure(fig, path)
+
+
+def replot(json_path: Path) -> Path:
+    """The plot again from a results JSON (no re-measuring)."""
+    cells = json.loads(json_path.read_text())["cells"]
+    plot(cells, json_path.with_suffix(".png"))
+    return json_path.with_suffix(".png")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -254,12 +273,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--contexts", default=",".join(map(str, CONTEXTS)),
                    help="context lengths (vectors), comma-separated")
     p.add_argument("--dim", type=int, default=768, help="vector dimension")
-    p.add_argument("--pairs", type=int, default=1280,
+    p.add_argument("--pairs", type=int, default=256,
                    help="pairs per cell (about 90%% train, the rest val)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--work", default="artifacts/bench_scale", help="cache of banks, pairs, runs")
     p.add_argument("--out", default="benchmarks/results/train_speed.json", help="results JSON")
+    p.add_argument("--replot", metavar="JSON", default=None,
+                   help="only redraw the plot of an earlier results JSON")
     args = p.parse_args(argv)
+    if args.replot:
+        print(f"wrote {replot(Path(args.replot))}")
+        return 0
     try:
         rows = [int(x) for x in args.rows.split(",")]
         contexts = [int(x) for x in args.contexts.split(",")]

@@ -22,6 +22,8 @@ from cascade.query import DEFAULT_ALPHA, heuristic_queries
 from training import plots
 from training.config import ConfigError, load_config
 from training.curriculum import parse_schedule
+from training.postmortem import summary_table
+from training.preflight import CheckResult, format_table
 
 RANKS_FILE = "final_ranks.npz"  # the final gate's per-query target ranks, by method
 CURVE_METHODS = ("heuristic", "last-vector", "oracle")  # drawn beside the trained model
@@ -90,6 +92,7 @@ def write_report(path: Path, cfg, history: list[dict], result: dict) -> None:
                   f"{mg['threshold']}%: {mg['status']} ({mg['note']}).", ""]
     lines += ["## Next actions", ""] + [f"- {a}" for a in result.get("actions", [])] + [""]
     lines += plot_section(path.parent, cfg, history, result)
+    lines += checks_section(path.parent, cfg)
     lines += ["## History", "", "| epoch | loss | R@10 | R@500 | MRR | Δ | curriculum | s |",
               "|---|---|---|---|---|---|---|---|"]
     for h in history:
@@ -117,6 +120,26 @@ def plot_section(run_dir: Path, cfg, history: list[dict], result: dict) -> list[
     lines = ["## Plots", ""]
     for caption, rel in links:
         lines += [f"{caption}:", "", f"![{caption}]({rel})", ""]
+    return lines
+
+
+def checks_section(run_dir: Path, cfg) -> list[str]:
+    """The pre-flight results (beside the pairs, where `training.preflight` writes them) and the
+    post-mortem of the baseline run beside this one, when they exist."""
+    lines = []
+    preflight = Path(cfg.pairs).with_name("preflight_results.json")
+    if preflight.exists():
+        results = [CheckResult(**r) for r in json.loads(preflight.read_text())]
+        counts = {s: sum(r.status == s for r in results) for s in ("pass", "warning", "blocker")}
+        lines += ["## Pre-flight", "",
+                  f"`{preflight}`: {counts['pass']} pass, {counts['warning']} warning(s), "
+                  f"{counts['blocker']} blocker(s).", "", "```", format_table(results), "```", ""]
+    for postmortem in sorted(run_dir.parent.glob("*/postmortem.json")):
+        try:
+            table = summary_table(json.loads(postmortem.read_text()))
+        except (KeyError, TypeError, ValueError) as e:  # a post-mortem of another format
+            table = f"{postmortem}: not summarized ({type(e).__name__}: {e})"
+        lines += [f"## Post-mortem of `{postmortem.parent.name}`", "", "```", table, "```", ""]
     return lines
 
 
