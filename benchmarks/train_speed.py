@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -95,19 +96,21 @@ def build_pairs(bank_file: Path, context: int, n_pairs: int, seed: int = 0) -> P
 def run_cell(work: Path, bank_file: Path, pairs_file: Path, tag: str, threads: int) -> dict:
     """One epoch of the real trainer in a child process: its history and its own peak RSS."""
     out = work / "runs" / tag
+    shutil.rmtree(out, ignore_errors=True)  # a fresh run, never the rest of an earlier one
     log = work / "logs" / f"{tag}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "training.train_v4", "--config", CONFIG, "--bank",
            str(bank_file), "--pairs", str(pairs_file), "--out", str(out), "--log-dir",
            str(work / "logs"), "--epochs", "1", "--mine-schedule", SCHEDULE, "--name", tag]
-    if threads:
-        cmd += ["--threads", str(threads)]
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
     with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
         _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage, not all children's
         proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - t0
+    cpu = usage.ru_utime + usage.ru_stime
     if proc.returncode != 0:
         raise SystemExit(f"{tag}: training failed (exit {proc.returncode}), see {log}:\n"
                          + log.read_text()[-2000:])
@@ -119,7 +122,12 @@ def run_cell(work: Path, bank_file: Path, pairs_file: Path, tag: str, threads: i
             "epoch_s": round(h["seconds"], 2), "index_build_s": round(h["seconds_index"], 2),
             "pairs_per_s_train": round(h["pairs_per_s"], 1),
             "pairs_per_s_all_in": round(train_n / h["seconds"], 1),
-            "mined_per_pair": h.get("mined_per_pair"), "log": str(log),
+            "mined_per_pair": h.get("mined_per_pair"),
+            # On a shared machine: the CPU the child got (2.0 = both cores of a 2-core machine
+            # all the time) and the 1-minute load average around it.
+            "cpu_s": round(cpu, 1), "cpu_share": round(cpu / wall, 2),
+            "load_avg_before": round(load_before, 1),
+            "load_avg_after": round(os.getloadavg()[0], 1), "log": str(log),
             "command": " ".join(cmd[1:])}
 
 
@@ -206,18 +214,19 @@ def growth(cells: list[dict]) -> list[str]:
 def table(cells: list[dict]) -> str:
     head = ("| bank rows | context | train pairs | encode s | mine s | fwd/bwd s | eval s | "
             "epoch s | pairs/s fwd/bwd | pairs/s all-in | all-in, memory bank full (est.) | "
-            "index build s (once per run) | peak RSS GB |")
-    rows = [head, "|" + "---|" * 13]
+            "index build s (once per run) | peak RSS GB | CPU share, load |")
+    rows = [head, "|" + "---|" * 14]
     for c in cells:
         rows.append(f"| {c['rows']:,} | {c['context']} | {c['train_pairs']:,} | "
                     f"{c['encode_s']:.1f} | {c['mine_s']:.1f} | {c['train_s']:.1f} | "
                     f"{c['eval_s']:.1f} | {c['epoch_s']:.1f} | {c['pairs_per_s_train']:.1f} | "
                     f"{c['pairs_per_s_all_in']:.1f} | "
                     f"{c.get('pairs_per_s_all_in_full_memory_est', float('nan')):.1f} | "
-                    f"{c['index_build_s']:.1f} | {c['peak_rss_gb']:.2f} |")
+                    f"{c['index_build_s']:.1f} | {c['peak_rss_gb']:.2f} | "
+                    f"{c.get('cpu_share', float('nan')):.2f}, {c.get('load_avg_before', 0):.0f} |")
     rows.append(f"| original trainer, our default data (quoted, not measured here) | "
                 f"{REFERENCE['context']} | | | | | | | | ~{REFERENCE['pairs_per_s']:.0f} | | | "
-                f"{REFERENCE['peak_rss_gb']} |")
+                f"{REFERENCE['peak_rss_gb']} | |")
     return "\n".join(rows)
 
 
@@ -275,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dim", type=int, default=768, help="vector dimension")
     p.add_argument("--pairs", type=int, default=256,
                    help="pairs per cell (about 90%% train, the rest val)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="OMP_NUM_THREADS of each trainer child (0: torch's default)")
     p.add_argument("--work", default="artifacts/bench_scale", help="cache of banks, pairs, runs")
     p.add_argument("--out", default="benchmarks/results/train_speed.json", help="results JSON")
     p.add_argument("--replot", metavar="JSON", default=None,
