@@ -340,7 +340,8 @@ def train(cfg: TrainConfig, resume: bool = False, init_from: str | None = None,
         t0 = time.perf_counter()
         # Where the epoch's time goes (benchmarks.train_speed reads these): query-tower
         # encoding without gradient (mining and eval queries), mining search + filter, the
-        # forward/backward steps, eval search + metrics, and (re)building the mining index.
+        # forward/backward steps, eval search + metrics, and (re)building the mining index (the
+        # first epoch's seconds_index is the build before the loop, outside its `seconds`).
         took = {"encode": 0.0, "mine": 0.0, "train": 0.0, "eval": 0.0, "index": index_s}
         index_s = 0.0
         segment = segment_for(segments, epoch)
