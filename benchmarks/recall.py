@@ -28,11 +28,11 @@ from pathlib import Path
 import numpy as np
 
 from cascade.bank import BankError, atomic_write, load_bank
-from cascade.checkpoint import CheckpointError
+from cascade.checkpoint import CheckpointError, check_split_of, load_checkpoint
 from cascade.index import build_index
 from cascade.metrics import (
     cluster_bootstrap_ci,
-    hits,
+    hits_at,
     ndcg_gains,
     paired_difference,
     reciprocal_ranks,
@@ -75,13 +75,14 @@ def scores(ranks: np.ndarray, clusters: np.ndarray, seed: int = 0) -> dict:
     """Recall@k for KS, MRR@10 and nDCG@10 in percent / [0, 1], each with its clustered CI."""
     out: dict = {"n": int(len(ranks))}
     for k in KS:
-        v = hits(ranks, k)
+        v = hits_at(ranks, k)
         out[f"recall@{k}"] = 100 * float(v.mean()) if len(v) else None
-        out[f"recall@{k}_ci95"] = [100 * x for x in cluster_bootstrap_ci(v, clusters, seed=seed)]
+        out[f"recall@{k}_ci95"] = [100 * float(x)
+                                   for x in cluster_bootstrap_ci(v, clusters, seed=seed)]
     for name, v in ((f"mrr@{CUTOFF}", reciprocal_ranks(ranks, CUTOFF)),
                     (f"ndcg@{CUTOFF}", ndcg_gains(ranks, CUTOFF))):
         out[name] = float(v.mean()) if len(v) else None
-        out[f"{name}_ci95"] = list(cluster_bootstrap_ci(v, clusters, seed=seed))
+        out[f"{name}_ci95"] = [float(x) for x in cluster_bootstrap_ci(v, clusters, seed=seed)]
     return out
 
 
@@ -131,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
                         "artifacts/twotower/<bank stem>/pairs_v4.npz)")
     p.add_argument("--ckpt", action="append", default=None, metavar="NAME=PATH",
                    help="a trained checkpoint to score (repeatable; default: the bank's v4 and "
-                        "v3 runs under runs/<bank stem>/, those that exist)")
+                        "v3 runs under runs/<bank stem>/, those that exist); one trained on "
+                        "articles of the scored split is refused")
     p.add_argument("--split", choices=("test", "val", "train"), default="test",
                    help="which split (report on test; select and tune on val)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
@@ -145,18 +147,19 @@ def main(argv: list[str] | None = None) -> int:
             if name not in ckpts:
                 print(f"note: no {name} checkpoint at {path} (make train-v4 BANK={args.bank}); "
                       f"scoring without it", file=sys.stderr)
-    else:
-        bad = [c for c in args.ckpt if "=" not in c]
-        if bad:
-            print(f"error: --ckpt {bad[0]!r}: expected NAME=PATH", file=sys.stderr)
-            return 2
-        ckpts = dict(c.split("=", 1) for c in args.ckpt)
+    else:  # NAME=PATH, or a PATH named by its run directory
+        ckpts = dict(c.split("=", 1) if "=" in c else (Path(c).parent.parent.name, c)
+                     for c in args.ckpt)
     try:
         bank = load_bank(args.bank)
         pairs = load_pairs(pairs_path, bank)
-        split = getattr(pairs, args.split)()
+        split = pairs.side(args.split)
         if not len(split):
             raise PairsError(f"{pairs_path}: no {args.split} pairs")
+        if args.split != "train":  # a checkpoint trained on these articles would be flattered
+            for name, path in ckpts.items():
+                check_split_of(load_checkpoint(path, bank.fingerprint()), path, pairs, bank,
+                               f"--ckpt {name}")
         methods = dict(FORMATIONS)
         methods.update({name: ("checkpoint", path) for name, path in ckpts.items()})
         methods["oracle"] = ("oracle", None)
@@ -170,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         _, I = index.search(heuristic_queries(bank.vectors, split, kind, alpha or DEFAULT_ALPHA),
                             max(KS))
         ranks[name] = target_ranks(I, split.target)
-    clusters = bank.article_indices[split.target]
+    clusters = split.articles(bank)
     table = {name: scores(r, clusters, args.seed) for name, r in ranks.items()}
     versus = {name: {f"recall@{k}": paired_difference(ranks[name], ranks[HEURISTIC], k,
                                                       clusters=clusters)

@@ -38,6 +38,7 @@ import numpy as np
 
 from cascade.bank import atomic_write, load_bank
 from cascade.pairs import Pairs, save_pairs
+from cascade.split import SplitSpec, row_sides
 
 ROWS = (50_000, 500_000, 1_000_000)
 CONTEXTS = (8, 100)
@@ -66,11 +67,6 @@ def ensure_bank(work: Path, rows: int, dim: int) -> Path:
     return path
 
 
-def split_of_articles(n_articles: int, seed: int) -> np.ndarray:
-    """train / val split of each article, by article (0.9 train)."""
-    return (np.random.default_rng(seed).random(n_articles) >= 0.9).astype(np.uint8)
-
-
 def build_pairs(bank_file: Path, context: int, n_pairs: int, seed: int = 0) -> Path:
     """`n_pairs` pairs with full `context`-vector windows, drawn uniformly over the eligible
     targets of the bank (sampled directly: expanding every window of a 1M-row bank and filtering
@@ -86,9 +82,10 @@ def build_pairs(bank_file: Path, context: int, n_pairs: int, seed: int = 0) -> P
     article = np.searchsorted(np.cumsum(eligible), flat, side="right")
     offset = flat - np.concatenate([[0], np.cumsum(eligible)])[article]
     target = starts[article] + context + offset
-    split = split_of_articles(len(starts), seed)[article]
-    pairs = Pairs(target - context, target, target.astype(np.int64), split,
-                  bank.fingerprint(), {"benchmark": "train_speed", "context": context})
+    spec = SplitSpec(key="article_index")  # synthetic articles have no source id
+    split = row_sides(bank, spec)[target]
+    pairs = Pairs(target - context, target, target.astype(np.int64), split, bank.fingerprint(),
+                  {"benchmark": "train_speed", "context": context, "split": spec.to_dict()})
     save_pairs(pairs, path)
     return path
 
@@ -283,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="context lengths (vectors), comma-separated")
     p.add_argument("--dim", type=int, default=768, help="vector dimension")
     p.add_argument("--pairs", type=int, default=256,
-                   help="pairs per cell (about 90%% train, the rest val)")
+                   help="pairs per cell (80/10/10 train/val/test by article)")
     p.add_argument("--threads", type=int, default=0,
                    help="OMP_NUM_THREADS of each trainer child (0: torch's default)")
     p.add_argument("--work", default="artifacts/bench_scale", help="cache of banks, pairs, runs")

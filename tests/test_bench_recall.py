@@ -102,6 +102,9 @@ def test_defaults_follow_the_bank():
                      "v3": "runs/my_bank/twotower_v3_phase2/checkpoints/best.pt"}
 
 
-def test_bad_ckpt_flag_is_refused(inputs, capsys):
-    assert recall.main(["--bank", str(inputs / "bank.npz"), "--ckpt", "no-equals-sign"]) == 2
-    assert "expected NAME=PATH" in capsys.readouterr().err
+def test_missing_checkpoint_is_one_clear_error(inputs, capsys):
+    missing = inputs / "no_run" / "best.pt"
+    assert recall.main(["--bank", str(inputs / "bank.npz"), "--pairs", str(inputs / "pairs.npz"),
+                        "--ckpt", f"v4={missing}", "--out", str(inputs / "x.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(missing) in err and err.count("\n") == 1

@@ -147,7 +147,8 @@ def render(run_dir: Path, history: list[dict], segments: list[Segment], gates, a
     out: list[tuple[str, str]] = []
     if history:
         plot_loss(history, segments, run_dir / "plots" / "loss.png")
-        plot_recalls(history, segments, gates, ks, split, run_dir / "plots" / "recall.png")
+        # Each epoch is evaluated on val (it selects best.pt); the final gate judges on `split`.
+        plot_recalls(history, segments, gates, ks, "val", run_dir / "plots" / "recall.png")
         plot_margin(history, segments, abort, run_dir / "plots" / "margin.png")
         out += [("Loss per epoch", "plots/loss.png"),
                 ("Recall per epoch, with the gates", "plots/recall.png"),
