@@ -303,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     cells = []
     for n in rows:
@@ -314,6 +316,10 @@ def main(argv: list[str] | None = None) -> int:
             cell = {"rows": n, "context": ctx, "dim": args.dim,
                     **run_cell(work, bank_file, pairs_file, tag, args.threads)}
             cells.append(cell)
+            # Each finished cell is kept at once: a grid stopped half-way keeps what it measured.
+            partial = {"benchmark": "train_speed", "complete": False, "cells": cells}
+            atomic_write(out, lambda f, r=partial: f.write(
+                json.dumps(r, indent=2, allow_nan=False).encode()))
             print(f"  {cell['pairs_per_s_all_in']:.1f} pairs/s all-in, "
                   f"{cell['pairs_per_s_train']:.1f} fwd/bwd, peak RSS {cell['peak_rss_gb']:.2f} "
                   f"GB, {cell['wall_s']:.0f} s wall", flush=True)
@@ -333,11 +339,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for line in notes:
         print(f"- {line}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     plot_path = out.with_suffix(".png")
     plot(cells, plot_path)
-    report = {"benchmark": "train_speed",
+    report = {"benchmark": "train_speed", "complete": True,
               "created": datetime.now(UTC).isoformat(timespec="seconds"),
               "cpus": os.cpu_count(), "config": CONFIG, "mine_schedule": SCHEDULE,
               "pairs_per_cell": args.pairs, "cells": cells, "growth": notes,
