@@ -133,8 +133,12 @@ def checks_section(run_dir: Path, cfg) -> list[str]:
     post-mortem of the baseline run beside this one, when they exist."""
     lines = []
     preflight = Path(cfg.pairs).with_name("preflight_results.json")
-    if preflight.exists():
-        results = [CheckResult(**r) for r in json.loads(preflight.read_text())]
+    results = ([CheckResult(**r) for r in json.loads(preflight.read_text())]
+               if preflight.exists() else [])
+    checked = next((r.values.get("pairs", {}).get("path") for r in results
+                    if r.name == "manifest"), None)
+    # Several pairs files share a directory (pairs_v3, pairs_v4): show only this run's check.
+    if results and checked and Path(checked).resolve() == Path(cfg.pairs).resolve():
         counts = {s: sum(r.status == s for r in results) for s in ("pass", "warning", "blocker")}
         lines += ["## Pre-flight", "",
                   f"`{preflight}`: {counts['pass']} pass, {counts['warning']} warning(s), "
