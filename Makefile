@@ -55,13 +55,12 @@ train-v4-bg: $(STAMP)  ## the same in the background (as the checklist's overnig
 monitor: $(STAMP)  ## latest epoch, Recall@500, separation margin and whether the run is alive (RUN=...)
 	@$(PY) -m training.monitor $(if $(filter command line,$(origin RUN)),--run $(RUN),--profile $(PROFILE) $(if $(filter command line,$(origin BANK)),--bank $(BANK)))
 
-bench: $(STAMP)  ## recall of the trained run vs the heuristics (after make train-v4), embedding throughput
-	$(PY) -m benchmarks.recall --bank $(BANK) --pairs artifacts/twotower/$(BANK_STEM)/pairs_v4.npz \
-		--ckpt v4=$(RUN)/checkpoints/best.pt --ckpt v3=runs/$(BANK_STEM)/twotower_v3_phase2/checkpoints/best.pt
+bench: $(STAMP)  ## every stage-1 query formation on the test split: recall, MRR@10, nDCG@10 with article-clustered CIs; embedding throughput
+	$(PY) -m benchmarks.recall --bank $(BANK)
 	$(PY) -m benchmarks.embed_throughput
 
-bench-scale: $(STAMP)  ## peak memory of training on a synthetic 500k x 768 bank, 50k 100-vector contexts (~10 min)
-	$(PY) -m benchmarks.train_memory
+bench-scale: $(STAMP)  ## training cost: pairs/s and peak RSS of one epoch, synthetic 50k/500k/1M-row banks x contexts 8/100 (~15-60 min)
+	$(PY) -m benchmarks.train_speed
 
 test: $(STAMP)  ## run the test suite (slow cases excluded)
 	$(PY) -m pytest

@@ -47,8 +47,8 @@ from training.curriculum import ScheduleError, check_covers, parse_schedule, seg
 from training.gates import abort_advice, decide, mid_gate
 from training.losses import contrastive_loss
 from training.memory_bank import MemoryBank
-from training.mining import mine
-from training.report import compare_methods, write_report
+from training.mining import mine_with_queries
+from training.report import RANKS_FILE, compare_methods, save_ranks, write_report
 
 EXIT_BAD_INPUT = 2
 EXIT_ABORT = 3
@@ -412,16 +412,30 @@ def train(cfg: TrainConfig, resume: bool = False, init_from: str | None = None,
              f"batch {cfg.bs} x {cfg.accum}, {steps_per_epoch} steps/epoch; log {log_path}")
 
     # 4) epochs: mine (when scheduled), train, evaluate, checkpoint, check abort and mid-gate
+    t_index = time.perf_counter()
     doc_vectors = encode_docs(doc, bank.vectors)
     index = build_index(doc_vectors, cfg.index, seed=cfg.seed)
+    index_s = time.perf_counter() - t_index  # charged to the first epoch this process runs
     result: dict = {}
     for epoch in range(progress.epoch + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
+        # Where the epoch's time goes (benchmarks.train_speed reads these): query-tower
+        # encoding without gradient (mining and eval queries), mining search + filter, the
+        # forward/backward steps, eval search + metrics, and (re)building the mining index (the
+        # first epoch's seconds_index is the build before the loop, outside its `seconds`).
+        took = {"encode": 0.0, "mine": 0.0, "train": 0.0, "eval": 0.0, "index": index_s}
+        index_s = 0.0
         segment = segment_for(segments, epoch)
         negatives, mining = None, {}
         if segment.count:
-            negs = mine(query, bank.vectors, doc_vectors, index, bank.article_indices,
-                        train_pairs, segment, cfg.filter_threshold, cfg.mine_pool)
+            t = time.perf_counter()
+            q = encode_queries(query, bank.vectors, train_pairs)
+            took["encode"] += time.perf_counter() - t
+            t = time.perf_counter()
+            negs = mine_with_queries(q, doc_vectors, index, bank.article_indices, train_pairs,
+                                     segment, cfg.filter_threshold, cfg.mine_pool)
+            took["mine"] += time.perf_counter() - t
+            del q
             negatives = negs.rows
             mining = {"mined_per_pair": float((negs.rows >= 0).sum(1).mean()),
                       "mining_dropped_fraction": negs.dropped_fraction,
@@ -430,19 +444,28 @@ def train(cfg: TrainConfig, resume: bool = False, init_from: str | None = None,
         t_train = time.perf_counter()
         losses, progress.step = train_epoch(query, doc, optimizer, memory, bank, train_pairs,
                                             negatives, cfg, epoch, progress.step, total_steps)
-        train_s = time.perf_counter() - t_train
+        train_s = took["train"] = time.perf_counter() - t_train
         if not doc.is_identity:
+            t = time.perf_counter()
             doc_vectors = encode_docs(doc, bank.vectors)
+            took["encode"] += time.perf_counter() - t
+            t = time.perf_counter()
             index = build_index(doc_vectors, cfg.index, seed=cfg.seed)
+            took["index"] += time.perf_counter() - t
         # Reported recall is exact whatever cfg.index mines with: an IVF index at its default
         # nprobe found 72% of what exact search finds on a 1M-row bank.
-        metrics, _ = evaluate(encode_queries(query, bank.vectors, val), val,
-                              _doc_bank(bank, doc_vectors), build_index(doc_vectors, "flat"),
-                              tuple(cfg.eval_ks))
+        t = time.perf_counter()
+        q_val = encode_queries(query, bank.vectors, val)
+        took["encode"] += time.perf_counter() - t
+        t = time.perf_counter()
+        metrics, _ = evaluate(q_val, val, _doc_bank(bank, doc_vectors),
+                              build_index(doc_vectors, "flat"), tuple(cfg.eval_ks))
+        took["eval"] += time.perf_counter() - t
         h = {"epoch": epoch, **losses, **metrics, **mining,
              "curriculum": (f"{segment.count} hard negatives @ {segment.cos_min:g}-"
                             f"{segment.cos_max:g}" if segment.count else "no mining (warm start)"),
-             "seconds": time.perf_counter() - t0, "pairs_per_s": len(train_pairs) / train_s}
+             "seconds": time.perf_counter() - t0, "pairs_per_s": len(train_pairs) / train_s,
+             **{f"seconds_{part}": value for part, value in took.items()}}
         progress.history.append(h)
         progress.epoch = epoch
         log_epoch(h, cfg)
@@ -488,6 +511,7 @@ def final_gate(cfg: TrainConfig, bank: Bank, test: Pairs, paths: RunPaths, best_
     methods.update({"heuristic": ("exp_weighted", None), "last-vector": ("last_vector", None),
                     "oracle": ("oracle", None)})
     table, ranks = compare_methods(bank, test, methods, ks)
+    save_ranks(paths.out / RANKS_FILE, ranks)  # report.md's Recall@K curves
     value = table[cfg.label][cfg.gates.metric]
     gate = decide(value, ranks[cfg.label], ranks["heuristic"], cfg.gates, list(ks),
                   clusters=test.articles(bank))
