@@ -14,13 +14,12 @@ import numpy as np
 import pytest
 
 from cascade.bank import load_bank
-from training import ingest
+from cascade.encoder import load_encoder
 from training.ingest import (
     Article,
     CorpusError,
     build_bank,
     default_corpus_path,
-    embed_sentences,
     read_jsonl_corpus,
     read_wikipedia_corpus,
     split_sentences,
@@ -38,7 +37,7 @@ def run_cli(*args: str | Path) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def encoder():
-    return ingest.load_encoder()
+    return load_encoder()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -147,66 +146,6 @@ def test_second_run_is_noop(wiki_run):
     assert third.returncode == 0, third.stderr
     assert "up to date" not in third.stdout
     assert "0 newly embedded" in third.stderr  # its sentences were all in the cache
-
-
-# ---------------------------------------------------------------------------------------------
-# the embedding cache
-
-
-@pytest.fixture(scope="module")
-def sentences():
-    articles = read_wikipedia_corpus(default_corpus_path())[100:112]
-    return [s for a in articles for s in split_sentences(a.text)]
-
-
-def test_resume_embeds_only_missing(encoder, sentences, tmp_path):
-    reference = embed_sentences(sentences, encoder, tmp_path / "ref", batch_size=4096,
-                                progress=False)
-    assert reference.shape == (len(sentences), 384)
-
-    # A run killed after its second shard: the encoder fails on the third forward batch.
-    real_encode, calls = encoder.encode, []
-
-    def dying_encode(texts, **kw):
-        calls.append(len(texts))
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_encode(texts, **kw)
-
-    cache = tmp_path / "cache"
-    encoder.encode = dying_encode
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            embed_sentences(sentences, encoder, cache, batch_size=8, encode_batch_size=8,
-                            progress=False)
-    finally:
-        del encoder.encode  # back to the class's method
-    assert sorted(p.name for p in cache.iterdir()) == ["shard_00000.npz", "shard_00001.npz"]
-
-    stats: dict = {}
-    resumed = embed_sentences(sentences, encoder, cache, batch_size=8, progress=False,
-                              stats=stats)
-    unique = len(set(sentences))
-    assert stats["cached"] == 16 and stats["embedded"] == unique - 16
-    np.testing.assert_allclose(resumed, reference, atol=1e-5)
-
-    stats = {}
-    again = embed_sentences(sentences[::-1], encoder, cache, progress=False, stats=stats)
-    assert stats["embedded"] == 0 and stats["cached"] == unique
-    np.testing.assert_allclose(again, reference[::-1], atol=1e-5)
-
-
-def test_unreadable_shard_is_skipped(encoder, tmp_path, caplog):
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    (cache / "shard_00000.npz").write_bytes(b"not a zip")
-    stats: dict = {}
-    with caplog.at_level(logging.WARNING):
-        v = embed_sentences(["One sentence.", "Another one."], encoder, cache, progress=False,
-                            stats=stats)
-    assert v.shape == (2, 384) and stats["embedded"] == 2
-    assert "unreadable shard" in caplog.text
-    assert (cache / "shard_00001.npz").exists()  # the damaged shard is left, never overwritten
 
 
 def test_more_than_16_topics_wrap(encoder, tmp_path, caplog):
