@@ -40,6 +40,8 @@ from cascade.encoder import (
     encoder_info,
     load_encoder,
 )
+from cascade.tagger import TAGGER_VERSION, DomainCentroids, centroids_path, tag_rows, topic_domain
+from cascade.tmd import DOMAINS
 
 log = logging.getLogger("training.ingest")
 
@@ -59,10 +61,6 @@ WIKI_ATTRIBUTION = (
     "the text is otherwise unchanged."
 )
 
-# TMD code layout, as in the bank format: domain 4 bits | task 5 bits | modifier 6 bits.
-TMD_DOMAINS = 16
-TMD_DOMAIN_SHIFT = 11
-TMD_TASK_SHIFT = 6
 
 
 class CorpusError(ValueError):
@@ -248,18 +246,16 @@ def read_jsonl_corpus(path: str | os.PathLike) -> list[Article]:
 # bank
 
 
-def pack_tmd(domain: np.ndarray, task: int = 0, modifier: int = 0) -> np.ndarray:
-    return ((domain.astype(np.uint16) << TMD_DOMAIN_SHIFT) | (task << TMD_TASK_SHIFT)
-            | modifier).astype(np.uint16)
-
-
 def build_bank(articles: list[Article], model: Any, cache_dir: str | os.PathLike,
                batch_size: int = SHARD_SENTENCES, progress: bool = True,
                encode_batch_size: int = ENCODE_BATCH,
-               stats: dict[str, Any] | None = None) -> Bank:
-    """Split each article into sentences, embed them, and return the bank (rows in article
-    order, then sentence order). `bank.meta` holds the topics and counts; `stats` as in
-    embed_sentences."""
+               stats: dict[str, Any] | None = None,
+               centroids: DomainCentroids | None = None) -> tuple[Bank, DomainCentroids | None]:
+    """Split each article into sentences, embed them, tag them (`cascade.tagger`), and return
+    the bank (rows in article order, then sentence order) and the domain centroids that tagged
+    the rows without a subject topic (`centroids` if given, else fitted on the topic-labelled
+    rows; None when there were neither). `bank.meta` holds the topics, counts and a TMD
+    summary; `stats` as in embed_sentences."""
     topics: dict[str, int] = {}  # topic -> index, in order of first appearance
     texts: list[str] = []
     article_rows: list[int] = []
@@ -274,39 +270,52 @@ def build_bank(articles: list[Article], model: Any, cache_dir: str | os.PathLike
             chunk_rows.append(c_idx)
             cpe_ids.append(f"{article.id}:{c_idx}")
             domains.append(topic)
-    if len(topics) > TMD_DOMAINS:
-        log.warning("%d topics but the TMD domain has %d values: topic index %% %d is the "
-                    "domain, so some topics share one", len(topics), TMD_DOMAINS, TMD_DOMAINS)
     if not texts:
         raise CorpusError("no sentences in the corpus")
 
     vectors = embed_sentences(texts, model, Path(cache_dir), batch_size=batch_size,
                               progress=progress, encode_batch_size=encode_batch_size,
                               stats=stats)
-    domain = np.asarray(domains, np.int64) % TMD_DOMAINS
+    topic_domains = np.array([-1 if d is None else d for d in map(topic_domain, topics)],
+                             np.int64)[np.asarray(domains, np.int64)]
+    article_indices = np.asarray(article_rows, np.int64)
+    codes, centroids, tmd_info = tag_rows(vectors, article_indices, texts, topic_domains,
+                                          centroids)
+    if tmd_info["domain_unassigned_zero"]:
+        log.warning("TMD: %d rows have no subject topic and there are no domain centroids "
+                    "(no topic-labelled rows, no --tmd-centroids): their domain is 0 (%s)",
+                    tmd_info["domain_unassigned_zero"], DOMAINS[0])
     meta = {
         "dim": int(vectors.shape[1]),
         "splitter_version": SPLITTER_VERSION,
         "topics": list(topics),
-        "tmd": {"domain": "topic index (in topics order) % 16", "task": 0, "modifier": 0},
+        "tmd": {"tagger_version": TAGGER_VERSION,
+                "topic_domains": {t: (None if topic_domain(t) is None else
+                                      DOMAINS[topic_domain(t)]) for t in topics},
+                **tmd_info},
         "cpe_id_format": "<article id>:<chunk index>",
         "counts": {"articles": len(articles), "chunks": len(texts),
                    "unique_sentences": len(set(texts))},
         "synthetic": False,
     }
-    return Bank(vectors=vectors,
-                article_indices=np.asarray(article_rows, np.int64),
+    bank = Bank(vectors=vectors,
+                article_indices=article_indices,
                 chunk_indices=np.asarray(chunk_rows, np.int64),
                 concept_texts=np.asarray(texts, dtype=str),
                 cpe_ids=np.asarray(cpe_ids, dtype=str),
-                tmd_codes=pack_tmd(domain),
+                tmd_codes=codes,
                 meta=meta)
+    return bank, centroids
 
 
-def inputs_key(corpus_sha256: str, encoder_id: str, limit: int | None) -> str:
-    """What the bank is a function of: equal keys mean rebuilding would give the same bank."""
+def inputs_key(corpus_sha256: str, encoder_id: str, limit: int | None,
+               centroids_sha256: str | None = None) -> str:
+    """What the bank is a function of: equal keys mean rebuilding would give the same bank.
+    The tagger's version is part of it, so a bank tagged by older rules is re-tagged (from the
+    embedding cache: nothing is re-embedded)."""
     parts = {"corpus_sha256": corpus_sha256, "encoder": encoder_id, "splitter": SPLITTER_VERSION,
-             "limit_articles": limit, "ingest_version": INGEST_VERSION}
+             "limit_articles": limit, "ingest_version": INGEST_VERSION,
+             "tmd_tagger": TAGGER_VERSION, "tmd_centroids": centroids_sha256}
     return "sha256:" + hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
@@ -351,6 +360,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR,
                    help="embedding cache root (one folder per encoder inside)")
     p.add_argument("--log-dir", default="logs", help="where ingest_<timestamp>.log goes")
+    p.add_argument("--tmd-centroids", default=None, metavar="PATH",
+                   help="TMD domain centroids (<bank>.tmd.npz of another bank of the same "
+                   "encoder) for rows without a subject topic; default: learned from this "
+                   "corpus's topic-labelled rows")
     p.add_argument("--force", action="store_true", help="rebuild even if the bank is up to date")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
@@ -370,11 +383,15 @@ def main(argv: list[str] | None = None) -> int:
         if not corpus_path.is_file():
             raise CorpusError(f"{corpus_path}: no such file")
         corpus_sha = sha256_file(corpus_path)
-    except CorpusError as e:
+        centroids = None
+        if args.tmd_centroids:
+            centroids = DomainCentroids.load(args.tmd_centroids)
+    except (CorpusError, ValueError) as e:
         print(f"ingest: error: {e}", file=sys.stderr)
         return 2
     encoder = encoder_info()
-    key = inputs_key(corpus_sha, encoder["id"], args.limit_articles)
+    key = inputs_key(corpus_sha, encoder["id"], args.limit_articles,
+                     sha256_file(args.tmd_centroids) if args.tmd_centroids else None)
     # The no-op check comes before logging and the model load, so it takes a fraction of a second.
     if not args.force and up_to_date(out, key):
         print(f"ingest: up to date: {out} (inputs unchanged; --force rebuilds)")
@@ -409,10 +426,11 @@ def main(argv: list[str] | None = None) -> int:
              time.perf_counter() - t_model, encoder_dim(model))
     stats: dict[str, Any] = {}
     try:
-        bank = build_bank(articles, model, Path(args.cache_dir) / encoder["id"],
-                          batch_size=args.batch_size, progress=not args.no_progress,
-                          encode_batch_size=args.encode_batch_size, stats=stats)
-    except CorpusError as e:
+        bank, centroids = build_bank(articles, model, Path(args.cache_dir) / encoder["id"],
+                                     batch_size=args.batch_size, progress=not args.no_progress,
+                                     encode_batch_size=args.encode_batch_size, stats=stats,
+                                     centroids=centroids)
+    except (CorpusError, ValueError) as e:
         print(f"ingest: error: {e}", file=sys.stderr)
         return 2
     meta = {
@@ -426,9 +444,14 @@ def main(argv: list[str] | None = None) -> int:
         "encoder_id": encoder["id"],
         "normalized": True,
         "inputs_key": key,
+        # Serving tags a new context's vectors with the same centroids as the bank's rows.
+        "tmd_centroids": centroids_path(out).name if centroids is not None else None,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if centroids is not None:  # before the bank: a sidecar never names a missing file
+            centroids.save(centroids_path(out))
         save_bank(bank, out, meta=meta)
     except BankError as e:  # save_bank does not validate, but keep the contract: no traceback
         print(f"ingest: error: {e}", file=sys.stderr)
@@ -442,7 +465,10 @@ def main(argv: list[str] | None = None) -> int:
         f"bank       {out} (+ {out.with_suffix('.json').name})",
         f"articles   {len(lengths):,}   chunks {bank.n:,}   chunks/article "
         f"{bank.n / len(lengths):.2f}   single-chunk articles {(lengths == 1).sum():,}",
-        f"dim        {bank.dim}   topics {len(bank.meta['topics'])}",
+        f"dim        {bank.dim}   topics {len(bank.meta['topics'])}   tmd domains: "
+        f"{bank.meta['tmd']['domain_from_topic']:,} rows from topics, "
+        f"{bank.meta['tmd']['domain_from_centroid']:,} from centroids "
+        f"(python -m training.tmd_stats {out} for the codes)",
         f"sentences  {stats['unique']:,} unique: {stats['cached']:,} from cache, "
         f"{stats['embedded']:,} newly embedded in {stats['embed_seconds']:.1f} s "
         f"({rate:,.0f} sentences/s)",
