@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from cascade.pairs import Pairs, context_windows
 from cascade.tmd import DOMAIN_SHIFT, DOMAINS, check_codes, unpack
 
 DEFAULT_MATCH_WEIGHTS = (0.6, 0.25, 0.15)  # domain, task, modifier
@@ -173,3 +174,9 @@ class TmdReranker:
             if hit > best:
                 best_w, best = float(w), hit
         return best_w, table
+
+
+def pair_lanes(bank_codes: np.ndarray, pairs: Pairs) -> np.ndarray:
+    """`context_lane` of every pair's context, from the bank's codes of its rows -> (P,)."""
+    rows, mask = context_windows(pairs)
+    return context_lanes(np.asarray(bank_codes, np.int64)[rows], mask)
