@@ -136,6 +136,15 @@ def centroids_path(bank_path: str | os.PathLike) -> Path:
     return Path(bank_path).with_suffix(".tmd.npz")
 
 
+def bank_centroids(bank_path: str | os.PathLike, meta: dict) -> DomainCentroids | None:
+    """The centroids a bank's sidecar `meta` names (`tmd_centroids`, beside the bank), or None
+    when it names none (a bank whose rows all had subject topics keeps them anyway)."""
+    name = meta.get("tmd_centroids")
+    if not name:
+        return None
+    return DomainCentroids.load(Path(bank_path).parent / name)
+
+
 # ---------------------------------------------------------------------------------------------
 # task and modifier rules
 

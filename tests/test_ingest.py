@@ -14,7 +14,7 @@ import pytest
 
 from cascade.bank import load_bank
 from cascade.encoder import load_encoder
-from cascade.tagger import DomainCentroids, tag_text
+from cascade.tagger import bank_centroids, tag_text
 from cascade.tmd import DOMAINS, unpack
 from training.ingest import (
     Article,
@@ -126,8 +126,7 @@ def test_ingest_few_articles(wiki_run):
     assert bank.meta["tmd"]["topic_domains"] == {"Arts": "Art"}
     # the centroids that would tag a new context's vectors, named in the sidecar
     assert bank.meta["tmd_centroids"] == "bank.tmd.npz"
-    assert DomainCentroids.load(tmp / "bank.tmd.npz").present.tolist() == \
-        [d == "Art" for d in DOMAINS]
+    assert bank_centroids(out, bank.meta).present.tolist() == [d == "Art" for d in DOMAINS]
     assert bank.meta["synthetic"] is False and "CC BY-SA 4.0" in bank.meta["attribution"]
     assert bank.meta["counts"]["chunks"] == len(texts)
 

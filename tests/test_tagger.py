@@ -9,6 +9,7 @@ import pytest
 from cascade.tagger import (
     TOPIC_DOMAINS,
     DomainCentroids,
+    bank_centroids,
     centroids_path,
     period_of_year,
     tag_context,
@@ -135,6 +136,8 @@ def test_centroids_tag_unlabelled_articles(tmp_path):
     assert path.name == "bank.tmd.npz"
     c.save(path)
     back = DomainCentroids.load(path)
+    assert bank_centroids(tmp_path / "bank.npz", {}) is None
+    assert bank_centroids(tmp_path / "bank.npz", {"tmd_centroids": path.name}).present.sum() == 3
     np.testing.assert_array_equal(back.vectors, c.vectors)
     np.testing.assert_array_equal(back.predict(vectors), c.predict(vectors))
 
