@@ -175,10 +175,11 @@ def test_long_profile_expansion_fires_the_retry(few_speeches, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "retrying with --stride 25 --max-per-seq 40" in r.stdout
     manifest = json.loads(out.with_suffix(".json").read_text())
-    # Speeches of 27, 41 and 58 sentences: targets at 1 / 1, 33 / 1, 33 at stride 32;
-    # 1, 26 / 1, 26 / 1, 26, 51 at stride 25.
+    # Speeches of 27, 41 and 58 sentences, contexts from 4 chunks: targets at 4 / 4, 36 / 4, 36
+    # at stride 32; 4 / 4, 29 / 4, 29, 54 at stride 25.
     assert manifest["retried"] and manifest["pairs_before_retry"] == 5
-    assert manifest["pairs"] == 7 and manifest["config"]["stride"] == 25
+    assert manifest["pairs"] == 6 and manifest["config"]["stride"] == 25
+    assert manifest["config"]["min_context"] == 4
     assert manifest["config"]["context_len"] == 100 and manifest["config"]["max_per_seq"] == 40
 
 
