@@ -65,9 +65,10 @@ train-v4-bg: $(STAMP)  ## the same in the background (as the checklist's overnig
 monitor: $(STAMP)  ## latest epoch, Recall@500, separation margin and whether the run is alive (RUN=...)
 	@$(PY) -m training.monitor --run $(if $(filter smoke,$(PROFILE)),runs/synth_smoke_bank/twotower_v4,$(if $(filter long,$(PROFILE)),runs/sotu_bank/twotower_v4,$(RUN)))
 
-bench: $(STAMP)  ## recall of the trained run vs the heuristics (after make train-v4), embedding throughput
+bench: $(STAMP)  ## recall of the trained run vs the heuristics (after make train-v4), TMD rerank on val/test, embedding throughput
 	$(PY) -m benchmarks.recall --bank $(BANK) --pairs artifacts/twotower/$(BANK_STEM)/pairs_v4.npz \
 		--ckpt v4=$(RUN)/checkpoints/best.pt --ckpt v3=runs/$(BANK_STEM)/twotower_v3_phase2/checkpoints/best.pt
+	$(PY) -m benchmarks.tmd_eval --bank $(BANK) --pairs artifacts/twotower/$(BANK_STEM)/pairs_v4.npz
 	$(PY) -m benchmarks.embed_throughput
 
 bench-scale: $(STAMP)  ## peak memory of training on a synthetic 500k x 768 bank, 50k 100-vector contexts (~10 min)
