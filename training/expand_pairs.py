@@ -8,8 +8,9 @@ it; targets are taken every `--stride` chunks from `--min-context` on, at most `
 article (evenly spread). A pair whose target nearly duplicates (cos > 0.999) an earlier kept
 target is dropped. Train, val and test hold disjoint articles, and an article's side is a
 function of its stable key and --seed alone (cascade.split), so every pairs file of a bank
-agrees. Unset flags take per-bank defaults: short articles (median < 32 chunks, e.g. the default bank) use stride 1 and context 8, long ones the
-checklist's stride 32 / cap 30 / context 100.
+agrees. Unset flags take per-bank defaults: short articles (median < 32 chunks, e.g. the
+default bank) use stride 1 and context 8, long ones the checklist's stride 32 / cap 30 /
+context 100.
 """
 
 from __future__ import annotations
