@@ -14,12 +14,17 @@
 #   pip download --only-binary=:all: --no-deps --python-version 3.12 \
 #       --platform manylinux_2_28_x86_64 -d .whl \
 #       faiss-cpu==1.15.1 packaging==26.4 pytest==9.2.0 pluggy==1.7.0 iniconfig==2.3.1 \
-#       pygments==2.21.0
+#       pygments==2.21.0 matplotlib==3.11.2 contourpy==1.3.3 cycler==0.12.1 fonttools==4.68.0 \
+#       kiwisolver==1.5.1 pillow==13.0.0 pyparsing==3.3.3 python-dateutil==4.0.0 tzdata==2026.6
 #
 #   faiss-cpu==1.15.1   always (the project's pinned FAISS; search stays on the CPU)
 #   packaging==26.4     only used if python3 cannot import packaging (faiss-cpu needs it)
 #   pytest==9.2.0 pluggy==1.7.0 iniconfig==2.3.1 pygments==2.21.0
 #                       only used if python3 cannot import pytest
+#   matplotlib==3.11.2 contourpy==1.3.3 cycler==0.12.1 fonttools==4.68.0 kiwisolver==1.5.1
+#   pillow==13.0.0 pyparsing==3.3.3 python-dateutil==4.0.0 tzdata==2026.6
+#                       only used if python3 cannot import matplotlib (the trainer's report
+#                       draws its plots with it); an installed pillow/dateutil is kept
 #
 # Budget: under 8 minutes on an H100 (each step has a timeout; the sum of the timeouts is
 # 7.7 minutes). The same script measures the CPU figure for comparison (no install, no tests):
@@ -44,12 +49,20 @@ t() { echo $(( $1 * ${TIMEOUT_SCALE:-1} )); }  # TIMEOUT_SCALE=20 on a slow, sha
 say() { echo "[$(( $(date +%s) - T0 ))s] $*" | tee -a "$OUT/steps.txt"; }
 
 # 0. Wheels, into .gpu_site (never the system's packages).
-if ! $PY -c "import faiss" 2>/dev/null; then
-  want=(.whl/faiss_cpu-1.15.1-*.whl)
+if ! $PY -c "import faiss, matplotlib, pytest" 2>/dev/null; then
+  want=()
+  $PY -c "import faiss" 2>/dev/null || want+=(.whl/faiss_cpu-1.15.1-*.whl)
   $PY -c "import packaging" 2>/dev/null || want+=(.whl/packaging-26.4-*.whl)
   $PY -c "import pytest" 2>/dev/null || want+=(.whl/pytest-9.2.0-*.whl .whl/pluggy-1.7.0-*.whl
                                                  .whl/iniconfig-2.3.1-*.whl
                                                  .whl/pygments-2.21.0-*.whl)
+  if ! $PY -c "import matplotlib" 2>/dev/null; then
+    want+=(.whl/matplotlib-3.11.2-*.whl .whl/contourpy-1.3.3-*.whl .whl/cycler-0.12.1-*.whl
+           .whl/fonttools-4.68.0-*.whl .whl/kiwisolver-1.5.1-*.whl .whl/pyparsing-3.3.3-*.whl)
+    $PY -c "import PIL" 2>/dev/null || want+=(.whl/pillow-13.0.0-*.whl)
+    $PY -c "import dateutil" 2>/dev/null || want+=(.whl/python_dateutil-4.0.0-*.whl
+                                                   .whl/tzdata-*.whl)
+  fi
   say "installing ${want[*]} into .gpu_site"
   $PY -m pip install --quiet --no-index --no-deps --target .gpu_site "${want[@]}" \
     > "$OUT/install.txt" 2>&1 || { say "install failed (see install.txt)"; }
