@@ -162,8 +162,11 @@ def main(argv: list[str] | None = None) -> int:
                                 split.ctx_end)
     rows = []
     for spec in specs:
-        rows.append(measure(spec, bank, split, xq, exact_I, args.latency_queries, args.seed))
-        print(f"  {spec}: done ({time.perf_counter() - t0:.0f}s)", file=sys.stderr, flush=True)
+        r = measure(spec, bank, split, xq, exact_I, args.latency_queries, args.seed)
+        rows.append(r)
+        print(f"  {spec}: containment@500 {100 * r['containment@500']:.1f}%, 1-thread median "
+              f"{r['latency_1_thread']['median_ms']:.2f} ms, built in {r['build_s']:.1f}s "
+              f"({time.perf_counter() - t0:.0f}s so far)", file=sys.stderr, flush=True)
     print(f"test split: {len(split):,} exp-weighted heuristic queries from "
           f"{len(np.unique(split.articles(bank))):,} articles, bank {args.bank} "
           f"({bank.n:,} x {bank.dim}); context rows excluded; latency over "
