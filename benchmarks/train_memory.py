@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cascade.bank import save_bank
+from cascade.bank import save_bank, write_json
 from cascade.pairs import load_pairs, save_pairs
 from training.expand_pairs import ExpandConfig, expand_pairs
 from training.synth_bank import SynthConfig, synth_bank
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{'OK' if report['within_limit'] else 'OVER'}")
     print(f"{'training wall':<22}{result['train_s']:.0f} s ({result['pairs_per_s']:.0f} pairs/s)")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2))
+    write_json(args.out, report)
     print(f"wrote {args.out}")
     return 0 if report["within_limit"] else 1
 

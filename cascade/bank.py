@@ -16,6 +16,7 @@ import argparse
 import hashlib
 import json
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -143,8 +144,9 @@ def validate(bank: Bank, source: str = "bank", normalize: bool = True) -> Bank:
                             f"outside [0, {TMD_MAX}) (4+5+6 bit domain|task|modifier)")
         bank.tmd_codes = codes.astype(np.uint16)
 
-    if normalize:
-        normalize_rows(v, source)
+    if normalize and normalize_rows(v, source):
+        # The vectors now differ from the file's: a fingerprint cached for the file is not theirs.
+        bank.meta.pop("fingerprint_of", None)
     return bank
 
 
@@ -197,8 +199,9 @@ def _check_article_order(articles: np.ndarray, chunks: np.ndarray, source: str) 
             f"increasing order")
 
 
-def normalize_rows(v: np.ndarray, source: str = "bank") -> None:
-    """L2-normalize (N, D) float32 rows in place, block by block, logging when anything changed."""
+def normalize_rows(v: np.ndarray, source: str = "bank") -> int:
+    """L2-normalize (N, D) float32 rows in place, block by block, logging when anything changed;
+    returns how many rows changed."""
     changed = 0
     for lo in range(0, v.shape[0], _BLOCK):
         block = v[lo:lo + _BLOCK]
@@ -210,6 +213,7 @@ def normalize_rows(v: np.ndarray, source: str = "bank") -> None:
     if changed:
         log.warning("%s: %d of %d vectors were not unit length; normalized them", source,
                     changed, v.shape[0])
+    return changed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,8 +263,17 @@ def load_bank(path: str | os.PathLike, normalize: bool = True) -> Bank:
             meta = json.loads(side.read_text())
         except json.JSONDecodeError as e:
             raise BankError(f"{side}: sidecar is not valid JSON ({e})") from None
-    bank = Bank(**arrays, meta=meta, path=path)
-    return validate(bank, source=path, normalize=normalize)
+    bank = validate(Bank(**arrays, meta=meta, path=path), source=path, normalize=normalize)
+    # Hashing a large bank's vectors takes seconds on every load: the sidecar keeps the
+    # fingerprint with the size and mtime of the file it was computed from.
+    if meta.get("fingerprint_of") == _file_stamp(path) and meta.get("fingerprint"):
+        bank._fingerprint = meta["fingerprint"]
+    return bank
+
+
+def _file_stamp(path: str | os.PathLike) -> dict:
+    st = os.stat(path)
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 def save_bank(bank: Bank, path: str | os.PathLike, meta: dict | None = None) -> dict:
@@ -281,8 +294,9 @@ def save_bank(bank: Bank, path: str | os.PathLike, meta: dict | None = None) -> 
     sidecar = dict(bank.meta)
     sidecar.update(meta or {})
     sidecar.update(summary(bank))
+    sidecar["fingerprint_of"] = _file_stamp(path)
     sidecar["format_version"] = FORMAT_VERSION
-    atomic_write(sidecar_path(path), lambda f: f.write(json.dumps(sidecar, indent=2).encode()))
+    write_json(sidecar_path(path), sidecar)
     bank.meta, bank.path = sidecar, str(path)
     return sidecar
 
@@ -300,6 +314,31 @@ def atomic_write(path: str | os.PathLike, write) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def finite_json(obj):
+    """A copy of `obj` that strict JSON readers accept: NaN and inf floats become None (null),
+    numpy scalars plain numbers, tuples lists."""
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite_json(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def json_text(obj, indent: int | None = 2) -> str:
+    """Strict JSON of `obj` (non-finite floats as null, never NaN/Infinity)."""
+    return json.dumps(finite_json(obj), indent=indent, allow_nan=False)
+
+
+def write_json(path: str | os.PathLike, obj, indent: int | None = 2) -> None:
+    """Write `obj` as strict JSON (see `json_text`) atomically."""
+    text = json_text(obj, indent) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -383,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
         if key in bank.meta:
             s[key] = bank.meta[key]
     if args.json:
-        print(json.dumps(s, indent=2))
+        print(json_text(s))
         return 0
     c = s["chunks_per_article"]
     print(f"bank        {args.path}")

@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cascade.bank import atomic_write
-from cascade.bank import Bank
+from cascade.bank import Bank, atomic_write, sha256_file
 from cascade.pairs import Pairs
 from cascade.split import SplitSpec, leaked_rows
 from cascade.towers import DocTower, QueryTower, TowerConfig, build_towers
@@ -27,8 +26,10 @@ MODEL_CONFIG = "model_config"
 CONFIG = "config"
 EPOCH = "epoch"
 METRICS = "metrics"
-BEST_METRIC = "best_metric"
+EPOCH_METRIC = "epoch_metric"  # {"name": the selection metric, "value": this epoch's}
+BEST_METRIC = "best_metric"  # the selection metric's best value over the run up to this epoch
 BANK_FINGERPRINT = "bank_fingerprint"
+PAIRS_FINGERPRINT = "pairs_fingerprint"  # the training pairs' content: --resume checks it
 SPLIT = "split"  # the article split (cascade.split.SplitSpec as a dict) the run trained with
 TRAIN_STATE = "train_state"  # optimizer, step, memory bank, RNG, history: only in last.pt
 
@@ -103,3 +104,13 @@ def check_split_of(ckpt: dict, path: str | os.PathLike, pairs: Pairs, bank: Bank
             f"are train articles of that checkpoint (its split: seed {spec.seed}, key "
             f"{spec.key}, train {spec.train}, test {spec.test}); use pairs with its split or "
             f"retrain it")
+
+
+def verify_sha256(path: str | os.PathLike, expected: str) -> None:
+    """Refuse a file whose sha256 is not `expected` ("sha256:<hex>", as deploy.json pins it)."""
+    if not os.path.exists(path):
+        raise ValueError(f"{path}: no such file (pinned {expected[:19]}...)")
+    actual = sha256_file(path)
+    if actual != expected:
+        raise ValueError(f"{path}: sha256 {actual[:19]}... is not the pinned {expected[:19]}... "
+                         f"(the file changed since it was pinned)")

@@ -18,14 +18,12 @@ def target_ranks(I: np.ndarray, target: np.ndarray) -> np.ndarray:
 
 def recall_at(ranks: np.ndarray, k: int) -> float:
     """Fraction of queries whose target is within the top k."""
-    return float(((ranks >= 0) & (ranks < k)).mean()) if len(ranks) else 0.0
+    return float(hits_at(ranks, k).mean()) if len(ranks) else 0.0
 
 
 def mrr(ranks: np.ndarray) -> float:
     """Mean reciprocal rank (0 for a target outside the list)."""
-    if not len(ranks):
-        return 0.0
-    return float(np.where(ranks >= 0, 1.0 / (np.maximum(ranks, 0) + 1.0), 0.0).mean())
+    return float(reciprocal_ranks(ranks).mean()) if len(ranks) else 0.0
 
 
 def wilson_ci(p: float, n: int, z: float = Z95) -> tuple[float, float]:
@@ -91,9 +89,26 @@ def hits_at(ranks: np.ndarray, k: int) -> np.ndarray:
     return ((ranks >= 0) & (ranks < k)).astype(np.float64)
 
 
-def reciprocal_ranks(ranks: np.ndarray) -> np.ndarray:
-    """(P,) 1 / (rank + 1), 0 for a target outside the list."""
-    return np.where(ranks >= 0, 1.0 / (np.maximum(ranks, 0) + 1.0), 0.0)
+def reciprocal_ranks(ranks: np.ndarray, k: int | None = None) -> np.ndarray:
+    """(P,) 1 / (rank + 1), 0 for a target outside the list (or below rank k: MRR@k)."""
+    inside = ranks >= 0 if k is None else (ranks >= 0) & (ranks < k)
+    return np.where(inside, 1.0 / (np.maximum(ranks, 0) + 1.0), 0.0)
+
+
+def ndcg_gains(ranks: np.ndarray, k: int) -> np.ndarray:
+    """(P,) nDCG@k per query with one relevant item (the target): 1 / log2(rank + 2) within the
+    top k, else 0. The ideal DCG of a single relevant item is 1, so no normalization is left."""
+    return np.where((ranks >= 0) & (ranks < k), 1.0 / np.log2(np.maximum(ranks, 0) + 2.0), 0.0)
+
+
+def mrr_at(ranks: np.ndarray, k: int) -> float:
+    """MRR@k: mean reciprocal rank, counting a target below rank k as 0."""
+    return float(reciprocal_ranks(ranks, k).mean()) if len(ranks) else 0.0
+
+
+def ndcg_at(ranks: np.ndarray, k: int) -> float:
+    """nDCG@k over queries with one relevant item each (see `ndcg_gains`)."""
+    return float(ndcg_gains(ranks, k).mean()) if len(ranks) else 0.0
 
 
 def paired_difference(ranks_a: np.ndarray, ranks_b: np.ndarray, k: int,

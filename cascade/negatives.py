@@ -25,7 +25,9 @@ class Negatives:
     # Over the raw top-n of each query (before cleaning), how often it held:
     positive_rate: float  # the positive itself
     same_article_rate: float  # another row of the positive's article
-    near_dup_rate: float  # of the top-n slots: a near-duplicate of the positive (cos > thr.)
+    # of the top-n slots: another row with cos > threshold to the positive (cos to q not tested;
+    # the post-mortem, mining and pre-flight all mean this by near_dup_rate)
+    near_dup_rate: float
     dropped_fraction: float  # candidates the cleaning removed, of all considered
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cascade.bank import Bank, atomic_write, open_npz
+from cascade.bank import Bank, atomic_write, json_text, open_npz
 from cascade.split import TEST, TRAIN, VAL, SplitSpec
 
 FORMAT_VERSION = 1
@@ -153,7 +153,7 @@ def save_pairs(pairs: Pairs, path: str | os.PathLike) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {"ctx_start": pairs.ctx_start, "ctx_end": pairs.ctx_end, "target": pairs.target,
               "split": pairs.split, "bank_fingerprint": np.array(pairs.bank_fingerprint),
-              "meta": np.array(json.dumps(pairs.meta))}
+              "meta": np.array(json_text(pairs.meta, indent=None))}
     atomic_write(path, lambda f: np.savez(f, **arrays))
     pairs.path = str(path)
 

@@ -1,4 +1,4 @@
-"""Heuristic stage-1 queries from a context: exp-weighted average and last vector.
+"""Heuristic stage-1 queries from a context: exp-weighted average, plain mean and last vector.
 
 The exp-weighted heuristic weights the context chunk `age` steps before the target by
 exp(-alpha * age) (the last chunk has age 0), sums, and L2-normalizes. It is the stage-1 fallback
@@ -42,8 +42,8 @@ def last_vector(ctx: np.ndarray, mask: np.ndarray) -> np.ndarray:
 def heuristic_queries(vectors: np.ndarray, pairs: Pairs, kind: str = "exp_weighted",
                       alpha: float = DEFAULT_ALPHA, max_len: int | None = None) -> np.ndarray:
     """Queries for every pair, batched so no (P, L, D) gather is ever built: -> (P, D)."""
-    if kind not in ("exp_weighted", "last_vector"):  # checked up front: also with no pairs
-        raise ValueError(f"unknown heuristic {kind!r} (exp_weighted, last_vector)")
+    if kind not in ("exp_weighted", "mean", "last_vector"):  # checked up front: also no pairs
+        raise ValueError(f"unknown heuristic {kind!r} (exp_weighted, mean, last_vector)")
     out = np.empty((len(pairs), vectors.shape[1]), dtype=np.float32)
     longest = int(pairs.lengths.max()) if len(pairs) else 1
     batch = window_batch(min(longest, max_len or longest), vectors.shape[1], most=_BATCH)
@@ -53,6 +53,8 @@ def heuristic_queries(vectors: np.ndarray, pairs: Pairs, kind: str = "exp_weight
         ctx = vectors[rows]
         if kind == "exp_weighted":
             out[lo:lo + len(rows)] = exp_weighted(ctx, mask, alpha)
+        elif kind == "mean":  # every context chunk weighs the same: exp-weighted at alpha 0
+            out[lo:lo + len(rows)] = exp_weighted(ctx, mask, 0.0)
         else:
             out[lo:lo + len(rows)] = last_vector(ctx, mask)
     return out

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from cascade import checkpoint as ck
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -27,16 +29,28 @@ def test_smoke_checklist_end_to_end(tmp_path):
     deploy = json.loads((runs / "deploy.json").read_text())
     assert deploy["stage1"] == gate["stage1"] in ("v4", "heuristic")
     assert deploy["verdict"] == gate["verdict"] and deploy["reason"]
+    if deploy["checkpoint"]:  # the served checkpoint's bytes are pinned
+        ck.verify_sha256(tmp_path / deploy["checkpoint"], deploy["checkpoint_sha256"])
+    else:
+        assert deploy["checkpoint_sha256"] is None
+    # The log shows the exact command of every step, to reproduce the run by hand.
+    assert "$ python -m training.expand_pairs --bank artifacts/synth_smoke_bank.npz" in r.stdout
+    assert "$ python -m training.train_v4 --config smoke_v4.yaml" in r.stdout
     # The side-by-side table: v3, v4, heuristic, last-vector and oracle on the same split.
     assert set(gate["methods"]) == {"v4", "v3", "heuristic", "last-vector", "oracle"}
     assert "v3 " in r.stdout and "oracle" in r.stdout
-    # A second run finds the bank and the v3 baseline and does not rebuild them.
-    again = subprocess.run([sys.executable, "-m", "training.checklist", "--profile", "smoke"],
-                           cwd=tmp_path, capture_output=True, text=True,
+    # A second run (--resume, as make train-v4 RESUME=1) finds the bank and the v3 baseline and
+    # does not rebuild them, nor re-expand the pairs under the run it resumes.
+    pairs = tmp_path / "artifacts" / "twotower" / "synth_smoke_bank" / "pairs_v4.npz"
+    before = pairs.stat().st_mtime_ns
+    again = subprocess.run([sys.executable, "-m", "training.checklist", "--profile", "smoke",
+                            "--resume"], cwd=tmp_path, capture_output=True, text=True,
                            env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin",
                                 "HF_HUB_OFFLINE": "1"})
-    assert again.returncode == 0
+    assert again.returncode == 0, (again.stdout[-3000:], again.stderr[-3000:])
     assert "0. Bank" not in again.stdout and "1b. v3 baseline training" not in again.stdout
+    assert "--resume: keeping" in again.stdout and pairs.stat().st_mtime_ns == before
+    assert "Resumed from" in again.stdout
 
 
 def test_named_bank_that_is_missing_is_refused_not_built(tmp_path):

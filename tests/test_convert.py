@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cascade.bank import BankError, load_bank, main as bank_main
+from cascade.bank import BankError, load_bank
+from cascade.bank import main as bank_main
 from cascade.convert import convert_original
 from training.synth_bank import SynthConfig, synth_bank
 

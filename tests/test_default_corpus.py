@@ -38,11 +38,24 @@ def test_checklist_on_the_real_default_corpus(tmp_path):
                          "preflight_results.json").read_text())
     assert all(c["status"] != "blocker" for c in checks), checks
 
+    # Every pairs file of the bank puts each article on the same side (issue 8's leak).
+    from cascade.bank import load_bank
+    from cascade.pairs import load_pairs
+
+    bank_ = load_bank(tmp_path / "artifacts" / "wikipedia_vital_bank.npz")
+    sides = {}
+    for name in ("pairs_v3.npz", "pairs_v4.npz"):
+        pairs = load_pairs(tmp_path / "artifacts" / "twotower" / "wikipedia_vital_bank" / name)
+        for art, side in zip(bank_.article_indices[pairs.target].tolist(), pairs.split.tolist(),
+                             strict=True):
+            assert sides.setdefault(art, side) == side, (name, art)
+
     runs = tmp_path / "runs" / "wikipedia_vital_bank"
     gate = json.loads((runs / "twotower_v4" / "gate.json").read_text())
     for metric in ("recall@10", "recall@500"):
         comparison = gate["vs_heuristic"][metric]
         assert comparison["significant"] and comparison["ci95"][0] > 0, (metric, comparison)
     assert set(gate["methods"]) == {"v4", "v3", "heuristic", "last-vector", "oracle"}
+    assert gate["split"] == "test" and gate["test_articles"] > 500
     deploy = json.loads((runs / "deploy.json").read_text())
     assert deploy["stage1"] == "v4" and deploy["checkpoint"].endswith("best.pt")

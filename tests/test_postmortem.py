@@ -58,7 +58,8 @@ def test_fresh_checkpoint_writes_every_finding(run, capsys):
         assert np.isfinite(m["clean"][key]) and np.isfinite(m["naive"][key])
     assert m["understated_by"] == pytest.approx(m["clean"]["margin"] - m["naive"]["margin"])
     assert m["verdict"] == pm.margin_verdict(m["clean"]["margin"])
-    assert 0 <= r["near_duplicates"]["rate"] <= r["near_duplicates"]["rate_pos_only"] <= 1
+    nd = r["near_duplicates"]
+    assert 0 <= nd["near_dup_rate_q_and_pos"] <= nd["near_dup_rate"] <= 1
     fn = r["false_negatives"]
     assert max(fn["positive_rate"], fn["same_article_rate"]) <= fn["union_rate"] <= 1
     assert fn["union_rate"] <= fn["positive_rate"] + fn["same_article_rate"] + 1e-9
@@ -156,8 +157,29 @@ def test_raw_top_rates_count_planted_duplicates(run, small_bank):
     I[:, 1] = val.target  # the positive is in every top-16
     r = pm.raw_top_rates(q, I, V, val, small_bank.article_indices, DUP_THRESHOLD)
     assert r["near_dup_rate"] == pytest.approx(15 / (4 * 16))  # 15 copies in row 0
-    assert r["near_dup_rate_pos_only"] == r["near_dup_rate"]
+    assert r["near_dup_rate_q_and_pos"] == r["near_dup_rate"]
     assert r["union_rate"] == 1.0
+
+
+def test_near_dup_rate_means_the_same_in_the_postmortem_and_mining(run, small_bank):
+    """A twin of the positive far from q: near_dup_rate (cos to the positive) counts it in both
+    the post-mortem and cascade.negatives (mining, pre-flight); only the checklist's q-and-pos
+    rate leaves it out."""
+    from cascade.negatives import clean_negatives
+
+    val = run["pairs_obj"].val().subset(np.arange(4))
+    V = small_bank.vectors.copy()
+    far = (val.target + len(V) // 2) % len(V)
+    V[far] = V[val.target]  # each positive's twin, in another article
+    q = -V[val.target]  # cos(q, twin) = -1
+    I = np.stack([np.r_[f, np.flatnonzero(small_bank.article_indices != small_bank.article_indices[
+        t])[:15]] for f, t in zip(far, val.target, strict=True)])
+    D = np.einsum("pkd,pd->pk", V[I], q)
+    r = pm.raw_top_rates(q, I, V, val, small_bank.article_indices, DUP_THRESHOLD)
+    negs = clean_negatives(q, D, I, V, val.target, small_bank.article_indices, 16,
+                           threshold=DUP_THRESHOLD)
+    assert r["near_dup_rate"] == negs.near_dup_rate >= 1 / 16
+    assert r["near_dup_rate_q_and_pos"] == 0.0
 
 
 def _one_line_error(capsys, rc, needle):

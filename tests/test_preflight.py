@@ -170,6 +170,20 @@ def test_sanity_blockers(small_bank, clean, fault):
         assert checks["schedule"].status == PASS
 
 
+def test_too_few_val_pairs_or_articles_is_a_blocker(small_bank, clean):
+    art = small_bank.article_indices[clean.target]
+    val_articles = np.unique(art[clean.split == VAL])
+    assert len(val_articles) >= preflight.MIN_EVAL_ARTICLES  # the clean pairs pass
+    # Keep the val pairs of 2 articles only (a 2-article corpus has 1 val article).
+    keep = (clean.split == TRAIN) | np.isin(art, val_articles[:2])
+    result = check_sanity(clean.subset(np.flatnonzero(keep)), small_bank)
+    assert result.status == BLOCKER
+    assert "from 2 articles, too few for a confidence interval" in result.detail
+    one = clean.subset(np.concatenate([np.flatnonzero(clean.split == TRAIN),
+                                       np.flatnonzero(clean.split == VAL)[:1]]))
+    assert "the val split has 1 pairs from 1 articles" in check_sanity(one, small_bank).detail
+
+
 def test_sanity_warns_on_unpinned_pairs(small_bank, clean):
     result = check_sanity(_copy(clean, bank_fingerprint=""), small_bank)
     assert result.status == WARNING and "no bank fingerprint" in result.detail

@@ -40,7 +40,8 @@ def test_pair_files_of_different_strides_agree_on_every_article(small_bank):
     assert {TRAIN, VAL, TEST} <= set(a.values())
     assert dense.meta["split"] == sparse.meta["split"]
     # Another seed moves articles: the seed is part of the function.
-    other = expand_pairs(small_bank, ExpandConfig(context_len=8, stride=1, max_per_seq=1000, seed=7))
+    other = expand_pairs(small_bank,
+                         ExpandConfig(context_len=8, stride=1, max_per_seq=1000, seed=7))
     c = _sides_by_article(small_bank, other)
     assert any(a[k] != c[k] for k in a)
 
@@ -74,7 +75,8 @@ def test_article_ids_from_cpe_ids_are_the_key_when_the_bank_has_them():
 
 
 def test_leaked_rows_finds_val_test_pairs_a_checkpoint_trained_on(small_bank):
-    pairs = expand_pairs(small_bank, ExpandConfig(context_len=8, stride=1, max_per_seq=1000, seed=42))
+    pairs = expand_pairs(small_bank,
+                         ExpandConfig(context_len=8, stride=1, max_per_seq=1000, seed=42))
     assert len(leaked_rows(small_bank, pairs.target, pairs.split, pairs.split_spec)) == 0
     other = SplitSpec(seed=1, key=pairs.split_spec.key)
     leaked = leaked_rows(small_bank, pairs.target, pairs.split, other)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -22,10 +23,10 @@ from pathlib import Path
 import yaml
 
 from cascade import checkpoint as ck
-from cascade.bank import BankError, atomic_write, load_bank
+from cascade.bank import BankError, load_bank, sha256_file, write_json
 from cascade.split import SplitSpec, key_kind
 from training import expand_pairs, postmortem, preflight, train_v4
-from training.config import CONFIG_DIR, ConfigError, from_dict, load_config
+from training.config import CONFIG_DIR, ConfigError, from_dict, load_config, load_yaml
 
 EXIT_BLOCKED = 1
 EXIT_BAD_INPUT = 2
@@ -36,6 +37,7 @@ class Profile:
     bank: str = "artifacts/wikipedia_vital_bank.npz"  # the bank (BANK= overrides)
     make_bank: str = "ingest"  # how to build a missing bank: ingest | synthetic
     synthetic: dict = field(default_factory=dict)  # training.synth_bank flags for "synthetic"
+    ingest: dict = field(default_factory=dict)  # training.ingest flags for "ingest" (corpus: sotu)
     # {bank} below is the bank's file stem, so each bank gets its own pairs and runs.
     v3_pairs: str = "artifacts/twotower/{bank}/pairs_v3.npz"
     v3_expand: dict = field(default_factory=lambda: {"stride": 2})  # phase-2: fewer pairs
@@ -53,6 +55,15 @@ class Profile:
         return template.format(bank=Path(self.bank).stem)
 
 
+def shipped_profile_for(bank: str) -> str | None:
+    """The shipped profile whose own bank is `bank` (its gates were set for it), if any."""
+    for p in sorted(CONFIG_DIR.glob("profile_*.yaml")):
+        own = (yaml.safe_load(p.read_text()) or {}).get("bank")
+        if own and Path(own).resolve() == Path(bank).resolve():
+            return p.stem.removeprefix("profile_")
+    return None
+
+
 def load_profile(name_or_path: str, bank: str | None) -> tuple[Profile, str]:
     """The profile with `bank` (if given) in place of its own; and its own bank."""
     p = Path(name_or_path)
@@ -60,7 +71,7 @@ def load_profile(name_or_path: str, bank: str | None) -> tuple[Profile, str]:
         p = CONFIG_DIR / f"profile_{name_or_path}.yaml"
     if not p.exists():
         raise ConfigError(f"{name_or_path}: no such profile (try default or smoke)")
-    profile = from_dict(Profile, yaml.safe_load(p.read_text()) or {}, str(p))
+    profile = from_dict(Profile, load_yaml(p), str(p))
     own_bank = profile.bank
     if bank:
         profile.bank = bank
@@ -96,6 +107,13 @@ def step(title: str) -> None:
     print(f"\n=== {title} {'=' * max(0, 76 - len(title))}", flush=True)
 
 
+def call(module, argv: list[str]) -> int:
+    """Run a step as `python -m <module> argv`, printing that command first: the log holds the
+    exact commands that reproduce the checklist by hand."""
+    print(f"$ python -m {module.__name__} {shlex.join(argv)}", flush=True)
+    return module.main(argv)
+
+
 def run_checklist(profile: Profile, resume: bool = False, gates_bank: str | None = None) -> int:
     """The checklist on `profile`; `gates_bank` is the bank its v4 config's gates were set for
     (the profile's own bank), to say so when another bank runs with them."""
@@ -106,10 +124,10 @@ def run_checklist(profile: Profile, resume: bool = False, gates_bank: str | None
         step(f"0. Bank {bank_path} is missing: building it ({profile.make_bank})")
         if profile.make_bank == "synthetic":
             from training import synth_bank
-            rc = synth_bank.main(["--out", bank_path] + flags(profile.synthetic))
+            rc = call(synth_bank, ["--out", bank_path] + flags(profile.synthetic))
         else:
             from training import ingest
-            rc = ingest.main(["--out", bank_path])
+            rc = call(ingest, ["--out", bank_path] + flags(profile.ingest))
         if rc:
             return rc
     bank = load_bank(bank_path)
@@ -139,36 +157,42 @@ def run_checklist(profile: Profile, resume: bool = False, gates_bank: str | None
               f"trained on")
     if stale or not v3_best.exists() or not Path(v3_pairs).exists():
         step("1a. v3 baseline pairs (phase-2 recipe)")
-        rc = expand_pairs.main(["--bank", bank_path, "--out", v3_pairs]
-                               + flags(profile.v3_expand) + split_flags)
+        rc = call(expand_pairs, ["--bank", bank_path, "--out", v3_pairs]
+                  + flags(profile.v3_expand) + split_flags)
         if rc:
             return rc
     if stale or not v3_best.exists():
         step("1b. v3 baseline training (hard negatives from epoch 1, no curriculum, no filter)")
-        rc = train_v4.main(["--config", profile.v3_config, "--bank", bank_path, "--pairs",
-                            v3_pairs, "--out", v3_out, "--name", "twotower_v3_phase2"])
+        rc = call(train_v4, ["--config", profile.v3_config, "--bank", bank_path, "--pairs",
+                             v3_pairs, "--out", v3_out, "--name", "twotower_v3_phase2"])
         if rc not in (0, train_v4.EXIT_ABORT):
             return rc
     step("1. Phase-2 (v3) post-mortem")
-    rc = postmortem.main(["--ckpt", str(v3_best), "--pairs", v3_pairs, "--bank", bank_path,
-                          "--out", str(Path(v3_out) / "postmortem.json"), "--device", "cpu"])
+    rc = call(postmortem, ["--ckpt", str(v3_best), "--pairs", v3_pairs, "--bank", bank_path,
+                           "--out", str(Path(v3_out) / "postmortem.json"), "--device", "cpu"])
     if rc:
         return rc
 
     # 2. Expand the v4 pairs, with the checklist's retry.
     step("2. Expand training pairs")
     v4_pairs = profile.path(profile.v4_pairs)
-    rc = expand_pairs.main(["--bank", bank_path, "--out", v4_pairs, "--auto-retry"]
-                           + flags(profile.v4_expand))
-    if rc:
-        return rc
+    if resume and Path(v4_pairs).exists():
+        # Re-expanding could change the pairs under the run being resumed (its last.pt pins
+        # them, and --resume would refuse).
+        print(f"--resume: keeping {v4_pairs}, the pairs the run started with")
+    else:
+        rc = call(expand_pairs, ["--bank", bank_path, "--out", v4_pairs, "--auto-retry"]
+                  + flags(profile.v4_expand))
+        if rc:
+            return rc
 
     # 3. Pre-flight: a blocker stops the run.
     step("3. v4 pre-flight checks")
     manifest = str(Path(v4_pairs).with_name("pairs_v4_manifest.json"))
-    rc = preflight.main(["--pairs", v4_pairs, "--bank", bank_path, "--mine-schedule", schedule,
-                         "--filter-threshold", str(v4_cfg.filter_threshold), "--epochs",
-                         str(epochs), "--manifest-out", manifest, "--ckpt", str(v3_best)])
+    rc = call(preflight, ["--pairs", v4_pairs, "--bank", bank_path, "--mine-schedule",
+                          schedule, "--filter-threshold", str(v4_cfg.filter_threshold),
+                          "--epochs", str(epochs), "--manifest-out", manifest, "--ckpt",
+                          str(v3_best)])
     if rc:
         print("pre-flight found a blocker: v4 training not started", file=sys.stderr)
         return rc
@@ -179,16 +203,19 @@ def run_checklist(profile: Profile, resume: bool = False, gates_bank: str | None
     args = ["--config", profile.v4_config, "--bank", bank_path, "--pairs", v4_pairs, "--out",
             v4_out, "--mine-schedule", schedule, "--epochs", str(epochs),
             "--baseline", f"v3={v3_best}"]
-    rc = train_v4.main(args + (["--resume"] if resume else []))
+    rc = call(train_v4, args + (["--resume"] if resume else []))
     if rc not in (0, train_v4.EXIT_ABORT):
         return rc
 
     # 5. Deploy decision.
     step("5. Deploy decision")
     gate = json.loads((Path(v4_out) / "gate.json").read_text())
+    checkpoint = gate.get("best_checkpoint") if gate["stage1"] == "v4" else None
     deploy = {
         "stage1": gate["stage1"],
-        "checkpoint": gate.get("best_checkpoint") if gate["stage1"] == "v4" else None,
+        "checkpoint": checkpoint,
+        # Serving refuses a checkpoint whose bytes are not these (cascade.checkpoint.verify_sha256).
+        "checkpoint_sha256": sha256_file(checkpoint) if checkpoint else None,
         "heuristic": {"kind": "exp_weighted", "alpha": 0.1},
         "verdict": gate["verdict"], "reason": gate["reason"],
         "judged_on": {"split": gate.get("split"), "pairs": gate.get("test_pairs"),
@@ -200,7 +227,7 @@ def run_checklist(profile: Profile, resume: bool = False, gates_bank: str | None
     }
     deploy_path = Path(profile.path(profile.deploy))
     deploy_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(deploy_path, lambda f: f.write(json.dumps(deploy, indent=2).encode()))
+    write_json(deploy_path, deploy)
     print(f"verdict {gate['verdict']}; stage 1 = {deploy['stage1']}: {gate['reason']}")
     print(f"wrote {deploy_path} ({time.perf_counter() - t0:.0f}s for the whole checklist)")
     return rc
@@ -209,10 +236,18 @@ def run_checklist(profile: Profile, resume: bool = False, gates_bank: str | None
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.checklist",
                                 description=__doc__.split("\n")[0])
-    p.add_argument("--profile", default="default", help="default | smoke | a profile YAML")
+    p.add_argument("--profile", default=None,
+                   help="default | smoke | long | a profile YAML (default: the shipped profile "
+                        "whose own bank is --bank, else default)")
     p.add_argument("--bank", default=None, help="use this bank instead of the profile's")
     p.add_argument("--resume", action="store_true", help="continue v4 from its last.pt")
     args = p.parse_args(argv)
+    if args.profile is None:
+        # `make train-v4 BANK=artifacts/sotu_bank.npz` gets the profile made for that bank.
+        args.profile = (shipped_profile_for(args.bank) if args.bank else None) or "default"
+        if args.bank and args.profile != "default":
+            print(f"profile {args.profile}: the shipped profile for {args.bank}")
+            args.bank = None  # the profile's own bank: built when missing, like the default's
     if args.bank and not Path(args.bank).exists():
         # Only the profile's own bank is built when missing: building the default corpus into a
         # path the user named would train on data they did not ask for.

@@ -7,6 +7,7 @@ setting, defaults included) is written to the run directory as `config.yaml`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -138,6 +139,38 @@ def merge(cfg, overrides: dict, where: str = "flags"):
     return from_dict(type(cfg), deep(data, overrides), where)
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a mapping with the same key twice (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"duplicate key '{key}' (line {key_node.start_mark.line + 1})")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(path: str | os.PathLike) -> dict:
+    """A YAML file of settings: a non-empty mapping, each key once; ConfigError naming the file."""
+    p = Path(path)
+    try:
+        data = yaml.load(p.read_text(), Loader=_StrictLoader)
+    except ConfigError as e:
+        raise ConfigError(f"{p}: {e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if data is None or data == {}:
+        # An empty file would silently run every default (30 epochs of the checklist's recipe).
+        raise ConfigError(f"{p}: empty config; name at least one setting, or leave --config out "
+                          f"to run the defaults")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping of settings at the top level, "
+                          f"got a {type(data).__name__}")
+    return data
+
+
 def load_config(path: str | os.PathLike | None, overrides: dict | None = None) -> TrainConfig:
     """Defaults <- YAML file <- overrides (flags), validated."""
     cfg = TrainConfig()
@@ -147,34 +180,91 @@ def load_config(path: str | os.PathLike | None, overrides: dict | None = None) -
             p = CONFIG_DIR / p
         if not p.exists():
             raise ConfigError(f"{path}: no such config file")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{p}: expected a mapping of settings at the top level, "
-                              f"got a {type(data).__name__}")
-        cfg = merge(cfg, data, str(p))
+        cfg = merge(cfg, load_yaml(p), str(p))
     if overrides:
         cfg = merge(cfg, overrides, "flags")
     validate(cfg)
     return cfg
 
 
+# ---------------------------------------------------------------------------------------------
+# value ranges: the one place numeric settings are checked (the trainer's flags and YAML, and
+# pre-flight's filter threshold)
+
+FILTER_MIN = 0.95  # a filter threshold at or below this drops genuine hard negatives
+
+
+@dataclass(frozen=True)
+class Range:
+    lo: float = -math.inf
+    hi: float = math.inf
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        above = value > self.lo if self.lo_open else value >= self.lo
+        below = value < self.hi if self.hi_open else value <= self.hi
+        return above and below
+
+    def __str__(self) -> str:
+        if self.hi == math.inf:
+            return f"{'>' if self.lo_open else '>='} {self.lo:g}"
+        return (f"in {'(' if self.lo_open else '['}{self.lo:g}, "
+                f"{self.hi:g}{')' if self.hi_open else ']'}")
+
+
+AT_LEAST_1 = Range(1)
+NON_NEGATIVE = Range(0)
+POSITIVE = Range(0, lo_open=True)
+# Dotted config key -> allowed values. Every number must also be finite, listed here or not.
+RANGES = {
+    "bs": AT_LEAST_1, "accum": AT_LEAST_1, "epochs": AT_LEAST_1, "mine_pool": AT_LEAST_1,
+    "checkpoint_every": AT_LEAST_1, "eval_ks": AT_LEAST_1,
+    "lr": POSITIVE, "tau": POSITIVE, "grad_clip": POSITIVE,
+    "lr_min": NON_NEGATIVE, "warmup_steps": NON_NEGATIVE, "wd": NON_NEGATIVE,
+    "margin_weight": NON_NEGATIVE, "memory_bank_size": NON_NEGATIVE, "seed": NON_NEGATIVE,
+    "threads": NON_NEGATIVE, "max_train_pairs": NON_NEGATIVE,
+    "margin": Range(0, 2),  # a gap between two cosines, which differ by at most 2
+    # 1.0 turns the filter off (the v3 phase-2 recipe); pre-flight requires it on for v4.
+    "filter_threshold": Range(FILTER_MIN, 1, lo_open=True),
+    # abort.margin: any finite value (Δ lies in [-2, 2]: below -2 never aborts, above 2 always)
+    "abort.patience": AT_LEAST_1, "abort.after_epoch": NON_NEGATIVE,
+    "gates.mid_epoch": NON_NEGATIVE,
+    "gates.mid": Range(0, 100), "gates.success": Range(0, 100), "gates.partial": Range(0, 100),
+    # model.*: TowerConfig.validate (cascade) checks the ranges; here only finiteness.
+}
+
+
+def check_value(key: str, value, allowed: Range | None = None) -> None:
+    """ConfigError naming `key` unless `value` (a number or list of numbers) is finite and in
+    `allowed` (default RANGES[key], if listed). Other types pass: from_dict checks types."""
+    allowed = allowed or RANGES.get(key)
+    for v in value if isinstance(value, list) else [value]:
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            continue
+        if not math.isfinite(v):
+            raise ConfigError(f"config: '{key}' is {v}; it must be a finite number"
+                              + (f" {allowed}" if allowed else ""))
+        if allowed is not None and v not in allowed:
+            raise ConfigError(f"config: '{key}' must be {allowed}, got {v}")
+
+
+def _settings(data: dict, prefix: str = ""):
+    """(dotted key, value) of every leaf of a nested dict of settings."""
+    for key, value in data.items():
+        if isinstance(value, dict):
+            yield from _settings(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
 def validate(cfg: TrainConfig) -> None:
-    positive = {"bs": cfg.bs, "accum": cfg.accum, "epochs": cfg.epochs, "lr": cfg.lr,
-                "tau": cfg.tau, "mine_pool": cfg.mine_pool,
-                "checkpoint_every": cfg.checkpoint_every}
-    for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"config: '{key}' must be > 0, got {value}")
-    if not 0 <= cfg.lr_min <= cfg.lr:
+    for key, value in _settings(dataclasses.asdict(cfg)):
+        check_value(key, value)
+    if cfg.lr_min > cfg.lr:
         raise ConfigError(f"config: need 0 <= lr_min <= lr, got lr_min {cfg.lr_min}, lr {cfg.lr}")
-    if cfg.memory_bank_size < 0:
-        raise ConfigError(f"config: 'memory_bank_size' must be >= 0, got {cfg.memory_bank_size}")
-    if not 0.0 < cfg.filter_threshold <= 1.0:
-        raise ConfigError(f"config: 'filter_threshold' must be in (0, 1], got "
-                          f"{cfg.filter_threshold}")
     recalls = {f"recall@{k}" for k in cfg.eval_ks}
     if cfg.select_metric not in recalls | {"mrr"}:
         raise ConfigError(f"config: 'select_metric' is {cfg.select_metric!r}, not one of "
@@ -184,8 +274,6 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.gates.metric not in recalls:
         raise ConfigError(f"config: 'gates.metric' is {cfg.gates.metric!r}, not one of "
                           f"{sorted(recalls)} (a recall@k among eval_ks)")
-    if cfg.abort.patience < 1:
-        raise ConfigError(f"config: 'abort.patience' must be >= 1, got {cfg.abort.patience}")
     g = cfg.gates
     if not 0.0 <= g.partial <= g.success <= 100.0 or not 0.0 <= g.mid <= 100.0:
         raise ConfigError(f"config: gates need 0 <= partial <= success <= 100 and 0 <= mid <= "

@@ -7,15 +7,15 @@ Per article, a pair's target is a chunk and its context the up-to `--context-len
 it; targets are taken every `--stride` chunks from `--min-context` on, at most `--max-per-seq` per
 article (evenly spread). A pair whose target nearly duplicates (cos > 0.999) an earlier kept
 target is dropped. Train, val and test hold disjoint articles, and an article's side is a
-function of its stable key and --seed alone (cascade.split), so every pairs file of a bank agrees. Unset flags take per-bank defaults: short
-articles (median < 32 chunks, e.g. the default bank) use stride 1 and context 8, long ones the
-checklist's stride 32 / cap 30 / context 100.
+function of its stable key and --seed alone (cascade.split), so every pairs file of a bank
+agrees. Unset flags take per-bank defaults: short articles (median < 32 chunks, e.g. the
+default bank) use stride 1 and context 8, long ones the checklist's stride 32 / cap 30 /
+context 100.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -25,7 +25,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from cascade.bank import Bank, BankError, atomic_write, load_bank
+from cascade.bank import Bank, BankError, load_bank, write_json
 from cascade.index import build_index
 from cascade.pairs import Pairs, save_pairs
 from cascade.split import SIDE_NAMES, SplitSpec, key_kind, row_sides
@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     cfg = resolve(ExpandConfig(**{k: getattr(args, k) for k in asdict(d)}), bank)
     pairs = expand_pairs(bank, cfg)
-    retried = False
+    retried, before_retry = False, len(pairs)
     if len(pairs) < SHORT_FRACTION * cfg.target_pairs:
         print(f"warning: {shortfall_advice(pairs, cfg)}")
         if args.auto_retry and (cfg.stride > RETRY_STRIDE or cfg.max_per_seq < RETRY_MAX_PER_SEQ):
@@ -237,11 +237,12 @@ def main(argv: list[str] | None = None) -> int:
             pairs, retried = expand_pairs(bank, cfg), True
             if len(pairs) < SHORT_FRACTION * cfg.target_pairs:
                 print(f"warning: after the retry, {shortfall_advice(pairs, cfg)}")
-    pairs.meta.update({"retried": retried, "seconds": round(time.perf_counter() - t0, 2),
+    pairs.meta.update({"retried": retried, "pairs_before_retry": before_retry,
+                       "seconds": round(time.perf_counter() - t0, 2),
                        "bank_kind": defaults_for(bank)["bank_kind"], "out": args.out})
     save_pairs(pairs, args.out)
     manifest_path = Path(args.out).with_suffix(".json")
-    atomic_write(manifest_path, lambda f: f.write(json.dumps(pairs.meta, indent=2).encode()))
+    write_json(manifest_path, pairs.meta)
 
     m = pairs.meta
     sides = ", ".join(f"{name} {m[name + '_pairs']:,} from {m[name + '_articles']:,}"

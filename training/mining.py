@@ -23,6 +23,14 @@ def mine(tower: QueryTower, bank_vectors: np.ndarray, doc_vectors: np.ndarray, i
     kept inside [cos_min, cos_max], never the positive, a near-duplicate of it (cos >
     filter_threshold to the positive) or a context row; -1 where too few qualified."""
     q = encode_queries(tower, bank_vectors, pairs)
+    return mine_with_queries(q, doc_vectors, index, article_indices, pairs, segment,
+                             filter_threshold, pool)
+
+
+def mine_with_queries(q: np.ndarray, doc_vectors: np.ndarray, index, article_indices: np.ndarray,
+                      pairs: Pairs, segment: Segment, filter_threshold: float,
+                      pool: int) -> Negatives:
+    """`mine` from already encoded (P, D) queries (the trainer times encoding and search apart)."""
     D, I = search_batched(index, q, max(pool, segment.count), pairs.ctx_start, pairs.ctx_end)
     return clean_negatives(q, D, I, doc_vectors, pairs.target, article_indices, segment.count,
                            threshold=filter_threshold, cos_min=segment.cos_min,

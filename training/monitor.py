@@ -1,6 +1,7 @@
 """Where a training run stands: latest epoch, Recall@500, separation margin Δ, alive or not.
 
     python -m training.monitor [--run runs/wikipedia_vital_bank/twotower_v4]
+    python -m training.monitor --profile smoke [--bank BANK]    # the run `make train-v4` makes
 """
 
 from __future__ import annotations
@@ -11,8 +12,11 @@ import os
 import sys
 from pathlib import Path
 
+from cascade.bank import json_text
+
 
 def alive(pid_file: Path) -> tuple[bool, int | None]:
+    """Whether the pid in `pid_file` runs; a zombie (exited, not yet reaped) does not."""
     try:
         pid = int(pid_file.read_text().strip())
     except (OSError, ValueError):
@@ -22,8 +26,12 @@ def alive(pid_file: Path) -> tuple[bool, int | None]:
     except ProcessLookupError:
         return False, pid
     except PermissionError:
+        pass
+    try:  # Linux: the state letter follows the ")" that closes the command name
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
         return True, pid
-    return True, pid
+    return state not in ("Z", "X"), pid
 
 
 def status(run: Path) -> dict:
@@ -37,8 +45,11 @@ def status(run: Path) -> dict:
                         "recall@10": h.get("recall@10"), "margin": h["margin"],
                         "loss": h["loss"], "curriculum": h.get("curriculum")})
     out["alive"], out["pid"] = alive(run / "train.pid")
-    gate = run / "gate.json"
-    if gate.exists():
+    gate, pid_file = run / "gate.json", run / "train.pid"
+    # A verdict older than the running process's start belongs to an earlier run.
+    current = not pid_file.exists() or gate.exists() and (
+        gate.stat().st_mtime_ns >= pid_file.stat().st_mtime_ns)
+    if gate.exists() and current:
         g = json.loads(gate.read_text())
         out["verdict"], out["stage1"] = g.get("verdict"), g.get("stage1")
     return out
@@ -47,16 +58,30 @@ def status(run: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.monitor",
                                 description=__doc__.split("\n")[0])
-    p.add_argument("--run", default="runs/wikipedia_vital_bank/twotower_v4")
+    p.add_argument("--run", default=None,
+                   help="run directory (default: the v4 run of --profile and --bank)")
+    p.add_argument("--profile", default="default", help="default | smoke | a profile YAML")
+    p.add_argument("--bank", default=None, help="the bank the profile's run trained on")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
-    run = Path(args.run)
+    if args.run:
+        run = Path(args.run)
+    else:
+        from training.checklist import load_profile
+        from training.config import ConfigError
+
+        try:
+            profile, _ = load_profile(args.profile, args.bank)
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        run = Path(profile.path(profile.v4_out))
     if not run.exists():
         print(f"error: {run}: no such run directory", file=sys.stderr)
         return 2
     s = status(run)
     if args.json:
-        print(json.dumps(s, indent=2))
+        print(json_text(s))
         return 0
     state = f"running (pid {s['pid']})" if s["alive"] else "not running"
     if "epoch" not in s:

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from cascade.bank import Bank, BankError, atomic_write, load_bank, sha256_file
+from cascade.bank import Bank, BankError, load_bank, sha256_file, write_json
 from cascade.checkpoint import CheckpointError, load_checkpoint, split_spec_of
 from cascade.index import build_index, search
 from cascade.metrics import alignment
@@ -47,6 +47,7 @@ from cascade.pairs import (
 )
 from cascade.query import heuristic_queries
 from cascade.split import SIDE_NAMES, leaked_rows
+from training.config import FILTER_MIN, ConfigError, check_value
 from training.curriculum import ScheduleError, check_covers, format_schedule, parse_schedule
 
 DEFAULT_SCHEDULE = "0-5:none;6-10:8@0.82-0.92;11-30:16@0.84-0.96"  # the checklist's curriculum
@@ -54,8 +55,9 @@ DEFAULT_FILTER_THRESHOLD = 0.98  # drop candidates with cos > this to the positi
 DEFAULT_EPOCHS = 30
 DEFAULT_SAMPLE = 2000  # bank rows for the alignment check (all pairs among them)
 FILTER_SAMPLE_SHARE = 4  # the filter check searches sample / 4 train pairs (64 candidates each)
-FILTER_MIN = 0.95  # a threshold at or below this drops genuine hard negatives: blocker
 FILTER_LAX = 0.995  # above this, too lax to catch near-duplicates: warning
+MIN_EVAL_PAIRS = 50  # fewer val/test pairs, or pairs from fewer articles, than this: blocker
+MIN_EVAL_ARTICLES = 10
 ALIGN_WARN = 0.10  # |mean cos| between random rows above this: recommend whitening
 SEARCH_K = 64  # candidates per query for the filter check
 MANIFEST_VERSION = 1
@@ -119,6 +121,15 @@ def check_sanity(pairs: Pairs, bank: Bank) -> CheckResult:
     for name in SIDE_NAMES.values():
         if values[f"{name}_pairs"] == 0:
             problems.append(f"the {name} split is empty")
+    # The splits that select (val) and judge (test) by article-resampled CIs need enough pairs
+    # and articles (a 2-article corpus gave 1 val pair, passed, and the gate meant nothing).
+    for name in ("val", "test"):
+        n_pairs, n_articles = values[f"{name}_pairs"], values[f"{name}_articles"]
+        if n_pairs and (n_pairs < MIN_EVAL_PAIRS or n_articles < MIN_EVAL_ARTICLES):
+            problems.append(f"the {name} split has {n_pairs:,} pairs from {n_articles:,} "
+                            f"articles, too few for a confidence interval to mean anything "
+                            f"(need >= {MIN_EVAL_PAIRS} pairs from >= {MIN_EVAL_ARTICLES} "
+                            f"articles): ingest more articles")
     if problems:
         return CheckResult("data_sanity", BLOCKER, "; ".join(problems), values)
     sides = ", ".join(f"{name} {values[name + '_pairs']:,} ({values[name + '_articles']:,} "
@@ -351,10 +362,17 @@ def check_schedule(schedule: str, epochs: int) -> CheckResult:
 def check_filter(pairs: Pairs, bank: Bank, threshold: float, queries: int,
                  rng: np.random.Generator, progress: bool = False) -> CheckResult:
     """Judge the threshold and measure what it drops from the top-64 of sampled train pairs."""
-    if not threshold > FILTER_MIN or threshold >= 1.0:
-        status = BLOCKER
-        verdict = (f"threshold {threshold} must be > {FILTER_MIN} and < 1 (at or below "
-                   f"{FILTER_MIN} it drops genuine hard negatives; at 1 it drops nothing)")
+    try:  # the trainer's own check of the value
+        check_value("filter_threshold", threshold)
+        valid = True
+    except ConfigError as e:
+        valid, problem = False, str(e).removeprefix("config: ")
+    if not valid:
+        status, verdict = BLOCKER, (f"{problem} (at or below {FILTER_MIN} it drops genuine hard "
+                                    f"negatives)")
+    elif threshold >= 1.0:
+        status, verdict = BLOCKER, (f"threshold {threshold} turns the filter off (the v3 "
+                                    f"recipe); the v4 curriculum needs it below 1")
     elif threshold > FILTER_LAX:
         status, verdict = WARNING, (f"threshold {threshold} > {FILTER_LAX} is too lax to catch "
                                     f"near-duplicates of the positive")
@@ -448,7 +466,8 @@ def write_manifest(path: str | Path, pairs: Pairs, bank: Bank, results: list[Che
         schedule_out = schedule  # kept verbatim; the schedule check already blocks it
     commit = git_commit()
     sanity = next((r.values for r in results if r.name == "data_sanity"), {})
-    count_keys = ("pairs", *(f"{s}_{c}" for c in ("pairs", "articles") for s in SIDE_NAMES.values()))
+    count_keys = ("pairs", *(f"{s}_{c}" for c in ("pairs", "articles")
+                             for s in SIDE_NAMES.values()))
     checks = {r.name: r.status for r in results}
     warnings = []
     if commit is None:
@@ -476,7 +495,7 @@ def write_manifest(path: str | Path, pairs: Pairs, bank: Bank, results: list[Che
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda f: f.write(json.dumps(manifest, indent=2).encode()))
+        write_json(path, manifest)
     except OSError as e:
         return CheckResult("manifest", BLOCKER, f"cannot write {path}: {e}", manifest)
     detail = f"wrote {path} (commit {commit or 'unknown'})"
@@ -557,8 +576,7 @@ def main(argv: list[str] | None = None) -> int:
                                   args.filter_threshold, expansion_args))
     try:
         results_out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(results_out, lambda f: f.write(
-            json.dumps([asdict(r) for r in results], indent=2).encode()))
+        write_json(results_out, [asdict(r) for r in results])
     except OSError as e:
         print(f"error: cannot write {results_out}: {e}", file=sys.stderr)
         return 2

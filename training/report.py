@@ -1,7 +1,13 @@
-"""Side-by-side comparison of stage-1 methods on one split, and the run's report.md."""
+"""Side-by-side comparison of stage-1 methods on one split, and the run's report.md.
+
+    python -m training.report RUN_DIR      # re-render report.md and its plots from a finished run
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,17 +18,27 @@ from cascade.encode import encode_docs, encode_queries
 from cascade.evaluation import evaluate
 from cascade.index import build_index
 from cascade.pairs import Pairs
-from cascade.query import heuristic_queries
+from cascade.query import DEFAULT_ALPHA, heuristic_queries
+from training import plots
+from training.config import ConfigError, load_config
+from training.curriculum import parse_schedule
+from training.postmortem import summary_table
+from training.preflight import CheckResult, format_table
+
+RANKS_FILE = "final_ranks.npz"  # the final gate's per-query target ranks, by method
+CURVE_METHODS = ("heuristic", "last-vector", "oracle")  # drawn beside the trained model
 
 
 def method_queries(kind: str, source, bank: Bank, pairs: Pairs) -> tuple[np.ndarray, np.ndarray]:
-    """(queries, doc vectors) for one method: a checkpoint, a heuristic, or the oracle."""
+    """(queries, doc vectors) for one method: a checkpoint (source: its path), a heuristic
+    (source: its alpha, or None for the default), or the oracle."""
     if kind == "checkpoint":
         query, doc, _ = load_towers(source, bank.fingerprint())
         return encode_queries(query, bank.vectors, pairs), encode_docs(doc, bank.vectors)
     if kind == "oracle":  # the target itself: the ceiling any stage 1 could reach
         return bank.vectors[pairs.target], bank.vectors
-    return heuristic_queries(bank.vectors, pairs, kind), bank.vectors
+    alpha = DEFAULT_ALPHA if source is None else float(source)
+    return heuristic_queries(bank.vectors, pairs, kind, alpha), bank.vectors
 
 
 def compare_methods(bank: Bank, pairs: Pairs, methods: dict[str, tuple], ks: tuple[int, ...]
@@ -79,6 +95,8 @@ def write_report(path: Path, cfg, history: list[dict], result: dict) -> None:
         lines += [f"Mid-gate (epoch {mg['epoch']}): {mg['metric']} {mg['value']:.2f}% vs "
                   f"{mg['threshold']}%: {mg['status']} ({mg['note']}).", ""]
     lines += ["## Next actions", ""] + [f"- {a}" for a in result.get("actions", [])] + [""]
+    lines += plot_section(path.parent, cfg, history, result)
+    lines += checks_section(path.parent, cfg)
     lines += ["## History (val split: what selected best.pt)", "",
               "| epoch | loss | R@10 | R@500 | MRR | Δ | curriculum | s |",
               "|---|---|---|---|---|---|---|---|"]
@@ -88,3 +106,81 @@ def write_report(path: Path, cfg, history: list[dict], result: dict) -> None:
                      f"{h['margin']:.4f} | {h['curriculum']} | {h['seconds']:.1f} |")
     text = "\n".join(lines) + "\n"
     atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def save_ranks(path: Path, ranks: dict[str, np.ndarray]) -> None:
+    atomic_write(path, lambda f: np.savez(f, **ranks))
+
+
+def plot_section(run_dir: Path, cfg, history: list[dict], result: dict) -> list[str]:
+    """Draw the plots and return report.md's lines that show them."""
+    ranks = None
+    if (run_dir / RANKS_FILE).exists() and result.get("verdict") != "aborted":
+        with np.load(run_dir / RANKS_FILE) as z:
+            ranks = {name: z[name] for name in (cfg.label, *CURVE_METHODS) if name in z.files}
+    links = plots.render(run_dir, history, parse_schedule(cfg.mine_schedule), cfg.gates,
+                         cfg.abort, tuple(cfg.eval_ks), result.get("split", "val"), ranks)
+    if not links:
+        return []
+    lines = ["## Plots", ""]
+    for caption, rel in links:
+        lines += [f"{caption}:", "", f"![{caption}]({rel})", ""]
+    return lines
+
+
+def checks_section(run_dir: Path, cfg) -> list[str]:
+    """The pre-flight results (beside the pairs, where `training.preflight` writes them) and the
+    post-mortem of the baseline run beside this one, when they exist."""
+    lines = []
+    preflight = Path(cfg.pairs).with_name("preflight_results.json")
+    results = ([CheckResult(**r) for r in json.loads(preflight.read_text())]
+               if preflight.exists() else [])
+    checked = next((r.values.get("pairs", {}).get("path") for r in results
+                    if r.name == "manifest"), None)
+    # Several pairs files share a directory (pairs_v3, pairs_v4): show only this run's check.
+    if results and checked and Path(checked).resolve() == Path(cfg.pairs).resolve():
+        counts = {s: sum(r.status == s for r in results) for s in ("pass", "warning", "blocker")}
+        lines += ["## Pre-flight", "",
+                  f"`{preflight}`: {counts['pass']} pass, {counts['warning']} warning(s), "
+                  f"{counts['blocker']} blocker(s).", "", "```", format_table(results), "```", ""]
+    for postmortem in sorted(run_dir.parent.glob("*/postmortem.json")):
+        try:
+            table = summary_table(json.loads(postmortem.read_text()))
+        except (KeyError, TypeError, ValueError) as e:  # a post-mortem of another format
+            table = f"{postmortem}: not summarized ({type(e).__name__}: {e})"
+        lines += [f"## Post-mortem of `{postmortem.parent.name}`", "", "```", table, "```", ""]
+    return lines
+
+
+def rerender(run_dir: Path) -> Path:
+    """report.md and its plots again from a run directory's config, history and gate."""
+    cfg = load_config(run_dir / "config.yaml")
+    history = json.loads((run_dir / "history.json").read_text())
+    result = json.loads((run_dir / "gate.json").read_text())
+    write_report(run_dir / "report.md", cfg, history, result)
+    return run_dir / "report.md"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training.report",
+                                description="Re-render a finished run's report.md and plots.")
+    p.add_argument("run_dir", help="run directory (config.yaml, history.json, gate.json)")
+    args = p.parse_args(argv)
+    run_dir = Path(args.run_dir)
+    missing = [f for f in ("config.yaml", "history.json", "gate.json")
+               if not (run_dir / f).exists()]
+    if missing:
+        print(f"error: {run_dir}: no {missing[0]} (not a finished run directory)",
+              file=sys.stderr)
+        return 2
+    try:
+        out = rerender(run_dir)
+    except (ConfigError, json.JSONDecodeError, KeyError) as e:
+        print(f"error: {run_dir}: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
+import hashlib
 import logging
 import math
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ import torch
 from tqdm import tqdm
 
 from cascade import checkpoint as ck
-from cascade.bank import Bank, BankError, atomic_write, load_bank
+from cascade.bank import Bank, BankError, atomic_write, load_bank, write_json
 from cascade.encode import context_batch, encode_docs, encode_queries
 from cascade.evaluation import evaluate
 from cascade.index import build_index
@@ -43,11 +44,11 @@ from cascade.split import SIDE_NAMES, SplitSpec
 from cascade.towers import TowerConfig, build_towers
 from training.config import ConfigError, TrainConfig, load_config, to_yaml
 from training.curriculum import ScheduleError, check_covers, parse_schedule, segment_for
-from training.gates import ABORT_ADVICE, decide, mid_gate
+from training.gates import abort_advice, decide, mid_gate
 from training.losses import contrastive_loss
 from training.memory_bank import MemoryBank
-from training.mining import mine
-from training.report import compare_methods, write_report
+from training.mining import mine_with_queries
+from training.report import RANKS_FILE, compare_methods, save_ranks, write_report
 
 EXIT_BAD_INPUT = 2
 EXIT_ABORT = 3
@@ -114,12 +115,25 @@ def load_inputs(cfg: TrainConfig) -> tuple[Bank, Pairs, list]:
     return bank, pairs, segments
 
 
-def tower_state(query, doc, cfg: TrainConfig, bank: Bank, split: SplitSpec, epoch: int,
-                metrics: dict, best: float) -> dict:
+def tower_state(query, doc, cfg: TrainConfig, bank: Bank, split: SplitSpec, pairs_fp: str,
+                epoch: int, metrics: dict, best: float) -> dict:
+    """What every checkpoint holds. EPOCH_METRIC is this epoch's val `select_metric`;
+    BEST_METRIC the best value of it over the run so far (this epoch included)."""
     return {ck.QUERY_TOWER: query.state_dict(), ck.DOC_TOWER: doc.state_dict(),
             ck.MODEL_CONFIG: cfg.model.to_dict(), ck.CONFIG: dataclasses.asdict(cfg),
-            ck.EPOCH: epoch, ck.METRICS: metrics, ck.BEST_METRIC: best,
-            ck.BANK_FINGERPRINT: bank.fingerprint(), ck.SPLIT: split.to_dict()}
+            ck.EPOCH: epoch, ck.METRICS: metrics,
+            ck.EPOCH_METRIC: {"name": cfg.select_metric, "value": metrics[cfg.select_metric]},
+            ck.BEST_METRIC: best, ck.BANK_FINGERPRINT: bank.fingerprint(),
+            ck.SPLIT: split.to_dict(), ck.PAIRS_FINGERPRINT: pairs_fp}
+
+
+def pairs_fingerprint(pairs: Pairs) -> str:
+    """sha256 of the pairs' windows, targets and split: what --resume checks it trains on."""
+    h = hashlib.sha256()
+    for col in (pairs.ctx_start, pairs.ctx_end, pairs.target, pairs.split):
+        h.update(f"{col.dtype.str}{col.shape}".encode())
+        h.update(memoryview(np.ascontiguousarray(col)).cast("B"))
+    return "sha256:" + h.hexdigest()
 
 
 def selection_key(metrics: dict, cfg: TrainConfig) -> tuple[float, float]:
@@ -229,28 +243,69 @@ class Progress:
     best_epoch: int = 0
 
 
-def restore(paths: RunPaths, cfg: TrainConfig, bank: Bank, pairs: Pairs, query, doc, optimizer,
-            memory: MemoryBank, resume: bool, init: tuple[str, dict] | None) -> Progress:
-    """Continue from last.pt (--resume), start from another run's weights (`init`: its path and
-    loaded checkpoint), or start fresh."""
-    if resume and paths.ckpt("last.pt").exists():
-        state = ck.load_checkpoint(paths.ckpt("last.pt"), bank.fingerprint())
-        check_resume_config(state[ck.CONFIG], cfg, paths.ckpt("last.pt"))
-        if ck.split_spec_of(state) != pairs.split_spec:
-            raise ck.CheckpointError(f"--resume: {paths.ckpt('last.pt')} trained with another "
-                                     f"article split than {cfg.pairs}; start a new run")
-        query.load_state_dict(state[ck.QUERY_TOWER])
-        doc.load_state_dict(state[ck.DOC_TOWER])
-        ts = state[ck.TRAIN_STATE]
+def resume_state(paths: RunPaths, cfg: TrainConfig, bank: Bank, pairs: Pairs, pairs_fp: str
+                 ) -> dict | None:
+    """last.pt of the run --resume continues, checked against this invocation; None when there
+    is none yet. Refuses an aborted run, other settings and other pairs."""
+    if paths.ckpt("abort.pt").exists():
+        raise ConfigError(f"{paths.out} was aborted ({paths.ckpt('abort.pt')}; gate.json says "
+                          f"why): --resume would train on past the abort. Start over into a new "
+                          f"--out (or delete {paths.out}), with the changes the abort advice names")
+    if not paths.ckpt("last.pt").exists():
+        return None
+    state = ck.load_checkpoint(paths.ckpt("last.pt"), bank.fingerprint())
+    check_resume_config(state[ck.CONFIG], cfg, paths.ckpt("last.pt"))
+    if ck.split_spec_of(state) != pairs.split_spec:
+        raise ck.CheckpointError(f"--resume: {paths.ckpt('last.pt')} trained with another "
+                                 f"article split than {cfg.pairs}; start a new run")
+    saved = state.get(ck.PAIRS_FINGERPRINT)
+    if saved != pairs_fp:
+        raise ConfigError(f"--resume with other pairs than the interrupted run: {cfg.pairs} is "
+                          f"{pairs_fp[:19]}..., {paths.ckpt('last.pt')} trained on "
+                          f"{(saved or 'unrecorded pairs')[:19]}...; resume with the run's own "
+                          f"pairs file, or train into a new --out")
+    return state
+
+
+# What a run writes into its directory; a fresh run there removes the previous run's.
+RUN_FILES = ("history.json", "gate.json", "report.md", "config.yaml")
+CHECKPOINT_FILES = re.compile(r"(best|last|abort|epoch_\d+)\.pt")
+# atomic_write's temp names: ".<name>.<random>.tmp"; a killed write leaves one behind.
+TEMP_FILE = re.compile(r"\.(?P<name>.+)\.[^.]+\.tmp")
+
+
+def prepare_run_dir(paths: RunPaths, fresh: bool) -> list[Path]:
+    """Create the run directory; remove temp files that killed writes of this run left, and on
+    a fresh start the previous run's checkpoints and results (so nothing of it is taken for this
+    run's, by --resume or by the monitor). Returns the removed paths."""
+    paths.checkpoints.mkdir(parents=True, exist_ok=True)
+    removed = []
+    for folder, ours in ((paths.out, lambda n: n in RUN_FILES),
+                         (paths.checkpoints, lambda n: CHECKPOINT_FILES.fullmatch(n))):
+        for f in sorted(folder.iterdir()):
+            temp = TEMP_FILE.fullmatch(f.name)
+            if f.is_file() and ((temp and ours(temp["name"])) or (fresh and ours(f.name))):
+                f.unlink()
+                removed.append(f)
+    return removed
+
+
+def restore(cfg: TrainConfig, query, doc, optimizer, memory: MemoryBank, last: dict | None,
+            init: tuple[str, dict] | None) -> Progress:
+    """Continue from `last` (last.pt, for --resume), start from another run's weights (`init`:
+    its path and loaded checkpoint), or start fresh."""
+    if last is not None:
+        query.load_state_dict(last[ck.QUERY_TOWER])
+        doc.load_state_dict(last[ck.DOC_TOWER])
+        ts = last[ck.TRAIN_STATE]
         optimizer.load_state_dict(ts["optimizer"])
         memory.load_state_dict(ts["memory"])
         torch.set_rng_state(ts["torch_rng"])
-        log.info(f"Resumed from {paths.ckpt('last.pt')} after epoch {state[ck.EPOCH]}")
-        return Progress(ts["history"], ts["step"], state[ck.EPOCH], tuple(ts["best"]),
+        log.info(f"Resumed from {Path(cfg.out) / 'checkpoints' / 'last.pt'} after epoch "
+                 f"{last[ck.EPOCH]}")
+        return Progress(ts["history"], ts["step"], last[ck.EPOCH], tuple(ts["best"]),
                         ts["best_epoch"])
-    if resume:
-        log.info(f"--resume: no {paths.ckpt('last.pt')} yet, starting from scratch")
-    elif init:
+    if init:
         init_from, state = init
         query.load_state_dict(state[ck.QUERY_TOWER])
         doc.load_state_dict(state[ck.DOC_TOWER])
@@ -258,15 +313,19 @@ def restore(paths: RunPaths, cfg: TrainConfig, bank: Bank, pairs: Pairs, query, 
     return Progress()
 
 
-def save_epoch(paths: RunPaths, cfg: TrainConfig, bank: Bank, split: SplitSpec, query, doc,
-               optimizer, memory: MemoryBank, progress: Progress, metrics: dict) -> dict:
+def save_epoch(paths: RunPaths, cfg: TrainConfig, bank: Bank, split: SplitSpec, pairs_fp: str,
+               query, doc, optimizer, memory: MemoryBank, progress: Progress,
+               metrics: dict) -> dict:
     """best.pt when the selection metric improved, epoch_XXX.pt every `checkpoint_every`, and
     last.pt (with everything --resume needs) every epoch; then history.json. Returns the state."""
     epoch = progress.epoch
     key = selection_key(metrics, cfg)
-    state = tower_state(query, doc, cfg, bank, split, epoch, metrics, key[0])
-    if key > progress.best:
+    improved = key > progress.best
+    if improved:
         progress.best, progress.best_epoch = key, epoch
+    state = tower_state(query, doc, cfg, bank, split, pairs_fp, epoch, metrics,
+                        progress.best[0])
+    if improved:
         ck.save_checkpoint(paths.ckpt("best.pt"), state)
     if epoch % cfg.checkpoint_every == 0:
         ck.save_checkpoint(paths.ckpt(f"epoch_{epoch:03d}.pt"), state)
@@ -275,8 +334,7 @@ def save_epoch(paths: RunPaths, cfg: TrainConfig, bank: Bank, split: SplitSpec, 
                              "step": progress.step, "best": list(progress.best),
                              "best_epoch": progress.best_epoch}
     ck.save_checkpoint(paths.ckpt("last.pt"), state)
-    atomic_write(paths.history,
-                 lambda f: f.write(json.dumps(progress.history, indent=1).encode()))
+    write_json(paths.history, progress.history, indent=1)
     return state
 
 
@@ -288,35 +346,28 @@ def abort_run(paths: RunPaths, cfg: TrainConfig, state: dict, history: list[dict
               f"consecutive evals after epoch {cfg.abort.after_epoch} "
               f"(last {history[-1]['margin']:.4f} at epoch {history[-1]['epoch']})")
     log.info(f"ABORT: {reason}. Saved {paths.ckpt('abort.pt')}. Recommendations:")
-    for line in ABORT_ADVICE:
+    advice = abort_advice(parse_schedule(cfg.mine_schedule), history[-1]["epoch"], cfg.tau)
+    for line in advice:
         log.info(f"  - {line}")
     result.update({"verdict": "aborted", "reason": reason, "epoch": history[-1]["epoch"],
-                   "stage1": "heuristic", "actions": ABORT_ADVICE})
-    atomic_write(paths.gate, lambda f: f.write(json.dumps(result, indent=2).encode()))
+                   "stage1": "heuristic", "actions": advice})
+    write_json(paths.gate, result)
     return result
 
 
 def train(cfg: TrainConfig, resume: bool = False, init_from: str | None = None,
           baselines: dict[str, str] | None = None) -> dict:
     """Run the whole training; returns gate.json's content (or the abort record)."""
+    # 1) inputs and the starting point, all checked before anything is created: a refused run
+    #    leaves no directory, log or pid file behind
     paths = RunPaths(Path(cfg.out))
-    paths.checkpoints.mkdir(parents=True, exist_ok=True)
-    log_path = setup_logging(cfg)
-    (paths.out / "train.pid").write_text(str(os.getpid()))
-    torch.manual_seed(cfg.seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-
-    # 1) inputs, refused before anything trains
     bank, pairs, segments = load_inputs(cfg)
+    pairs_fp = pairs_fingerprint(pairs)
     train_pairs, val, test = pairs.train(), pairs.val(), pairs.test()
     if cfg.max_train_pairs and len(train_pairs) > cfg.max_train_pairs:
         keep = np.random.default_rng(cfg.seed).choice(len(train_pairs), cfg.max_train_pairs,
                                                       replace=False)
         train_pairs = train_pairs.subset(np.sort(keep))
-
-    # 2) model, optimizer, memory bank; then resume / init-from
     init = None
     if init_from:  # the architecture comes from the checkpoint the run starts from
         init = (init_from, ck.load_checkpoint(init_from, bank.fingerprint()))
@@ -326,16 +377,33 @@ def train(cfg: TrainConfig, resume: bool = False, init_from: str | None = None,
         except (ValueError, TypeError) as e:
             raise ck.CheckpointError(f"{init_from}: {e}") from None
     cfg.model.dim = bank.dim
+    for name, path in (baselines or {}).items():
+        ck.check_split_of(ck.load_checkpoint(path, bank.fingerprint()), path, pairs, bank,
+                          f"--baseline {name}")
+    last = resume_state(paths, cfg, bank, pairs, pairs_fp) if resume else None
+
+    # 2) the run directory, log and pid file
+    removed = prepare_run_dir(paths, fresh=last is None)
+    log_path = setup_logging(cfg)
+    (paths.out / "train.pid").write_text(str(os.getpid()))
+    if removed:
+        log.info(f"Removed {len(removed)} file(s) of an earlier run or killed write in "
+                 f"{paths.out}: {', '.join(str(p.relative_to(paths.out)) for p in removed)}")
+    if resume and last is None:
+        log.info(f"--resume: no {paths.ckpt('last.pt')} yet, starting from scratch")
+    torch.manual_seed(cfg.seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+
+    # 3) model, optimizer, memory bank; then resume / init-from
     query, doc = build_towers(cfg.model)
     params = list(query.parameters()) + list(doc.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.wd)
     memory = MemoryBank(cfg.memory_bank_size, bank.dim)
     steps_per_epoch = math.ceil(math.ceil(len(train_pairs) / cfg.bs) / cfg.accum)
     total_steps = steps_per_epoch * cfg.epochs
-    for name, path in (baselines or {}).items():
-        ck.check_split_of(ck.load_checkpoint(path, bank.fingerprint()), path, pairs, bank,
-                       f"--baseline {name}")
-    progress = restore(paths, cfg, bank, pairs, query, doc, optimizer, memory, resume, init)
+    progress = restore(cfg, query, doc, optimizer, memory, last, init)
 
     atomic_write(paths.out / "config.yaml", lambda f: f.write(to_yaml(cfg).encode()))
     log.info(f"{cfg.name}: bank {cfg.bank} ({bank.n:,} x {bank.dim}), pairs {cfg.pairs} "
@@ -343,17 +411,31 @@ def train(cfg: TrainConfig, resume: bool = False, init_from: str | None = None,
              f"{cfg.model.kind} tower, "
              f"batch {cfg.bs} x {cfg.accum}, {steps_per_epoch} steps/epoch; log {log_path}")
 
-    # 3) epochs: mine (when scheduled), train, evaluate, checkpoint, check abort and mid-gate
+    # 4) epochs: mine (when scheduled), train, evaluate, checkpoint, check abort and mid-gate
+    t_index = time.perf_counter()
     doc_vectors = encode_docs(doc, bank.vectors)
     index = build_index(doc_vectors, cfg.index, seed=cfg.seed)
+    index_s = time.perf_counter() - t_index  # charged to the first epoch this process runs
     result: dict = {}
     for epoch in range(progress.epoch + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
+        # Where the epoch's time goes (benchmarks.train_speed reads these): query-tower
+        # encoding without gradient (mining and eval queries), mining search + filter, the
+        # forward/backward steps, eval search + metrics, and (re)building the mining index (the
+        # first epoch's seconds_index is the build before the loop, outside its `seconds`).
+        took = {"encode": 0.0, "mine": 0.0, "train": 0.0, "eval": 0.0, "index": index_s}
+        index_s = 0.0
         segment = segment_for(segments, epoch)
         negatives, mining = None, {}
         if segment.count:
-            negs = mine(query, bank.vectors, doc_vectors, index, bank.article_indices,
-                        train_pairs, segment, cfg.filter_threshold, cfg.mine_pool)
+            t = time.perf_counter()
+            q = encode_queries(query, bank.vectors, train_pairs)
+            took["encode"] += time.perf_counter() - t
+            t = time.perf_counter()
+            negs = mine_with_queries(q, doc_vectors, index, bank.article_indices, train_pairs,
+                                     segment, cfg.filter_threshold, cfg.mine_pool)
+            took["mine"] += time.perf_counter() - t
+            del q
             negatives = negs.rows
             mining = {"mined_per_pair": float((negs.rows >= 0).sum(1).mean()),
                       "mining_dropped_fraction": negs.dropped_fraction,
@@ -362,24 +444,33 @@ def train(cfg: TrainConfig, resume: bool = False, init_from: str | None = None,
         t_train = time.perf_counter()
         losses, progress.step = train_epoch(query, doc, optimizer, memory, bank, train_pairs,
                                             negatives, cfg, epoch, progress.step, total_steps)
-        train_s = time.perf_counter() - t_train
+        train_s = took["train"] = time.perf_counter() - t_train
         if not doc.is_identity:
+            t = time.perf_counter()
             doc_vectors = encode_docs(doc, bank.vectors)
+            took["encode"] += time.perf_counter() - t
+            t = time.perf_counter()
             index = build_index(doc_vectors, cfg.index, seed=cfg.seed)
+            took["index"] += time.perf_counter() - t
         # Reported recall is exact whatever cfg.index mines with: an IVF index at its default
         # nprobe found 72% of what exact search finds on a 1M-row bank.
-        metrics, _ = evaluate(encode_queries(query, bank.vectors, val), val,
-                              _doc_bank(bank, doc_vectors), build_index(doc_vectors, "flat"),
-                              tuple(cfg.eval_ks))
+        t = time.perf_counter()
+        q_val = encode_queries(query, bank.vectors, val)
+        took["encode"] += time.perf_counter() - t
+        t = time.perf_counter()
+        metrics, _ = evaluate(q_val, val, _doc_bank(bank, doc_vectors),
+                              build_index(doc_vectors, "flat"), tuple(cfg.eval_ks))
+        took["eval"] += time.perf_counter() - t
         h = {"epoch": epoch, **losses, **metrics, **mining,
              "curriculum": (f"{segment.count} hard negatives @ {segment.cos_min:g}-"
                             f"{segment.cos_max:g}" if segment.count else "no mining (warm start)"),
-             "seconds": time.perf_counter() - t0, "pairs_per_s": len(train_pairs) / train_s}
+             "seconds": time.perf_counter() - t0, "pairs_per_s": len(train_pairs) / train_s,
+             **{f"seconds_{part}": value for part, value in took.items()}}
         progress.history.append(h)
         progress.epoch = epoch
         log_epoch(h, cfg)
-        state = save_epoch(paths, cfg, bank, pairs.split_spec, query, doc, optimizer, memory,
-                           progress, metrics)
+        state = save_epoch(paths, cfg, bank, pairs.split_spec, pairs_fp, query, doc, optimizer,
+                           memory, progress, metrics)
 
         if epoch == cfg.gates.mid_epoch:
             mg = mid_gate(metrics[cfg.gates.metric], cfg.gates)
@@ -389,14 +480,14 @@ def train(cfg: TrainConfig, resume: bool = False, init_from: str | None = None,
         if should_abort(progress.history, cfg):
             return abort_run(paths, cfg, state, progress.history, result)
 
-    # 4) the final gate on best.pt (selected on val), judged on test beside the heuristics
+    # 5) the final gate on best.pt (selected on val), judged on test beside the heuristics
     del index, doc_vectors  # the final gate builds its own; two at once would double memory
     result.update(final_gate(cfg, bank, test, paths, progress.best_epoch, baselines or {}))
     if "mid_gate" not in result and cfg.gates.mid_epoch <= cfg.epochs:
         h = next((x for x in progress.history if x["epoch"] == cfg.gates.mid_epoch), None)
         if h:
             result["mid_gate"] = mid_gate(h[cfg.gates.metric], cfg.gates)
-    atomic_write(paths.gate, lambda f: f.write(json.dumps(result, indent=2).encode()))
+    write_json(paths.gate, result)
     write_report(paths.out / "report.md", cfg, progress.history, result)
     return result
 
@@ -420,6 +511,7 @@ def final_gate(cfg: TrainConfig, bank: Bank, test: Pairs, paths: RunPaths, best_
     methods.update({"heuristic": ("exp_weighted", None), "last-vector": ("last_vector", None),
                     "oracle": ("oracle", None)})
     table, ranks = compare_methods(bank, test, methods, ks)
+    save_ranks(paths.out / RANKS_FILE, ranks)  # report.md's Recall@K curves
     value = table[cfg.label][cfg.gates.metric]
     gate = decide(value, ranks[cfg.label], ranks["heuristic"], cfg.gates, list(ks),
                   clusters=test.articles(bank))
