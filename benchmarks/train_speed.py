@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cascade.bank import atomic_write, load_bank
+from cascade.bank import load_bank, write_json
 from cascade.pairs import Pairs, save_pairs
 from cascade.split import SplitSpec, row_sides
 
@@ -320,8 +320,7 @@ def main(argv: list[str] | None = None) -> int:
             cells.append(cell)
             # Each finished cell is kept at once: a grid stopped half-way keeps what it measured.
             partial = {"benchmark": "train_speed", "complete": False, "cells": cells}
-            atomic_write(out, lambda f, r=partial: f.write(
-                json.dumps(r, indent=2, allow_nan=False).encode()))
+            write_json(out, partial)
             print(f"  {cell['pairs_per_s_all_in']:.1f} pairs/s all-in, "
                   f"{cell['pairs_per_s_train']:.1f} fwd/bwd, peak RSS {cell['peak_rss_gb']:.2f} "
                   f"GB, {cell['wall_s']:.0f} s wall", flush=True)
@@ -353,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
               "reference_quoted": REFERENCE, "plot": str(plot_path),
               "grid_wall_s": round(time.perf_counter() - t0, 1),
               "note": "synthetic banks; timings depend on the machine's load"}
-    atomic_write(out, lambda f: f.write(json.dumps(report, indent=2, allow_nan=False).encode()))
+    write_json(out, report)
     print(f"wrote {out} and {plot_path} ({report['grid_wall_s']:.0f} s)")
     return 0
 
