@@ -27,15 +27,22 @@ def test_cascade_chains_the_stages(cascade_dir):
     assert cascade.config.k_stage1 == 60
     rows = [np.arange(s, e) for s, e in zip(pairs.ctx_start[:5], pairs.ctx_end[:5], strict=True)]
     res = cascade.search(ContextRows(rows))
-    assert res.stage1_kind == "heuristic" and set(res.stages) == {"stage1", "lvm"}
+    assert res.stage1_kind == "heuristic" and set(res.stages) == {"stage1", "lvm", "tmd"}
     assert res.ids.shape == (5, 10) and res.stages["stage1"].ids.shape == (5, 60)
-    assert res.stages["lvm"].ids.shape == (5, 50)
+    assert res.stages["lvm"].ids.shape == (5, 50) and res.stages["tmd"].ids.shape == (5, 10)
     for b in range(5):
         assert set(res.stages["lvm"].ids[b]) <= set(res.stages["stage1"].ids[b])
+        assert set(res.ids[b]) <= set(res.stages["lvm"].ids[b])
         assert not np.isin(res.ids[b], rows[b]).any()
     assert all(st.seconds > 0 for st in res.stages.values())
-    one = cascade.search(bank.vectors[rows[2]], k=5)  # raw vectors, one context
+    # Raw vectors, one context, with the chunks' codes given: the same answer as by rows.
+    one = cascade.search(bank.vectors[rows[2]], k=5, context_codes=[bank.tmd_codes[rows[2]]])
     assert np.array_equal(one.ids[0], res.ids[2, :5])
+    tagged = cascade.search(bank.vectors[rows[2]])  # codes tagged from the vectors instead
+    assert tagged.ids.shape == (1, 10)
+    n = len(rows[2])
+    with pytest.raises(ValueError, match=f"context_codes 0: {n + 1} codes for {n} chunks"):
+        cascade.search(bank.vectors[rows[2]], context_codes=[np.zeros(n + 1, np.int64)])
     with pytest.raises(ValueError, match=r"k must be an integer in \[1, 10\]"):
         cascade.search(bank.vectors[rows[0]], k=11)
 
