@@ -55,3 +55,27 @@ def test_a_tampered_lvm_is_refused(cascade_dir, tmp_path):
     path.write_text(json.dumps(deploy))
     with pytest.raises(DeployError, match="lvm.checkpoint.*deploy.json pins sha256:2222"):
         Cascade.from_deploy(path)
+
+
+def test_cascade_eval_writes_a_table_and_strict_json(cascade_dir, capsys):
+    from benchmarks import cascade_eval
+
+    root, _, pairs = cascade_dir
+    out = root / "cascade_eval.json"
+    assert cascade_eval.main(["--deploy", str(root / "deploy.json"), "--pairs",
+                              str(root / "pairs.npz"), "--split", "test",
+                              "--latency-contexts", "20", "--batch", "8",
+                              "--out", str(out)]) == 0
+    report = json.loads(out.read_text(), parse_constant=pytest.fail)  # strict: no NaN
+    q = report["quality"]
+    assert set(q) == {"stage1", "lvm", "tmd"} and report["n"] == len(pairs.test())
+    assert q["stage1"]["recall@60"]["value"] >= q["stage1"]["hit@10"]["value"]
+    for stage in ("lvm", "tmd"):
+        d = q[stage]["vs_stage1"]["hit@10"]
+        assert d["diff"] == pytest.approx(q[stage]["hit@10"]["value"]
+                                          - q["stage1"]["hit@10"]["value"], abs=1e-6)
+        lo, hi = q[stage]["hit@10"]["ci95"]
+        assert lo <= q[stage]["hit@10"]["value"] <= hi
+    lat = report["latency"]
+    assert lat["single"]["stage1"]["calls"] == 20 and lat["batch"]["total"]["calls"] == 2
+    assert "Hit@10" in capsys.readouterr().out

@@ -137,6 +137,7 @@ class Candidates:
     pairs: Pairs
     ids: np.ndarray  # (P, k) int64
     scores: np.ndarray  # (P, k) float32
+    queries: np.ndarray | None = None  # (P, D) stage 1's queries
 
     @property
     def ranks(self) -> np.ndarray:
@@ -144,8 +145,8 @@ class Candidates:
 
 
 def stage1_candidates(stage1: Stage1, pairs: Pairs, k: int) -> Candidates:
-    _, D, I = stage1.search_pairs(pairs, k)
-    return Candidates(pairs, I, D)
+    q, D, I = stage1.search_pairs(pairs, k)
+    return Candidates(pairs, I, D, q)
 
 
 def batch_tensors(bank: Bank, pairs: Pairs, max_len: int | None
@@ -242,14 +243,15 @@ def train_epoch(model: Lvm, opt, bank: Bank, cands: Candidates, negs: np.ndarray
 # the head
 
 
-def fit_head(model: Lvm, feats: torch.Tensor, ranks: np.ndarray, cfg: LvmTrainConfig,
-             seed: int) -> None:
-    """Fit the standardization and the head on (P, k, F) features, listwise softmax CE on the
-    contexts whose target stage 1 found (the others carry no signal)."""
+def fit_head(model: Lvm, feats: torch.Tensor, ids: np.ndarray, ranks: np.ndarray,
+             cfg: LvmTrainConfig, seed: int) -> None:
+    """Fit the standardization and the head on (P, k, F) features of candidates `ids` (P, k),
+    listwise softmax CE on the contexts whose target stage 1 found (the others carry no
+    signal)."""
     keep = ranks >= 0
     x = feats[torch.from_numpy(keep)]
     y = torch.from_numpy(ranks[keep])
-    valid = x.abs().sum(-1) > 0
+    valid = torch.from_numpy(ids[keep] >= 0)
     flat = x[valid]
     model.feat_mean.copy_(flat.mean(0))
     model.feat_std.copy_(flat.std(0).clamp(min=1e-6))
@@ -283,7 +285,8 @@ def cross_fit(model: Lvm, feats: torch.Tensor, cands: Candidates, bank: Bank,
     out = torch.empty(feats.shape[:2])
     for f in range(cfg.folds):
         fit, held = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
-        fit_head(model, feats[torch.from_numpy(fit)], ranks[fit], cfg, cfg.seed + f)
+        fit_head(model, feats[torch.from_numpy(fit)], cands.ids[fit], ranks[fit], cfg,
+                 cfg.seed + f)
         with torch.no_grad():
             out[torch.from_numpy(held)] = model.score(feats[torch.from_numpy(held)],
                                                       torch.from_numpy(cands.ids[held] >= 0))
@@ -343,7 +346,7 @@ def train(cfg: LvmTrainConfig, resume: bool = False, stop_after: int = 0) -> dic
     t0 = time.perf_counter()
     tr = stage1_candidates(stage1, train_pairs, cfg.k)
     va = stage1_candidates(stage1, val, cfg.k)
-    negs = clean_negatives(np.zeros((len(tr.pairs), bank.dim), np.float32), tr.scores, tr.ids,
+    negs = clean_negatives(tr.queries, tr.scores, tr.ids,
                            bank.vectors, tr.pairs.target, bank.article_indices, cfg.k,
                            threshold=cfg.filter_threshold)
     s1_val = va.ranks
@@ -404,7 +407,7 @@ def train(cfg: LvmTrainConfig, resume: bool = False, stop_after: int = 0) -> dic
     t = time.perf_counter()
     feats = all_features(model, bs, bank, va)
     crossed_logits = cross_fit(model, feats, va, bank, cfg)
-    fit_head(model, feats, s1_val, cfg, cfg.seed)
+    fit_head(model, feats, va.ids, s1_val, cfg, cfg.seed)
     crossed, top_ids, top_scores = ranks_by(crossed_logits, va, cascade.k_lvm)
     tmd = tune_tmd_w(bank, va, top_ids, top_scores, cascade.k_tmd)
     result = {"val_pairs": len(val), "features": cfg.model.features,
