@@ -11,6 +11,10 @@ structure: how many candidates share its article and how much stage-1 mass that 
 whether its successor chunk is a candidate too, whether it opens an article (an article's first
 chunk never continues a context), and how close it is to the centroid of the top candidates.
 
+The structure features find the candidate's article among the candidates: they help when the
+article being read is in the bank, which is what next-chunk retrieval from a bank assumes (the
+next chunk must be there); they cannot tell which chunk of it comes next.
+
 ADJACENCY features (off by default) use the bank's order: cos(context's last chunk, the
 candidate's predecessor row). With a context that is itself bank rows, the true next chunk's
 predecessor *is* the context's last chunk, so these features turn next-chunk retrieval into a
