@@ -26,7 +26,7 @@ CHECKLIST_ARGS = $(if $(PROFILE),--profile $(PROFILE)) $(if $(filter command lin
 MONITOR_VARS = $(if $(filter command line,$(origin PROFILE)),PROFILE=$(PROFILE)) $(if $(filter command line,$(origin BANK)),BANK=$(BANK))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data data-long test test-slow lint clean train-v4 train-v4-bg monitor bench bench-scale
+.PHONY: help setup data data-long test test-slow lint clean train-v4 train-v4-bg train-lvm monitor bench bench-scale
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -68,12 +68,18 @@ train-v4-bg: $(STAMP)  ## the same in the background (as the checklist's overnig
 	nohup $(PY) -m training.checklist $(CHECKLIST_ARGS) > logs/train_v4_bg.log 2>&1 & echo $$! > logs/train_v4_bg.pid
 	@echo "started pid $$(cat logs/train_v4_bg.pid); follow with: tail -f logs/train_v4_bg.log, or make monitor $(strip $(MONITOR_VARS))"
 
+train-lvm: $(STAMP)  ## stage 2 after train-v4: the LVM reranker on stage 1's own top-500; names it in deploy.json
+	$(PY) -m training.train_lvm --config lvm_default.yaml --deploy runs/$(BANK_STEM)/deploy.json \
+		--pairs artifacts/twotower/$(BANK_STEM)/pairs_v4.npz --out runs/$(BANK_STEM)/lvm $(if $(RESUME),--resume)
+
 monitor: $(STAMP)  ## latest epoch, Recall@500, separation margin and whether the run is alive (RUN=...)
 	@$(PY) -m training.monitor $(if $(filter command line,$(origin RUN)),--run $(RUN),$(if $(PROFILE),--profile $(PROFILE)) $(if $(filter command line,$(origin BANK)),--bank $(BANK)))
 
 bench: $(STAMP)  ## every stage-1 query formation on the test split: recall, MRR@10, nDCG@10 with article-clustered CIs; embedding throughput
 	$(PY) -m benchmarks.recall --bank $(BANK)
 	$(PY) -m benchmarks.tmd_eval --bank $(BANK) --pairs artifacts/twotower/$(BANK_STEM)/pairs_v4.npz
+	$(PY) -m benchmarks.cascade_eval --deploy runs/$(BANK_STEM)/deploy.json \
+		--pairs artifacts/twotower/$(BANK_STEM)/pairs_v4.npz
 	$(PY) -m benchmarks.embed_throughput
 
 bench-scale: $(STAMP)  ## training cost: pairs/s and peak RSS of one epoch, synthetic 50k/500k/1M-row banks x contexts 8/100 (~15-60 min)
