@@ -16,11 +16,15 @@ LIMIT ?=
 RESUME ?=
 BANK_STEM = $(basename $(notdir $(BANK)))
 RUN ?= runs/$(BANK_STEM)/twotower_v4
+DEPLOY ?= runs/$(BANK_STEM)/deploy.json
+SERVE_CONFIG ?= serving/serving.yaml
+GEN := serving/_gen/cascade_pb2.py
 # BANK= selects the bank; PROFILE=smoke brings its own small synthetic bank unless BANK= is given.
 CHECKLIST_ARGS = --profile $(PROFILE) $(if $(filter command line,$(origin BANK)),--bank $(BANK)) $(if $(RESUME),--resume)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data test test-slow lint clean train-v4 train-v4-bg monitor bench bench-scale
+.PHONY: help setup data test test-slow lint clean train-v4 train-v4-bg monitor bench bench-scale \
+	protos serve query
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -34,6 +38,20 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 setup: $(STAMP)  ## create .venv and install everything (idempotent)
+
+# The Python gRPC stubs are generated from protos/ only, into serving/_gen/ (gitignored).
+$(GEN): $(wildcard protos/cascade/v1/*.proto) $(STAMP)
+	$(PY) -m serving.codegen
+
+protos: $(GEN)  ## generate the Python gRPC stubs from protos/ into serving/_gen/
+
+serve: $(GEN)  ## the gRPC stages + front on DEPLOY (after make train-v4 / train-lvm); Ctrl-C stops
+	$(PY) -m serving.server --config $(SERVE_CONFIG) --deploy $(DEPLOY)
+
+query: $(GEN)  ## an example query against make serve
+	$(PY) -m serving.client --config $(SERVE_CONFIG) \
+		"The Moon is Earth's only natural satellite." \
+		"It orbits at an average distance of 384,400 km."
 
 data: $(STAMP)  ## build the bank: the Wikipedia default corpus, or CORPUS=my.jsonl
 	$(PY) -m training.ingest --out $(BANK) $(if $(CORPUS),--corpus $(CORPUS)) $(if $(LIMIT),--limit-articles $(LIMIT))
@@ -49,18 +67,19 @@ train-v4-bg: $(STAMP)  ## the same in the background (as the checklist's overnig
 monitor: $(STAMP)  ## latest epoch, Recall@500, separation margin and whether the run is alive (RUN=...)
 	@$(PY) -m training.monitor --run $(if $(filter smoke,$(PROFILE)),runs/synth_smoke_bank/twotower_v4,$(RUN))
 
-bench: $(STAMP)  ## recall of the trained run vs the heuristics (after make train-v4), embedding throughput
+bench: $(STAMP) $(GEN)  ## recall vs the heuristics (after make train-v4), embedding throughput, serving latency
 	$(PY) -m benchmarks.recall --bank $(BANK) --pairs artifacts/twotower/$(BANK_STEM)/pairs_v4.npz \
 		--ckpt v4=$(RUN)/checkpoints/best.pt --ckpt v3=runs/$(BANK_STEM)/twotower_v3_phase2/checkpoints/best.pt
 	$(PY) -m benchmarks.embed_throughput
+	$(PY) -m benchmarks.latency --deploy $(DEPLOY)
 
 bench-scale: $(STAMP)  ## peak memory of training on a synthetic 500k x 768 bank, 50k 100-vector contexts (~10 min)
 	$(PY) -m benchmarks.train_memory
 
-test: $(STAMP)  ## run the test suite (slow cases excluded)
+test: $(STAMP) $(GEN)  ## run the test suite (slow cases excluded)
 	$(PY) -m pytest
 
-test-slow: $(STAMP)  ## also the slow case: the whole checklist on the real corpus from scratch (~7 min)
+test-slow: $(STAMP) $(GEN)  ## also the slow case: the whole checklist on the real corpus from scratch (~7 min)
 	$(PY) -m pytest -m ''
 
 lint: $(STAMP)  ## ruff
