@@ -23,8 +23,8 @@ GEN := serving/_gen/cascade_pb2.py
 CHECKLIST_ARGS = --profile $(PROFILE) $(if $(filter command line,$(origin BANK)),--bank $(BANK)) $(if $(RESUME),--resume)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data test test-slow lint clean train-v4 train-v4-bg monitor bench bench-scale \
-	protos serve query
+.PHONY: help setup data test test-slow lint clean train-v4 train-v4-bg train-lvm monitor bench \
+	bench-scale protos serve query
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -64,12 +64,18 @@ train-v4-bg: $(STAMP)  ## the same in the background (as the checklist's overnig
 	nohup $(PY) -m training.checklist $(CHECKLIST_ARGS) > logs/train_v4_bg.log 2>&1 & echo $$! > logs/train_v4_bg.pid
 	@echo "started pid $$(cat logs/train_v4_bg.pid); follow with: tail -f logs/train_v4_bg.log, or make monitor"
 
+train-lvm: $(STAMP)  ## stage 2 after train-v4: the LVM reranker on stage 1's own top-500; names it in deploy.json
+	$(PY) -m training.train_lvm --config lvm_default.yaml --deploy runs/$(BANK_STEM)/deploy.json \
+		--pairs artifacts/twotower/$(BANK_STEM)/pairs_v4.npz --out runs/$(BANK_STEM)/lvm $(if $(RESUME),--resume)
+
 monitor: $(STAMP)  ## latest epoch, Recall@500, separation margin and whether the run is alive (RUN=...)
 	@$(PY) -m training.monitor --run $(if $(filter smoke,$(PROFILE)),runs/synth_smoke_bank/twotower_v4,$(RUN))
 
-bench: $(STAMP) $(GEN)  ## recall vs the heuristics (after make train-v4), embedding throughput, serving latency
+bench: $(STAMP) $(GEN)  ## stage-1 recall vs the heuristics, the cascade per stage (quality + latency; after train-v4 and train-lvm), embedding throughput, gRPC serving latency
 	$(PY) -m benchmarks.recall --bank $(BANK) --pairs artifacts/twotower/$(BANK_STEM)/pairs_v4.npz \
 		--ckpt v4=$(RUN)/checkpoints/best.pt --ckpt v3=runs/$(BANK_STEM)/twotower_v3_phase2/checkpoints/best.pt
+	$(PY) -m benchmarks.cascade_eval --deploy $(DEPLOY) \
+		--pairs artifacts/twotower/$(BANK_STEM)/pairs_v4.npz
 	$(PY) -m benchmarks.embed_throughput
 	$(PY) -m benchmarks.latency --deploy $(DEPLOY)
 

@@ -21,10 +21,9 @@ from pathlib import Path
 
 from cascade.bank import BankError, load_bank
 from cascade.checkpoint import CheckpointError
-from cascade.index import build_index
 from cascade.metrics import paired_difference, recall_report, target_ranks
 from cascade.pairs import PairsError, load_pairs
-from cascade.query import heuristic_queries
+from cascade.stage1 import Stage1
 from training.report import compare_methods, methods_markdown
 
 KS = (10, 50, 100, 500, 1000)
@@ -56,8 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     # The original protocol: the heuristic's own context rows stay in the results.
-    index = build_index(bank.vectors, "flat")
-    _, I = index.search(heuristic_queries(bank.vectors, split), max(KS))
+    _, _, I = Stage1(bank).search_pairs(split, max(KS), exclude=False)
     table["heuristic (context not excluded)"] = recall_report(target_ranks(I, split.target), KS)
     table["heuristic (context not excluded)"]["margin"] = float("nan")
     versus = {name: {f"recall@{k}": paired_difference(ranks[name], ranks["heuristic"], k)

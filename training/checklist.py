@@ -21,7 +21,8 @@ from pathlib import Path
 
 import yaml
 
-from cascade.bank import BankError, atomic_write, load_bank
+from cascade.bank import BankError, atomic_write, load_bank, sha256_file
+from cascade.deploy import CascadeConfig
 from training import expand_pairs, postmortem, preflight, train_v4
 from training.config import CONFIG_DIR, ConfigError, from_dict, load_config
 
@@ -156,15 +157,20 @@ def run_checklist(profile: Profile, resume: bool = False, gates_bank: str | None
     # 5. Deploy decision.
     step("5. Deploy decision")
     gate = json.loads((Path(v4_out) / "gate.json").read_text())
+    checkpoint = gate.get("best_checkpoint") if gate["stage1"] == "v4" else None
     deploy = {
         "stage1": gate["stage1"],
-        "checkpoint": gate.get("best_checkpoint") if gate["stage1"] == "v4" else None,
+        "checkpoint": checkpoint,
+        "checkpoint_sha256": sha256_file(checkpoint) if checkpoint else None,
         "heuristic": {"kind": "exp_weighted", "alpha": 0.1},
         "verdict": gate["verdict"], "reason": gate["reason"],
         "bank": bank_path, "bank_fingerprint": bank.fingerprint(),
         "gate": str(Path(v4_out) / "gate.json"), "report": str(Path(v4_out) / "report.md"),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "profile": asdict(profile),
+        # The cascade's settings (K per stage, FAISS index, longest context); `make train-lvm`
+        # adds the LVM and stage 3's w.
+        "cascade": CascadeConfig().to_dict(),
     }
     deploy_path = Path(profile.path(profile.deploy))
     deploy_path.parent.mkdir(parents=True, exist_ok=True)

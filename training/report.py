@@ -4,39 +4,33 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from cascade.bank import Bank, atomic_write
-from cascade.checkpoint import load_towers
-from cascade.encode import encode_docs, encode_queries
 from cascade.evaluation import evaluate
 from cascade.index import build_index
 from cascade.pairs import Pairs
-from cascade.query import heuristic_queries
+from cascade.stage1 import Stage1
 
 
-def method_queries(kind: str, source, bank: Bank, pairs: Pairs) -> tuple[np.ndarray, np.ndarray]:
-    """(queries, doc vectors) for one method: a checkpoint, a heuristic, or the oracle."""
+def method_stage1(kind: str, source, bank: Bank) -> Stage1:
+    """Stage 1 for one method over an exact index: a checkpoint's towers or a heuristic."""
     if kind == "checkpoint":
-        query, doc, _ = load_towers(source, bank.fingerprint())
-        return encode_queries(query, bank.vectors, pairs), encode_docs(doc, bank.vectors)
-    if kind == "oracle":  # the target itself: the ceiling any stage 1 could reach
-        return bank.vectors[pairs.target], bank.vectors
-    return heuristic_queries(bank.vectors, pairs, kind), bank.vectors
+        return Stage1.from_checkpoint(source, bank)
+    return Stage1(bank, heuristic=kind)
 
 
 def compare_methods(bank: Bank, pairs: Pairs, methods: dict[str, tuple], ks: tuple[int, ...]
                     ) -> tuple[dict, dict]:
-    """Evaluate each method on `pairs` with exact search: -> ({name: metrics}, {name: ranks})."""
-    table, ranks, indexes = {}, {}, {}
+    """Evaluate each method on `pairs` with exact search: -> ({name: metrics}, {name: ranks}).
+
+    Methods are ("checkpoint", path), ("exp_weighted" | "last_vector", None), or ("oracle",
+    None): the target itself as the query, the ceiling any stage 1 could reach."""
+    table, ranks = {}, {}
     for name, (kind, source) in methods.items():
-        q, docs = method_queries(kind, source, bank, pairs)
-        key = id(docs)
-        if key not in indexes:
-            indexes[key] = build_index(docs, "flat")
-        view = bank if docs is bank.vectors else Bank(
-            docs, bank.article_indices, bank.chunk_indices, path=bank.path)
-        table[name], ranks[name] = evaluate(q, pairs, view, indexes[key], ks)
+        if kind == "oracle":
+            table[name], ranks[name] = evaluate(bank.vectors[pairs.target], pairs, bank,
+                                                build_index(bank.vectors, "flat"), ks)
+        else:
+            table[name], ranks[name] = method_stage1(kind, source, bank).evaluate(pairs, ks)
     return table, ranks
 
 

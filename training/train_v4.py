@@ -34,10 +34,10 @@ from tqdm import tqdm
 
 from cascade import checkpoint as ck
 from cascade.bank import Bank, BankError, atomic_write, load_bank
-from cascade.encode import context_batch, encode_docs, encode_queries
-from cascade.evaluation import evaluate
+from cascade.encode import context_batch, encode_docs
 from cascade.index import build_index
 from cascade.pairs import Pairs, PairsError, load_pairs
+from cascade.stage1 import Stage1
 from cascade.towers import TowerConfig, build_towers
 from training.config import ConfigError, TrainConfig, load_config, to_yaml
 from training.curriculum import ScheduleError, check_covers, parse_schedule, segment_for
@@ -339,8 +339,8 @@ def train(cfg: TrainConfig, resume: bool = False, init_from: str | None = None,
         segment = segment_for(segments, epoch)
         negatives, mining = None, {}
         if segment.count:
-            negs = mine(query, bank.vectors, doc_vectors, index, bank.article_indices,
-                        train_pairs, segment, cfg.filter_threshold, cfg.mine_pool)
+            miner = Stage1(bank, query=query, doc_vectors=doc_vectors, index=index)
+            negs = mine(miner, train_pairs, segment, cfg.filter_threshold, cfg.mine_pool)
             negatives = negs.rows
             mining = {"mined_per_pair": float((negs.rows >= 0).sum(1).mean()),
                       "mining_dropped_fraction": negs.dropped_fraction,
@@ -355,9 +355,8 @@ def train(cfg: TrainConfig, resume: bool = False, init_from: str | None = None,
             index = build_index(doc_vectors, cfg.index, seed=cfg.seed)
         # Reported recall is exact whatever cfg.index mines with: an IVF index at its default
         # nprobe found 72% of what exact search finds on a 1M-row bank.
-        metrics, _ = evaluate(encode_queries(query, bank.vectors, val), val,
-                              _doc_bank(bank, doc_vectors), build_index(doc_vectors, "flat"),
-                              tuple(cfg.eval_ks))
+        metrics, _ = Stage1(bank, query=query, doc_vectors=doc_vectors).evaluate(
+            val, tuple(cfg.eval_ks))
         h = {"epoch": epoch, **losses, **metrics, **mining,
              "curriculum": (f"{segment.count} hard negatives @ {segment.cos_min:g}-"
                             f"{segment.cos_max:g}" if segment.count else "no mining (warm start)"),
@@ -385,13 +384,6 @@ def train(cfg: TrainConfig, resume: bool = False, init_from: str | None = None,
     atomic_write(paths.gate, lambda f: f.write(json.dumps(result, indent=2).encode()))
     write_report(paths.out / "report.md", cfg, progress.history, result)
     return result
-
-
-def _doc_bank(bank: Bank, doc_vectors: np.ndarray) -> Bank:
-    """The bank as seen by the doc tower (the same object when the doc tower is the identity)."""
-    if doc_vectors is bank.vectors:
-        return bank
-    return dataclasses.replace(bank, vectors=doc_vectors, _fingerprint=bank.fingerprint())
 
 
 def final_gate(cfg: TrainConfig, bank: Bank, val: Pairs, paths: RunPaths, best_epoch: int,
