@@ -44,11 +44,17 @@ class CascadeClient:
         self.stub = rpc.CascadeStub(self.channel)
 
     @classmethod
-    def from_config(cls, cfg: ServingConfig, **kw) -> CascadeClient:
-        """A client of the front that `cfg` describes (its first address, its TLS)."""
+    def from_config(cls, cfg: ServingConfig, extra_options: list | None = None,
+                    **kw) -> CascadeClient:
+        """A client of the fronts that `cfg` describes (balanced per call over several), with
+        its TLS settings."""
         from serving.server import channel_credentials, message_options
-        return cls(cfg.front.addresses[0], credentials=channel_credentials(cfg.tls),
-                   options=message_options(cfg), **kw)
+        options = message_options(cfg) + (extra_options or [])
+        address = cfg.front.addresses[0]
+        if len(cfg.front.addresses) > 1:
+            address = "ipv4:" + ",".join(cfg.front.addresses)
+            options.append(("grpc.lb_policy_name", "round_robin"))
+        return cls(address, credentials=channel_credentials(cfg.tls), options=options, **kw)
 
     def __enter__(self) -> CascadeClient:
         return self

@@ -139,6 +139,7 @@ def serve(cfg: ServingConfig, name: str, address: str, process: int = 0,
                  cfg.grace_seconds)
         health_servicer.enter_graceful_shutdown()
         server.stop(cfg.grace_seconds).wait()
+        log.info("%s %s: stopped", name, address)
         stopped.set()
 
     signal.signal(signal.SIGTERM, lambda s, f: threading.Thread(target=drain, args=(s, f)).start())
@@ -212,8 +213,8 @@ def run_set(cfg: ServingConfig, config_path: str, only: str | None) -> int:
             threads = str(cfg.server(name).threads)
             env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
             cmd = [sys.executable, "-m", "serving.server", "--config", config_path,
-                   "--deploy", cfg.deploy, "--serve", name, "--address", address, "--process", str(process),
-                   "--ready-fd", str(write_fd)]
+                   "--deploy", cfg.deploy, "--serve", name, "--address", address,
+                   "--process", str(process), "--ready-fd", str(write_fd)]
             procs.append((name, subprocess.Popen(cmd, env=env, pass_fds=(write_fd,))))
         os.close(write_fd)
         for line in _wait_ready([p for _, p in procs], read_fd, READY_TIMEOUT_S):
@@ -273,10 +274,16 @@ def main(argv: list[str] | None = None) -> int:
         cfg.deploy = args.deploy
     if args.serve:
         try:
-            return serve(cfg, args.serve, args.address, args.process, args.ready_fd)
+            rc = serve(cfg, args.serve, args.address, args.process, args.ready_fd)
         except (ValueError, OSError) as e:  # a deploy.json or checkpoint that does not load
             print(f"serving {args.serve}: {e}", file=sys.stderr)
-            return EXIT_BAD_CONFIG
+            rc = EXIT_BAD_CONFIG
+        # Drained and stopped: nothing is left to write. Skip the interpreter's teardown of
+        # torch, FAISS and gRPC, which took 7 s on a busy 2-core machine after a 10 ms drain.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
     try:
         return run_set(cfg, args.config, args.only)
     except ValueError as e:  # deploy.json unreadable

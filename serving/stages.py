@@ -13,8 +13,12 @@ import grpc
 import numpy as np
 
 from serving.config import ServingConfig
-from serving.convert import (candidates_from_proto, candidates_to_proto, context_kind,
-                             vectors_from_proto)
+from serving.convert import (
+    candidates_from_proto,
+    candidates_to_proto,
+    context_kind,
+    vectors_from_proto,
+)
 from serving.protos import pb, rpc
 
 log = logging.getLogger("serving")
