@@ -2,7 +2,8 @@
 
     python -m benchmarks.latency --deploy runs/wikipedia_vital_bank/deploy.json   # (make bench)
     python -m benchmarks.latency --synthetic 36000     # no trained deploy: a synthetic bank of
-                                                        # the default bank's size, heuristic + LVM
+                                                        # the default bank's size, heuristic +
+                                                        # an LVM at initial weights
     python -m benchmarks.latency --compare              # also: one process per server vs
                                                         # SO_REUSEPORT processes vs replicas
 
@@ -205,26 +206,25 @@ def measure(cfg: ServingConfig, contexts, clients: list[int], seconds: float, n:
 
 
 def synthetic_deploy(n: int, root: Path) -> str:
-    """A synthetic bank of n x 384 rows, a deploy.json choosing the heuristic and a one-epoch
-    LVM: the serving cost of the default bank without its data (never reported as recall)."""
-    from cascade.bank import save_bank
-    from training.expand_pairs import ExpandConfig, expand_pairs, save_pairs
+    """A synthetic bank of n x 384 rows and a deploy.json choosing the heuristic, with an LVM of
+    the default size at its initial weights: the serving cost of the default bank without its
+    data or a training run (latency only; never a quality number)."""
+    import torch
+
+    from cascade.bank import save_bank, sha256_file
+    from cascade.lvm import Lvm, LvmConfig, save_lvm
     from training.synth_bank import SynthConfig, synth_bank
-    from training.train_lvm import load_train_config, train
 
     bank = synth_bank(SynthConfig(n=n, dim=384, mean_chunks=4, topics=12, seed=0))
     save_bank(bank, root / "bank.npz")
-    pairs = expand_pairs(bank, ExpandConfig(context_len=8, stride=1, max_per_seq=100,
-                                            train_split=0.8, seed=1))
-    save_pairs(pairs, root / "pairs.npz")
+    torch.manual_seed(0)
+    save_lvm(root / "lvm.pt", Lvm(LvmConfig(dim=384)), bank.fingerprint())
     deploy = root / "deploy.json"
     deploy.write_text(json.dumps({
         "stage1": "heuristic", "checkpoint": None, "reason": "synthetic benchmark bank",
         "heuristic": {"kind": "exp_weighted", "alpha": 0.1}, "bank": str(root / "bank.npz"),
-        "bank_fingerprint": bank.fingerprint()}))
-    train(load_train_config(None, {"deploy": str(deploy), "pairs": str(root / "pairs.npz"),
-                                   "out": str(root / "lvm"), "log_dir": str(root / "logs"),
-                                   "epochs": 1, "max_train_pairs": 2000}))
+        "bank_fingerprint": bank.fingerprint(),
+        "lvm": {"checkpoint": str(root / "lvm.pt"), "sha256": sha256_file(root / "lvm.pt")}}))
     return str(deploy)
 
 
@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench_latency_") as tmp:
         tmp = Path(tmp)
         if args.synthetic:
-            print(f"building a synthetic {args.synthetic} x 384 bank, heuristic + 1-epoch LVM",
+            print(f"a synthetic {args.synthetic} x 384 bank, heuristic + an untrained LVM",
                   flush=True)
             base.deploy = synthetic_deploy(args.synthetic, tmp)
         elif args.deploy:
