@@ -112,21 +112,41 @@ def new_client(cfg: ServingConfig) -> CascadeClient:
 def sequential(cfg: ServingConfig, contexts: list[np.ndarray], n: int, texts: bool = False
                ) -> dict:
     """One client, one call at a time: latency percentiles."""
-    ms, errors = [], 0
+    ms, errors, steps = [], 0, {}
     with new_client(cfg) as client:
         for i in range(n + 5):
             t = time.perf_counter()
             try:
                 if texts:
-                    client.search_texts(TEXTS[: 1 + i % len(TEXTS)])
+                    r = client.search_texts(TEXTS[: 1 + i % len(TEXTS)])
                 else:
-                    client.search_vectors(contexts[i % len(contexts)])
+                    r = client.search_vectors(contexts[i % len(contexts)])
             except grpc.RpcError:
                 errors += 1
                 continue
             if i >= 5:  # the first calls warm connections and caches
                 ms.append(1000 * (time.perf_counter() - t))
-    return {"calls": n, "errors": errors, **percentiles(ms)}
+                for k, v in r.stage_ms.items():
+                    steps.setdefault(k, []).append(v)
+    # What the front saw per step (a stage's time includes its gRPC round trip).
+    front_ms = {k: round(float(np.median(v)), 3) for k, v in sorted(steps.items())}
+    return {"calls": n, "errors": errors, **percentiles(ms), "front_median_ms": front_ms}
+
+
+def in_process(deploy: str, contexts: list[np.ndarray], n: int) -> dict:
+    """The same searches through the library in this process, one thread: what gRPC adds is
+    the difference (both measured under the same machine load)."""
+    from cascade.pipeline import Cascade, set_threads
+
+    set_threads(1)
+    cascade = Cascade.from_deploy(deploy)
+    ms = []
+    for i in range(n + 5):
+        t = time.perf_counter()
+        cascade.search(contexts[i % len(contexts)])
+        if i >= 5:
+            ms.append(1000 * (time.perf_counter() - t))
+    return {"calls": n, **percentiles(ms)}
 
 
 def concurrent(cfg: ServingConfig, contexts: list[np.ndarray], clients: int, seconds: float
@@ -188,7 +208,8 @@ def measure(cfg: ServingConfig, contexts, clients: list[int], seconds: float, n:
             texts: bool) -> dict:
     out = {"one_search": sequential(cfg, contexts, n)}
     print(f"  one search (vectors): p50 {out['one_search']['p50_ms']} ms, "
-          f"p99 {out['one_search']['p99_ms']} ms", flush=True)
+          f"p99 {out['one_search']['p99_ms']} ms; front's median per step "
+          f"{out['one_search']['front_median_ms']}", flush=True)
     out["curve"] = []
     for c in clients:
         r = concurrent(cfg, contexts, c, seconds)
@@ -271,6 +292,9 @@ def main(argv: list[str] | None = None) -> int:
                                                     texts=layout == "single")
             finally:
                 running.stop()
+        report["in_process"] = in_process(base.deploy, contexts, args.n)
+        print(f"in-process cascade (same searches, 1 thread, no gRPC): p50 "
+              f"{report['in_process']['p50_ms']} ms, p99 {report['in_process']['p99_ms']} ms")
         report["load_avg_at_end"] = list(os.getloadavg())
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2, allow_nan=False))

@@ -42,7 +42,7 @@ def stage_channel(cfg: ServingConfig, name: str) -> grpc.Channel:
 def _why(stage: str, err: grpc.RpcError, share_ms: float) -> str:
     code = err.code()
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return f"{stage} missed its deadline share ({share_ms:.0f} ms)"
+        return f"{stage} missed its deadline share ({share_ms:.3g} ms)"
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return f"{stage} overloaded ({err.details()})"
     if code == grpc.StatusCode.UNAVAILABLE:
@@ -185,8 +185,6 @@ class CascadeServicer(rpc.CascadeServicer):
         try:
             resp = call(request, timeout=max(timeout, 0.001))
         except grpc.RpcError as e:
-            if e.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                raise  # our own request was wrong: a bug, not degradation
             why = _why(stage, e, 1000 * timeout)
             degraded.append(why)
             metrics.DEGRADED.labels(stage, e.code().name).inc()

@@ -90,13 +90,17 @@ def write_config(root: Path, name: str, tls: dict | None = None, grace: float = 
 class ServingSet:
     """`python -m serving.server` in a subprocess; its printed lines name pids and addresses."""
 
-    def __init__(self, config: Path, *extra: str):
+    def __init__(self, config: Path, *extra: str, wait: bool = True):
         self.config = config
         self.cfg = load_config(config)
         self.lines: list[str] = []
         self.proc = subprocess.Popen([sys.executable, "-m", "serving.server", "--config",
                                       str(config), *extra], cwd=ROOT, stdout=subprocess.PIPE,
                                      text=True)
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
         end = time.monotonic() + READY_S
         while time.monotonic() < end:
             line = self.proc.stdout.readline()
@@ -404,23 +408,10 @@ def test_mutual_tls_then_a_dead_reranker_degrades_then_sigterm_drains(deployed, 
         s.stop()
 
 
-def test_stage1_down_is_unavailable_with_a_clear_message(deployed, serving):
-    """A front alone, whose stage 1 address has no server."""
-    root, bank = deployed
-    config = write_config(root, "lonely")
-    s = ServingSet(config, "--only", "front")
-    try:
-        with s.client(retries=0) as client:
-            with pytest.raises(grpc.RpcError) as e:
-                client.search_rows([1, 2, 3], timeout=5)
-        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert "stage 1" in e.value.details()
-    finally:
-        s.stop()
-
-
-def test_v4_stage1_says_v4(deployed, tmp_path):
-    """A stage-1 server alone on a deploy.json that chose v4."""
+def test_v4_a_late_reranker_and_stage1_down(deployed, serving, tmp_path):
+    """A front and a stage 1 started alone on a deploy.json that chose v4, using the LVM of the
+    running set with a deadline share (10 us of 10 s) no call can meet; then stage 1 is
+    killed."""
     import torch
 
     from cascade import checkpoint as ck
@@ -431,6 +422,8 @@ def test_v4_stage1_says_v4(deployed, tmp_path):
     torch.manual_seed(0)
     cfg = TowerConfig(dim=DIM, hidden=16, max_len=4)
     query, doc = build_towers(cfg)
+    with torch.no_grad():  # move it away from the heuristic it starts as
+        query.out.weight.normal_(0, 0.05)
     path = tmp_path / "best.pt"
     ck.save_checkpoint(path, {ck.QUERY_TOWER: query.state_dict(), ck.DOC_TOWER: doc.state_dict(),
                               ck.MODEL_CONFIG: cfg.to_dict(), ck.EPOCH: 1,
@@ -438,17 +431,37 @@ def test_v4_stage1_says_v4(deployed, tmp_path):
     deploy = json.loads((root / "deploy.json").read_text())
     deploy.update(stage1="v4", checkpoint=str(path), checkpoint_sha256=sha256_file(path),
                   reason="v4 passed its gate")
-    deploy.pop("lvm", None)
     (tmp_path / "deploy.json").write_text(json.dumps(deploy))
-    config = write_config(root, "v4")
-    s = ServingSet(config, "--only", "stage1", "--deploy", str(tmp_path / "deploy.json"))
+    config = write_config(root, "v4", lvm_share=1e-6)
+    data = yaml.safe_load(config.read_text())
+    data["lvm"]["addresses"] = serving.cfg.lvm.addresses
+    config.write_text(yaml.safe_dump(data))
+    v4 = ("--deploy", str(tmp_path / "deploy.json"))
+    stage1 = ServingSet(config, "--only", "stage1", *v4, wait=False)
+    front = ServingSet(config, "--only", "front", *v4, wait=False)
     try:
-        with grpc.insecure_channel(s.cfg.stage1.addresses[0]) as ch:
+        stage1.wait_ready()
+        front.wait_ready()
+        rows = [4, 5, 6]
+        with grpc.insecure_channel(stage1.cfg.stage1.addresses[0]) as ch:
             r = rpc.Stage1Stub(ch).Search(pb.Stage1Request(
-                contexts=[pb.Context(rows=pb.Rows(rows=[4, 5, 6]))], k=7), timeout=10)
-        assert r.kind == "v4" and len(r.results[0].ids) == 7
-        expected = Cascade.from_deploy(tmp_path / "deploy.json").stage1.search(
-            ContextRows(np.array([4, 5, 6])), k=7)
-        assert list(r.results[0].ids) == expected.ids[0].tolist()
+                contexts=[pb.Context(rows=pb.Rows(rows=rows))], k=7), timeout=10)
+        cascade = Cascade.from_deploy(tmp_path / "deploy.json")
+        expected = cascade.stage1.search(ContextRows(np.array(rows)), k=7)
+        assert r.kind == "v4" and list(r.results[0].ids) == expected.ids[0].tolist()
+
+        with front.client(retries=0) as client:
+            answer = client.search_rows(rows, timeout=10)
+            assert answer.stage1 == "v4" and answer.degraded
+            assert "lvm missed its deadline share" in answer.degraded_reason
+            first = cascade.stage1.search(ContextRows(np.array(rows)), k=10)
+            assert [h.row for h in answer.hits] == first.ids[0].tolist()  # stage 1's ranking
+
+            os.kill(stage1.pid("stage1"), signal.SIGKILL)
+            with pytest.raises(grpc.RpcError) as e:
+                client.search_rows(rows, timeout=10)
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "stage 1 (127.0.0.1:" in e.value.details() and "cannot answer" in e.value.details()
     finally:
-        s.stop()
+        front.stop()
+        stage1.stop()
