@@ -11,6 +11,10 @@ structure: how many candidates share its article and how much stage-1 mass that 
 whether its successor chunk is a candidate too, whether it opens an article (an article's first
 chunk never continues a context), and how close it is to the centroid of the top candidates.
 
+The structure features find the candidate's article among the candidates: they help when the
+article being read is in the bank, which is what next-chunk retrieval from a bank assumes (the
+next chunk must be there); they cannot tell which chunk of it comes next.
+
 ADJACENCY features (off by default) use the bank's order: cos(context's last chunk, the
 candidate's predecessor row). With a context that is itself bank rows, the true next chunk's
 predecessor *is* the context's last chunk, so these features turn next-chunk retrieval into a
@@ -38,7 +42,7 @@ from cascade.towers import TowerConfig, age_weighted, build_towers
 FORMAT_VERSION = 1
 CONTENT = ("s1", "log_rank", "pred", "last", "ctx_max", "ctx_mean", "heur")
 STRUCTURE = ("same_article", "article_mass", "succ_s1", "is_first", "top_centroid")
-ADJACENCY = ("prev_last", "prev_pred")
+ADJACENCY = ("prev_last", "prev_ctx_max")
 FEATURES = CONTENT + STRUCTURE + ADJACENCY
 MASS_TAU = 0.05  # softmax temperature of stage-1 scores for the article-mass feature
 TOP_CENTROID = 10  # the centroid of this many top stage-1 candidates
@@ -125,54 +129,71 @@ class Lvm(nn.Module):
     def features(self, bs: BankStructure, ctx: torch.Tensor, mask: torch.Tensor,
                  ids: torch.Tensor, s1: torch.Tensor, pred: torch.Tensor | None = None
                  ) -> torch.Tensor:
-        """(B, K, F) raw features of candidates `ids` (B, K) with stage-1 scores `s1` (B, K)."""
-        want = self.cfg.features
+        """(B, K, F) raw features of candidates `ids` (B, K) with stage-1 scores `s1` (B, K).
+
+        Every cosine of a candidate (to the prediction, the context's chunks, the heuristic
+        query, the top candidates' centroid) comes from one batched matrix product."""
+        want = set(self.cfg.features)
+        b, k = ids.shape
+        length = ctx.shape[1]
         valid = ids >= 0
         safe = ids.clamp(min=0)
-        cand = bs.vectors[safe]  # (B, K, D)
-        fm = mask.to(ctx.dtype)
+        cand = bs.vectors[safe]  # (B, K, D): the one gather of candidate vectors
         lengths = mask.sum(1)
-        last_vec = ctx[torch.arange(len(ctx)), lengths - 1]  # (B, D)
-        out: dict[str, torch.Tensor] = {}
+        fm = mask.to(ctx.dtype)
         s1 = torch.where(valid, s1, torch.zeros_like(s1))
-        out["s1"] = s1
-        k = ids.shape[1]
-        out["log_rank"] = torch.log1p(torch.arange(k, dtype=ctx.dtype)).expand_as(s1)
+        # Reference vectors, one product: context chunks (L), then the prediction, the
+        # heuristic query and the centroid of the top candidates.
+        refs = [ctx]
         if "pred" in want:
-            pred = self.predict(ctx, mask) if pred is None else pred
-            out["pred"] = torch.einsum("bkd,bd->bk", cand, pred)
-        if {"ctx_max", "ctx_mean"} & set(want):
-            cc = torch.einsum("bkd,bld->bkl", cand, ctx)
-            out["ctx_max"] = cc.masked_fill(~mask[:, None, :], -2.0).max(2).values
-            out["ctx_mean"] = (cc * fm[:, None, :]).sum(2) / lengths[:, None].to(ctx.dtype)
-        out["last"] = torch.einsum("bkd,bd->bk", cand, last_vec)
+            refs.append((self.predict(ctx, mask) if pred is None else pred)[:, None])
         if "heur" in want:
-            ages = torch.arange(ctx.shape[1], dtype=ctx.dtype)
-            h = age_weighted(ctx, mask, -self.cfg.alpha * ages)
-            out["heur"] = torch.einsum("bkd,bd->bk", cand, h)
-        if {"same_article", "article_mass"} & set(want):
-            art = torch.where(valid, bs.article[safe], -1 - torch.arange(k)[None, :])
-            same = (art[:, :, None] == art[:, None, :]).to(ctx.dtype)  # (B, K, K), self incl.
-            out["same_article"] = torch.log(same.sum(2))
-            w = torch.softmax((s1 / MASS_TAU).masked_fill(~valid, float("-inf")), dim=1)
-            out["article_mass"] = torch.einsum("bkj,bj->bk", same, w)
-        if "succ_s1" in want:
-            nxt = torch.where(valid, bs.next[safe], -2)
-            hit = (nxt[:, :, None] == ids[:, None, :]) & (nxt[:, :, None] >= 0)
-            out["succ_s1"] = (hit.to(ctx.dtype) * s1[:, None, :]).sum(2)
-        out["is_first"] = bs.is_first[safe].to(ctx.dtype)
+            age_w = -self.cfg.alpha * torch.arange(length, dtype=ctx.dtype)
+            refs.append(age_weighted(ctx, mask, age_w)[:, None])
         if "top_centroid" in want:
             top = cand[:, :TOP_CENTROID] * valid[:, :TOP_CENTROID, None].to(ctx.dtype)
-            centroid = F.normalize(top.sum(1), dim=-1)
-            out["top_centroid"] = torch.einsum("bkd,bd->bk", cand, centroid)
-        if {"prev_last", "prev_pred"} & set(want):
+            refs.append(F.normalize(top.sum(1), dim=-1)[:, None])
+        sims = torch.bmm(cand, torch.cat(refs, 1).transpose(1, 2))  # (B, K, L + extra)
+        cc = sims[:, :, :length]
+        extra = iter(range(length, sims.shape[2]))
+        out: dict[str, torch.Tensor] = {"s1": s1}
+        out["log_rank"] = torch.log1p(torch.arange(k, dtype=ctx.dtype)).expand(b, k)
+        out["last"] = torch.gather(cc, 2, (lengths - 1)[:, None, None].expand(b, k, 1))[..., 0]
+        out["ctx_max"] = cc.masked_fill(~mask[:, None, :], -2.0).max(2).values
+        out["ctx_mean"] = (cc * fm[:, None, :]).sum(2) / lengths[:, None].to(ctx.dtype)
+        for name in ("pred", "heur", "top_centroid"):
+            if name in want:
+                out[name] = sims[:, :, next(extra)]
+        if {"same_article", "article_mass", "succ_s1"} & want:
+            # Groups by sorting (B, K) keys, not by (B, K, K) comparisons: O(BK log BK).
+            row = torch.arange(b)[:, None]
+            art = torch.where(valid, bs.article[safe], -1 - torch.arange(k)[None, :])
+            _, group, count = torch.unique(row * (bs.n + k + 1) + art + k + 1,
+                                           return_inverse=True, return_counts=True)
+            out["same_article"] = torch.log(count[group].to(ctx.dtype))
+            w = torch.softmax((s1 / MASS_TAU).masked_fill(~valid, float("-inf")), dim=1)
+            mass = torch.zeros(len(count), dtype=ctx.dtype).index_add_(0, group.ravel(),
+                                                                       w.ravel())
+            out["article_mass"] = mass[group]
+            # succ_s1: the stage-1 score of the candidate's successor row, 0 if not a candidate.
+            keys = torch.where(valid, row * bs.n + ids, -1).ravel()
+            order = torch.argsort(keys)
+            sorted_keys = keys[order]
+            nxt = torch.where(valid, bs.next[safe], -1)
+            want_keys = torch.where(nxt >= 0, row * bs.n + nxt, -2).ravel()
+            pos = torch.searchsorted(sorted_keys, want_keys).clamp(max=len(keys) - 1)
+            found = (sorted_keys[pos] == want_keys) & (want_keys >= 0)
+            out["succ_s1"] = torch.where(found, s1.ravel()[order[pos]], 0.0).reshape(b, k)
+        out["is_first"] = bs.is_first[safe].to(ctx.dtype)
+        if {"prev_last", "prev_ctx_max"} & want:
             prev = torch.where(valid, bs.prev[safe], -1)
             has = prev >= 0
-            pv = bs.vectors[prev.clamp(min=0)]
-            out["prev_last"] = torch.where(has, torch.einsum("bkd,bd->bk", pv, last_vec), 0.0)
-            pm = torch.einsum("bkd,bld->bkl", pv, ctx).masked_fill(~mask[:, None, :], -2.0)
-            out["prev_pred"] = torch.where(has, pm.max(2).values, 0.0)
-        x = torch.stack([out[f] for f in want], dim=-1)
+            pm = torch.bmm(bs.vectors[prev.clamp(min=0)], ctx.transpose(1, 2))  # (B, K, L)
+            last = torch.gather(pm, 2, (lengths - 1)[:, None, None].expand(b, k, 1))[..., 0]
+            out["prev_last"] = torch.where(has, last, 0.0)
+            out["prev_ctx_max"] = torch.where(has, pm.masked_fill(~mask[:, None, :], -2.0)
+                                           .max(2).values, 0.0)
+        x = torch.stack([out[f] for f in self.cfg.features], dim=-1)
         return torch.where(valid[..., None], x, torch.zeros_like(x))
 
     def score(self, feats: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -255,7 +276,7 @@ class LvmReranker:
         state = load_lvm_state(ckpt_path, bank.fingerprint(), sha256)
         return cls(build_lvm(state, str(ckpt_path)), bank)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def logits(self, contexts: list[np.ndarray], cand_ids: np.ndarray,
                cand_scores: np.ndarray) -> torch.Tensor:
         from cascade.stage1 import pad_left_aligned  # a helper; stage1 does not import lvm

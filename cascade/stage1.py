@@ -228,7 +228,7 @@ class Stage1:
         keep = self.query.cfg.max_len if self.query is not None else None
         ctx, mask = pad_left_aligned(vectors, keep)
         if self.query is not None:
-            with torch.no_grad():
+            with torch.inference_mode():
                 return self.query(torch.from_numpy(ctx), torch.from_numpy(mask)).numpy()
         if self.heuristic == "exp_weighted":
             return exp_weighted(ctx, mask, self.alpha)
@@ -259,7 +259,8 @@ class Stage1:
             fetch = min(k + extra, n)
             D, I = self.index.search(np.ascontiguousarray(q, dtype=np.float32), fetch)
             drop = (context_row_mask(I, rows) if rows is not None
-                    else duplicate_mask(I, self.bank.vectors, vectors))
+                    else duplicate_mask(I, D, q, self.bank.vectors, vectors,
+                                        self.doc_vectors is self.bank.vectors))
             if fetch == n or ((~drop & (I >= 0)).sum(axis=1) >= k).all():
                 return drop_rows(D, I, drop, k)
             extra *= 4
@@ -274,13 +275,25 @@ def context_row_mask(I: np.ndarray, rows: list[np.ndarray]) -> np.ndarray:
     return (I[:, :, None] == padded[:, None, :]).any(axis=2)
 
 
-def duplicate_mask(I: np.ndarray, bank_vectors: np.ndarray, vectors: list[np.ndarray],
+def duplicate_mask(I: np.ndarray, D: np.ndarray, q: np.ndarray, bank_vectors: np.ndarray,
+                   vectors: list[np.ndarray], scores_are_bank_cos: bool,
                    threshold: float = DUP_COS) -> np.ndarray:
-    """(B, K) True where bank row I[b, j] equals a vector of context b (cos >= threshold)."""
+    """(B, K) True where bank row I[b, j] equals a vector of context b (cos >= threshold).
+
+    A bank row u with cos(u, v) >= threshold lies within r = sqrt(2 (1 - threshold)) of v, so
+    its score q.u is within r of q.v: when the scores are cosines to the bank rows themselves
+    (identity doc tower), only candidates scored that close to some q.v are checked."""
+    radius = float(np.sqrt(2 * (1 - threshold))) + 1e-4
     drop = np.zeros(I.shape, bool)
     for b, v in enumerate(vectors):
-        cand = bank_vectors[np.maximum(I[b], 0)]
-        drop[b] = (cand @ v.T).max(axis=1) >= threshold
+        valid = I[b] >= 0
+        if scores_are_bank_cos:
+            near = np.abs(D[b][:, None] - (v @ q[b])[None, :]).min(axis=1) <= radius
+            cols = np.flatnonzero(near & valid)
+        else:
+            cols = np.flatnonzero(valid)
+        if len(cols):
+            drop[b, cols] = (bank_vectors[I[b, cols]] @ v.T).max(axis=1) >= threshold
     return drop
 
 

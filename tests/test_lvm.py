@@ -118,6 +118,13 @@ def test_train_writes_the_lvm_and_resume_is_exact(setup):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     hist = json.loads((root / "cut" / "history.json").read_text())
     assert [h["epoch"] for h in hist] == [1, 2]
+    # The feature ablation reads the run and writes strict JSON, one row per feature set.
+    from benchmarks import lvm_features
+    out = root / "features.json"
+    assert lvm_features.main(["--run", str(root / "full"), "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert set(rows) == {"stage 1 alone", *lvm_features.SETS}
+    assert rows["stage 1 alone"]["hit@10"] == pytest.approx(result["stage1"]["hit@10"])
 
 
 def test_rerank_keeps_the_best_and_refuses_bad_candidates(setup):

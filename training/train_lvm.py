@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from cascade.bank import Bank, BankError, atomic_write, load_bank, sha256_file
-from cascade.deploy import DeployError, read_deploy
+from cascade.deploy import CascadeConfig, DeployError, read_deploy
 from cascade.lvm import (
     BankStructure,
     Lvm,
@@ -52,6 +52,7 @@ from cascade.metrics import target_ranks
 from cascade.negatives import clean_negatives
 from cascade.pairs import TRAIN, Pairs, PairsError, context_windows, load_pairs
 from cascade.stage1 import Stage1
+from cascade.tmd_rerank import TmdReranker, pair_lanes
 from training.config import ConfigError, merge, to_yaml
 
 EXIT_BAD_INPUT = 2
@@ -136,6 +137,7 @@ class Candidates:
     pairs: Pairs
     ids: np.ndarray  # (P, k) int64
     scores: np.ndarray  # (P, k) float32
+    queries: np.ndarray | None = None  # (P, D) stage 1's queries
 
     @property
     def ranks(self) -> np.ndarray:
@@ -143,8 +145,8 @@ class Candidates:
 
 
 def stage1_candidates(stage1: Stage1, pairs: Pairs, k: int) -> Candidates:
-    _, D, I = stage1.search_pairs(pairs, k)
-    return Candidates(pairs, I, D)
+    q, D, I = stage1.search_pairs(pairs, k)
+    return Candidates(pairs, I, D, q)
 
 
 def batch_tensors(bank: Bank, pairs: Pairs, max_len: int | None
@@ -241,14 +243,15 @@ def train_epoch(model: Lvm, opt, bank: Bank, cands: Candidates, negs: np.ndarray
 # the head
 
 
-def fit_head(model: Lvm, feats: torch.Tensor, ranks: np.ndarray, cfg: LvmTrainConfig,
-             seed: int) -> None:
-    """Fit the standardization and the head on (P, k, F) features, listwise softmax CE on the
-    contexts whose target stage 1 found (the others carry no signal)."""
+def fit_head(model: Lvm, feats: torch.Tensor, ids: np.ndarray, ranks: np.ndarray,
+             cfg: LvmTrainConfig, seed: int) -> None:
+    """Fit the standardization and the head on (P, k, F) features of candidates `ids` (P, k),
+    listwise softmax CE on the contexts whose target stage 1 found (the others carry no
+    signal)."""
     keep = ranks >= 0
     x = feats[torch.from_numpy(keep)]
     y = torch.from_numpy(ranks[keep])
-    valid = x.abs().sum(-1) > 0
+    valid = torch.from_numpy(ids[keep] >= 0)
     flat = x[valid]
     model.feat_mean.copy_(flat.mean(0))
     model.feat_std.copy_(flat.std(0).clamp(min=1e-6))
@@ -266,14 +269,6 @@ def fit_head(model: Lvm, feats: torch.Tensor, ranks: np.ndarray, cfg: LvmTrainCo
     model.eval()
 
 
-@torch.no_grad()
-def head_ranks(model: Lvm, feats: torch.Tensor, cands: Candidates) -> np.ndarray:
-    """Rank of the target after reranking the candidates by the head."""
-    logits = model.score(feats, torch.from_numpy(cands.ids >= 0))
-    order = torch.argsort(logits, dim=1, descending=True, stable=True).numpy()
-    return target_ranks(np.take_along_axis(cands.ids, order, 1), cands.pairs.target)
-
-
 def article_folds(bank: Bank, pairs: Pairs, folds: int, seed: int) -> np.ndarray:
     """(P,) fold of each pair, a pure function of its article."""
     art = bank.article_indices[pairs.target]
@@ -283,17 +278,40 @@ def article_folds(bank: Bank, pairs: Pairs, folds: int, seed: int) -> np.ndarray
 
 
 def cross_fit(model: Lvm, feats: torch.Tensor, cands: Candidates, bank: Bank,
-              cfg: LvmTrainConfig) -> np.ndarray:
-    """Ranks on val where each fold's head was fitted on the other folds only."""
+              cfg: LvmTrainConfig) -> torch.Tensor:
+    """(P, k) head logits on val where each fold's head was fitted on the other folds only."""
     fold = article_folds(bank, cands.pairs, cfg.folds, cfg.seed)
     ranks = cands.ranks
-    out = np.empty(len(ranks), np.int64)
+    out = torch.empty(feats.shape[:2])
     for f in range(cfg.folds):
         fit, held = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
-        fit_head(model, feats[torch.from_numpy(fit)], ranks[fit], cfg, cfg.seed + f)
-        held_c = Candidates(cands.pairs.subset(held), cands.ids[held], cands.scores[held])
-        out[held] = head_ranks(model, feats[torch.from_numpy(held)], held_c)
+        fit_head(model, feats[torch.from_numpy(fit)], cands.ids[fit], ranks[fit], cfg,
+                 cfg.seed + f)
+        with torch.no_grad():
+            out[torch.from_numpy(held)] = model.score(feats[torch.from_numpy(held)],
+                                                      torch.from_numpy(cands.ids[held] >= 0))
     return out
+
+
+def ranks_by(logits: torch.Tensor, cands: Candidates, keep: int | None = None
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Candidates reordered by `logits` -> (target ranks, ids (P, keep), scores (P, keep))."""
+    order = torch.argsort(logits, dim=1, descending=True, stable=True)[:, :keep].numpy()
+    ids = np.take_along_axis(cands.ids, order, 1)
+    scores = np.take_along_axis(logits.numpy(), order, 1).astype(np.float32)
+    return target_ranks(ids, cands.pairs.target), ids, scores
+
+
+def tune_tmd_w(bank: Bank, cands: Candidates, ids: np.ndarray, scores: np.ndarray,
+               keep: int) -> dict | None:
+    """Stage 3's w on val (grid search for Hit@keep, ties to the smaller w) over stage 2's
+    cross-fitted top candidates; None for a bank without TMD codes."""
+    if bank.tmd_codes is None:
+        return None
+    lanes = pair_lanes(bank.tmd_codes, cands.pairs)
+    w, table = TmdReranker(bank.tmd_codes, 0.0).fit_w(lanes, ids, scores, cands.pairs.target,
+                                                      keep=keep)
+    return {"w": w, "grid": table}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,6 +329,8 @@ def train(cfg: LvmTrainConfig, resume: bool = False, stop_after: int = 0) -> dic
         torch.set_num_threads(cfg.threads)
 
     deploy = read_deploy(cfg.deploy)
+    cascade = CascadeConfig.from_dict({**(deploy.get("cascade") or {}), "k_stage1": cfg.k},
+                                      f"{cfg.deploy}: cascade")
     bank = load_bank(deploy["bank"])
     pairs = load_pairs(cfg.pairs, bank)
     stage1 = Stage1.from_deploy(cfg.deploy, bank=bank)
@@ -326,7 +346,7 @@ def train(cfg: LvmTrainConfig, resume: bool = False, stop_after: int = 0) -> dic
     t0 = time.perf_counter()
     tr = stage1_candidates(stage1, train_pairs, cfg.k)
     va = stage1_candidates(stage1, val, cfg.k)
-    negs = clean_negatives(np.zeros((len(tr.pairs), bank.dim), np.float32), tr.scores, tr.ids,
+    negs = clean_negatives(tr.queries, tr.scores, tr.ids,
                            bank.vectors, tr.pairs.target, bank.article_indices, cfg.k,
                            threshold=cfg.filter_threshold)
     s1_val = va.ranks
@@ -386,32 +406,40 @@ def train(cfg: LvmTrainConfig, resume: bool = False, stop_after: int = 0) -> dic
     bs = BankStructure(bank)
     t = time.perf_counter()
     feats = all_features(model, bs, bank, va)
-    crossed = cross_fit(model, feats, va, bank, cfg)
-    fit_head(model, feats, s1_val, cfg, cfg.seed)
+    crossed_logits = cross_fit(model, feats, va, bank, cfg)
+    fit_head(model, feats, va.ids, s1_val, cfg, cfg.seed)
+    crossed, top_ids, top_scores = ranks_by(crossed_logits, va, cascade.k_lvm)
+    tmd = tune_tmd_w(bank, va, top_ids, top_scores, cascade.k_tmd)
     result = {"val_pairs": len(val), "features": cfg.model.features,
               "stage1": {f"hit@{k}": hits(s1_val, k) for k in (1, 5, 10, 50)},
               "lvm_cross_fitted": {f"hit@{k}": hits(crossed, k) for k in (1, 5, 10, 50)},
               f"stage1_recall@{cfg.k}": hits(s1_val, cfg.k), "folds": cfg.folds,
-              "head_seconds": time.perf_counter() - t, "history": history}
+              "tmd": tmd, "head_seconds": time.perf_counter() - t, "history": history}
     log.info(f"Head ({len(cfg.model.features)} features, {cfg.folds}-fold cross-fitted on val "
              f"by article): val Hit@10 {result['lvm_cross_fitted']['hit@10']:.2f}% vs stage 1 "
              f"{result['stage1']['hit@10']:.2f}%; Hit@50 "
              f"{result['lvm_cross_fitted']['hit@50']:.2f}% vs {result['stage1']['hit@50']:.2f}%")
+    if tmd is not None:
+        at0 = tmd["grid"][0][f"hit@{cascade.k_tmd}"]
+        best = max(g[f"hit@{cascade.k_tmd}"] for g in tmd["grid"])
+        log.info(f"TMD w on val: {tmd['w']} (Hit@{cascade.k_tmd} {best:.2f}% vs {at0:.2f}% at "
+                 f"w = 0)")
     lvm_path = out / "lvm.pt"
     save_lvm(lvm_path, model, bank.fingerprint(), {"val": {k: v for k, v in result.items()
                                                            if k != "history"}})
     atomic_write(out / "result.json", lambda f: f.write(json.dumps(result, indent=2).encode()))
-    update_deploy(cfg.deploy, lvm_path, cfg)
+    update_deploy(cfg.deploy, lvm_path, cfg, tmd["w"] if tmd else 0.0)
     log.info(f"wrote {lvm_path} and named it in {cfg.deploy}")
     return result
 
 
-def update_deploy(deploy_path: str, lvm_path: Path, cfg: LvmTrainConfig) -> None:
-    """Name the LVM (with its sha256) in deploy.json; keep everything else."""
+def update_deploy(deploy_path: str, lvm_path: Path, cfg: LvmTrainConfig, tmd_w: float) -> None:
+    """Name the LVM (with its sha256) and stage 3's w in deploy.json; keep everything else."""
     deploy = read_deploy(deploy_path)
     deploy["lvm"] = {"checkpoint": str(lvm_path), "sha256": sha256_file(lvm_path)}
     cascade = dict(deploy.get("cascade") or {})
     cascade["k_stage1"] = cfg.k
+    cascade["tmd_w"] = tmd_w
     deploy["cascade"] = cascade
     atomic_write(deploy_path, lambda f: f.write(json.dumps(deploy, indent=2).encode()))
 
