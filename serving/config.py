@@ -36,7 +36,6 @@ class FrontConfig(ServerConfig):
     metrics_port: int = 9400
     workers: int = 16
     max_concurrent_rpcs: int = 64
-    default_k: int = 10  # hits when a request says k = 0
     deadline_ms: float = 1000.0  # deadline of a call that brings none
     lvm_share: float = 0.3  # the LVM stage's share of the call's deadline
     tmd_share: float = 0.2  # the TMD stage's share of the call's deadline

@@ -62,18 +62,17 @@ class CascadeServicer(rpc.CascadeServicer):
         return self.cascade is not None
 
     def load(self) -> None:
-        from cascade.encoder import load_encoder
         from cascade.pipeline import Cascade
 
-        # The front validates contexts with the library before any stage sees them, and needs
-        # the bank's texts and ids for the hits; the encoder embeds text contexts.
+        # The front checks contexts with the library before any stage sees them, computes the
+        # TMD lanes of contexts, embeds texts, and holds the bank's texts and ids for the hits.
         self.cascade = Cascade.from_deploy(self.cfg.deploy)
-        self.encoder = load_encoder()
+        self.cascade.embed(["load the encoder before reporting SERVING"])
         self.stage1 = rpc.Stage1Stub(stage_channel(self.cfg, "stage1"))
         self.lvm = (rpc.LvmRerankerStub(stage_channel(self.cfg, "lvm"))
                     if self.cascade.lvm is not None else None)
         self.tmd = (rpc.TmdRerankerStub(stage_channel(self.cfg, "tmd"))
-                    if getattr(self.cascade, "tmd", None) is not None else None)
+                    if self.cascade.tmd is not None else None)
 
     def describe(self) -> str:
         s1 = self.cascade.stage1
@@ -88,57 +87,58 @@ class CascadeServicer(rpc.CascadeServicer):
         if deadline_s is None or deadline_s > 1e6:  # the caller set none
             deadline_s = self.cfg.front.deadline_ms / 1000
         end = t0 + deadline_s
-        k = self.check_k(request.k or self.cfg.front.default_k)
+        k = self.check_k(request.k)
         stage_ms: dict[str, float] = {}
-        ctx = self.stage_context(request.context, stage_ms)
+        ctx, vectors, rows = self.stage_context(request.context, stage_ms)
 
         ranking, kind, reason = self.call_stage1(ctx, end, stage_ms, context)
         degraded: list[str] = []
+        cfg, share = self.cascade.config, self.cfg.front
         if self.lvm is not None:
             ranking = self.rerank("lvm", self.lvm.Rerank, pb.LvmRequest(
-                contexts=[ctx], candidates=ranking, keep=self.cfg_keep("k_lvm", ranking)),
-                end, deadline_s * self.cfg.front.lvm_share, stage_ms, degraded) or ranking
+                contexts=[ctx], candidates=ranking, keep=min(cfg.k_lvm, len(ranking[0].ids))),
+                end, deadline_s * share.lvm_share, stage_ms, degraded) or ranking
         if self.tmd is not None:
+            lanes = self.cascade.context_lanes(vectors, rows, None)
             ranking = self.rerank("tmd", self.tmd.Rerank, pb.TmdRequest(
-                query_codes=self.query_codes(request.context), candidates=ranking,
-                keep=self.cfg_keep("k_tmd", ranking)),
-                end, deadline_s * self.cfg.front.tmd_share, stage_ms, degraded) or ranking
+                query_codes=lanes.tolist(), candidates=ranking,
+                keep=min(cfg.k_tmd, len(ranking[0].ids))),
+                end, deadline_s * share.tmd_share, stage_ms, degraded) or ranking
         stage_ms["total"] = 1000 * (time.perf_counter() - t0)
         return pb.SearchResponse(hits=self.hits(ranking[0], k), stage1=kind,
                                  stage1_reason=reason, stage_ms=stage_ms,
                                  degraded=bool(degraded), degraded_reason="; ".join(degraded))
 
     def check_k(self, k: int) -> int:
-        # As Cascade.search: at most the last stage's K.
-        c = self.cascade.config
-        last_k = c.k_tmd if self.cascade.lvm is not None else c.k_lvm
+        """As Cascade.search: 0 (proto3's unset) is its default, min(k_tmd, last_k)."""
+        last_k = self.cascade.last_k
+        k = k or min(self.cascade.config.k_tmd, last_k)
         if not 1 <= k <= last_k:
             raise ValueError(f"k must be an integer in [1, {last_k}] (the last stage's K), "
                              f"got {k}")
         return k
 
-    def cfg_keep(self, key: str, ranking) -> int:
-        return min(getattr(self.cascade.config, key), len(ranking[0].ids))
+    def stage_context(self, msg, stage_ms: dict):
+        """The request's context as the stages take it (texts embedded here), and the library's
+        checked (vectors, rows) of it: a bad input is refused before any stage works on it."""
+        from cascade.stage1 import ContextRows
 
-    def stage_context(self, msg, stage_ms: dict) -> pb.Context:
-        """The request's context as the stages take it (texts embedded here), checked by the
-        library first so a bad input is refused before any stage works on it."""
         kind = context_kind(msg, "context", ("vectors", "texts", "rows"))
         if kind == "texts":
             texts = list(msg.texts.texts)
             self.check_texts(texts)
             t = time.perf_counter()
-            from cascade.encoder import encode
-            vectors = encode(texts, self.encoder)
+            embedded = self.cascade.embed(texts)
             stage_ms["embed"] = 1000 * (time.perf_counter() - t)
             metrics.STAGE.labels("embed").observe(stage_ms["embed"] / 1000)
-            msg = pb.Context(vectors=vectors_to_proto(vectors))
-        from cascade.stage1 import ContextRows
+            msg = pb.Context(vectors=vectors_to_proto(embedded))
         if msg.WhichOneof("kind") == "rows":
-            self.cascade.stage1.contexts(ContextRows(np.asarray(msg.rows.rows, np.int64)))
+            vectors, rows = self.cascade.stage1.contexts(
+                ContextRows(np.asarray(msg.rows.rows, np.int64)))
         else:
-            self.cascade.stage1.contexts(vectors_from_proto(msg.vectors, "context.vectors"))
-        return msg
+            vectors, rows = self.cascade.stage1.contexts(
+                vectors_from_proto(msg.vectors, "context.vectors"))
+        return msg, vectors, rows
 
     def check_texts(self, texts: list[str]) -> None:
         f = self.cfg.front
@@ -157,9 +157,6 @@ class CascadeServicer(rpc.CascadeServicer):
             if len(t) > f.max_text_chars:
                 raise ValueError(f"context.texts[{i}]: {len(t)} characters, more than the "
                                  f"maximum {f.max_text_chars} (front.max_text_chars)")
-
-    def query_codes(self, msg) -> list[int]:
-        raise NotImplementedError("TMD query codes: waiting for the library's TMD stage")
 
     def call_stage1(self, ctx: pb.Context, end: float, stage_ms: dict, context):
         k1 = min(self.cascade.config.k_stage1, self.cascade.bank.n)

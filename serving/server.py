@@ -163,11 +163,18 @@ def serve(cfg: ServingConfig, name: str, address: str, process: int = 0,
 
 
 def deployed(cfg: ServingConfig) -> list[str]:
-    """The stages deploy.json names: stage 1 always, the rerankers when trained."""
-    from cascade.deploy import read_deploy
+    """The stages of the cascade deploy.json describes, as the library builds it."""
+    import numpy as np
+
+    from cascade.deploy import read_deploy, resolve
 
     deploy = read_deploy(cfg.deploy)
-    return [name for name in STAGES if name == "stage1" or deploy.get(name)]
+    bank = resolve(cfg.deploy, deploy["bank"])
+    with np.load(bank) as z:  # reads the archive's directory only
+        has_tmd = "tmd_codes" in z.files
+    # As Cascade.from_deploy: the LVM when deploy.json names one, TMD when the bank has codes.
+    present = {"stage1": True, "lvm": bool(deploy.get("lvm")), "tmd": has_tmd}
+    return [name for name in STAGES if present[name]]
 
 
 def plan(cfg: ServingConfig, only: str | None) -> list[tuple[str, str, int]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 
 import grpc
 import numpy as np
@@ -113,13 +114,17 @@ class TmdServicer(_Stage, rpc.TmdRerankerServicer):
 
     def load(self) -> None:
         super().load()
-        if getattr(self.cascade, "tmd", None) is None:
-            raise ValueError(f"{self.cfg.deploy}: the cascade it names has no TMD stage")
+        if self.cascade.tmd is None:
+            raise ValueError(f"{self.cfg.deploy}: its bank has no TMD codes, so the cascade "
+                             f"has no TMD stage; leave the tmd server out")
 
     @guarded
     def Rerank(self, request, context):
+        t0 = time.perf_counter()
         ids, scores = candidates_from_proto(request.candidates, "candidates")
         codes = np.asarray(request.query_codes, dtype=np.int64)
-        result = self.cascade.tmd.rerank(codes, ids, scores, keep=request.keep)
-        return pb.RerankResponse(results=candidates_to_proto(result.ids, result.scores),
-                                 seconds=result.seconds)
+        if len(codes) != len(ids):
+            raise ValueError(f"query_codes: {len(codes)} codes for {len(ids)} candidate lists")
+        ids, scores = self.cascade.tmd.rerank(codes, ids, scores, keep=request.keep)
+        return pb.RerankResponse(results=candidates_to_proto(ids, scores),
+                                 seconds=time.perf_counter() - t0)

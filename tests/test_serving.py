@@ -166,7 +166,7 @@ def test_vectors_and_rows_answer_as_the_in_process_cascade(serving, in_process, 
             by_vectors = client.search_vectors(bank.vectors[rows], k=4)
             assert_same(by_vectors, in_process.search(bank.vectors[rows], k=4))
             assert not by_vectors.degraded and by_vectors.degraded_reason == ""
-            assert set(by_vectors.stage_ms) >= {"stage1", "lvm", "total"}
+            assert set(by_vectors.stage_ms) == {"stage1", "lvm", "tmd", "total"}
     hit = by_vectors.hits[0]
     assert hit.text == bank.text(hit.row) and hit.cpe_id == f"cpe-{hit.row:05d}"
     assert (hit.article, hit.position) == (bank.article_indices[hit.row],
@@ -174,13 +174,11 @@ def test_vectors_and_rows_answer_as_the_in_process_cascade(serving, in_process, 
 
 
 def test_texts_answer_as_the_in_process_cascade_on_their_embeddings(serving, in_process):
-    from cascade.encoder import encode, load_encoder
-
     texts = ["The Moon is Earth's only natural satellite.",
              "It orbits at an average distance of 384,400 km."]
     with serving.client(timeout=30) as client:
         response = client.search_texts(texts)
-    assert_same(response, in_process.search(encode(texts, load_encoder())))
+    assert_same(response, in_process.search(in_process.embed(texts)))
     assert response.stage_ms["embed"] > 0
 
 
@@ -267,7 +265,7 @@ def test_an_oversized_message_is_refused(serving):
 
 def test_health_per_service_and_reflection(serving):
     for name, service in (("front", "cascade.v1.Cascade"), ("stage1", "cascade.v1.Stage1"),
-                          ("lvm", "cascade.v1.LvmReranker")):
+                          ("lvm", "cascade.v1.LvmReranker"), ("tmd", "cascade.v1.TmdReranker")):
         with grpc.insecure_channel(serving.cfg.server(name).addresses[0]) as ch:
             health = health_pb2_grpc.HealthStub(ch)
             for svc in ("", service):
@@ -409,9 +407,9 @@ def test_mutual_tls_then_a_dead_reranker_degrades_then_sigterm_drains(deployed, 
 
 
 def test_v4_a_late_reranker_and_stage1_down(deployed, serving, tmp_path):
-    """A front and a stage 1 started alone on a deploy.json that chose v4, using the LVM of the
-    running set with a deadline share (10 us of 10 s) no call can meet; then stage 1 is
-    killed."""
+    """A front and a stage 1 started alone on a deploy.json that chose v4, using the LVM and
+    TMD of the running set, the LVM with a deadline share (10 us of 10 s) no call can meet;
+    then stage 1 is killed."""
     import torch
 
     from cascade import checkpoint as ck
@@ -435,6 +433,7 @@ def test_v4_a_late_reranker_and_stage1_down(deployed, serving, tmp_path):
     config = write_config(root, "v4", lvm_share=1e-6)
     data = yaml.safe_load(config.read_text())
     data["lvm"]["addresses"] = serving.cfg.lvm.addresses
+    data["tmd"]["addresses"] = serving.cfg.tmd.addresses
     config.write_text(yaml.safe_dump(data))
     v4 = ("--deploy", str(tmp_path / "deploy.json"))
     stage1 = ServingSet(config, "--only", "stage1", *v4, wait=False)
@@ -453,9 +452,12 @@ def test_v4_a_late_reranker_and_stage1_down(deployed, serving, tmp_path):
         with front.client(retries=0) as client:
             answer = client.search_rows(rows, timeout=10)
             assert answer.stage1 == "v4" and answer.degraded
-            assert "lvm missed its deadline share" in answer.degraded_reason
-            first = cascade.stage1.search(ContextRows(np.array(rows)), k=10)
-            assert [h.row for h in answer.hits] == first.ids[0].tolist()  # stage 1's ranking
+            assert answer.degraded_reason.startswith("lvm missed its deadline share")
+            assert "tmd" not in answer.degraded_reason
+            # The cascade without its LVM: stage 1's candidates straight to TMD.
+            without = Cascade(cascade.stage1, None, cascade.config, cascade.tmd,
+                              cascade.centroids).search(ContextRows(np.array(rows)))
+            assert_same(answer, without)
 
             os.kill(stage1.pid("stage1"), signal.SIGKILL)
             with pytest.raises(grpc.RpcError) as e:
