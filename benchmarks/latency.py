@@ -58,14 +58,16 @@ def free_port() -> int:
 
 def layout_config(base: ServingConfig, layout: str, path: Path) -> Path:
     """`base` with fresh loopback ports, laid out one way: `single` (one process per server),
-    `reuseport` (two processes per server sharing its port) or `replicas` (two servers per
-    stage, balanced per call by gRPC round_robin; the clients balance over two fronts)."""
+    `reuseport` (two processes per server sharing its port), `replicas` (two servers per
+    stage, balanced per call by gRPC round_robin; the clients balance over two fronts), or
+    `mixed` (two front processes sharing its port, two replicas of each stage)."""
     data = yaml.safe_load(DEFAULT_CONFIG.read_text())
     data["deploy"] = base.deploy
     for name in ("front", *STAGES):
-        copies = 2 if layout == "replicas" else 1
+        shared = layout == "reuseport" or (layout == "mixed" and name == "front")
+        copies = 2 if layout == "replicas" or (layout == "mixed" and name != "front") else 1
         data[name]["addresses"] = [f"127.0.0.1:{free_port()}" for _ in range(copies)]
-        data[name]["processes"] = 2 if layout == "reuseport" else 1
+        data[name]["processes"] = 2 if shared else 1
         data[name]["metrics_port"] = 0
     path.write_text(yaml.safe_dump(data))
     return path
@@ -278,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"--synthetic 36000)", file=sys.stderr)
             return 2
         contexts = bench_contexts(base.deploy)
-        layouts = ["single", "reuseport", "replicas"] if args.compare else ["single"]
+        layouts = (["single", "reuseport", "replicas", "mixed"] if args.compare else
+                   ["single"])
         report = {"deploy": base.deploy, "synthetic_rows": args.synthetic or None,
                   "cpus": os.cpu_count(), "load_avg_at_start": list(os.getloadavg()),
                   "targets": TARGETS, "layouts": {}}

@@ -24,7 +24,9 @@ class ServerConfig:
     # host:port of each replica; the front balances over them with gRPC round_robin.
     addresses: list[str]
     metrics_port: int  # prometheus on 127.0.0.1:<port + process number>; 0 = off
-    processes: int = 1  # pre-forked processes per address, sharing its port (SO_REUSEPORT)
+    # Processes per address sharing its port (SO_REUSEPORT): 2 gave more searches/s than one
+    # process or two round_robin replicas (python -m benchmarks.latency --compare).
+    processes: int = 2
     workers: int = 8  # threads per process serving calls
     max_concurrent_rpcs: int = 32  # beyond this, callers get RESOURCE_EXHAUSTED at once
     threads: int = 1  # torch / FAISS (OpenMP) threads per process

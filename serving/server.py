@@ -188,6 +188,21 @@ def plan(cfg: ServingConfig, only: str | None) -> list[tuple[str, str, int]]:
     return out
 
 
+def check_free(addresses: list[str]) -> None:
+    """OSError naming an address something already listens on. With SO_REUSEPORT a second set
+    would otherwise bind beside the first and silently take part of its calls."""
+    import socket
+
+    for address in dict.fromkeys(addresses):
+        host, _, port = address.rpartition(":")
+        with socket.socket(socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET) as s:
+            try:
+                s.bind((host.strip("[]"), int(port)))
+            except OSError as e:
+                raise OSError(f"cannot listen on {address}: {e.strerror} (another server "
+                              f"there? stop it, or change the address in the config)") from None
+
+
 def _wait_ready(procs: list[subprocess.Popen], read_fd: int, timeout: float) -> list[str]:
     """Lines of the processes that reported SERVING; raises if one exits first."""
     lines, buf, deadline = [], b"", time.monotonic() + timeout
@@ -216,7 +231,9 @@ def run_set(cfg: ServingConfig, config_path: str, only: str | None) -> int:
     signal.signal(signal.SIGTERM, lambda s, f: stop.set())
     signal.signal(signal.SIGINT, lambda s, f: stop.set())
     try:
-        for name, address, process in plan(cfg, only):
+        todo = plan(cfg, only)
+        check_free([address for _, address, _ in todo])
+        for name, address, process in todo:
             threads = str(cfg.server(name).threads)
             env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
             cmd = [sys.executable, "-m", "serving.server", "--config", config_path,

@@ -77,9 +77,10 @@ def write_config(root: Path, name: str, tls: dict | None = None, grace: float = 
                  **front) -> Path:
     data = {"deploy": str(root / "deploy.json"), "grace_seconds": grace,
             "front": {"addresses": [f"127.0.0.1:{free_port()}"], "metrics_port": free_port(),
-                      **front}}
-    for stage in ("stage1", "lvm", "tmd"):
-        data[stage] = {"addresses": [f"127.0.0.1:{free_port()}"], "metrics_port": 0}
+                      "processes": 1, **front}}
+    for stage in ("stage1", "lvm", "tmd"):  # one process each keeps the tests light
+        data[stage] = {"addresses": [f"127.0.0.1:{free_port()}"], "metrics_port": 0,
+                       "processes": 1}
     if tls:
         data["tls"] = tls
     path = root / f"{name}.yaml"
