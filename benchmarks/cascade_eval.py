@@ -51,7 +51,7 @@ def hit_values(ranks: np.ndarray, k: int) -> np.ndarray:
 
 
 def mrr_values(ranks: np.ndarray, k: int = 10) -> np.ndarray:
-    return np.where((ranks >= 0) & (ranks < k), 1.0 / (ranks + 1.0), 0.0)
+    return np.where((ranks >= 0) & (ranks < k), 1.0 / (np.maximum(ranks, 0) + 1.0), 0.0)
 
 
 def with_ci(values: np.ndarray, clusters: np.ndarray, scale: float = 100.0) -> dict:

@@ -6,6 +6,8 @@ banks: `vectors`, `article_indices`, `chunk_indices` (required), `concept_texts`
 `tmd_codes` (optional). Vectors are kept L2-normalized float32, any dimension.
 
     python -m cascade.bank PATH        # validate and print a summary; exit 2 on an invalid bank
+    python -m cascade.bank convert ORIGINAL.npz OUT.npz --trust-pickle
+                                       # a bank saved by the original system (object arrays)
 """
 
 from __future__ import annotations
@@ -244,9 +246,12 @@ def load_bank(path: str | os.PathLike, normalize: bool = True) -> Bank:
             if key in npz.files:
                 try:
                     arrays[key] = npz[key]
-                except ValueError as e:
-                    raise BankError(f"{path}: key '{key}' cannot be read without pickle ({e}); "
-                                    f"save it as a str/int array") from None
+                except ValueError:
+                    # Unpickling runs code stored in the file: never by default.
+                    raise BankError(
+                        f"{path}: key '{key}' holds Python objects, readable only with pickle "
+                        f"(a bank saved by the original system?). Convert it once: python -m "
+                        f"cascade.bank convert {path} OUT.npz --trust-pickle") from None
     meta = {}
     side = sidecar_path(path)
     if side.exists():
@@ -331,7 +336,38 @@ def summary(bank: Bank) -> dict:
     }
 
 
+def convert_main(argv: list[str]) -> int:
+    from cascade.convert import convert_original
+
+    p = argparse.ArgumentParser(
+        prog="python -m cascade.bank convert",
+        description="Convert a bank saved by the original system (object arrays for cpe_ids / "
+                    "concept_texts, TMD as domain/task/modifier codes) into this format.")
+    p.add_argument("original", help="the original system's bank .npz")
+    p.add_argument("out", help="the converted bank .npz (a sidecar .json is written beside it)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="required: the original file is read ONCE with pickle allowed. "
+                        "Unpickling runs code stored in the file, so pass this only for a file "
+                        "you trust (one your own system wrote). The output needs no pickle.")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        side = convert_original(args.original, args.out, trust_pickle=args.trust_pickle)
+    except BankError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    conv = side["converted_from"]
+    print(f"wrote {args.out}: {side['rows']:,} rows x {side['dim']}, {side['articles']:,} "
+          f"articles; texts {'yes' if side['texts'] else 'no'}, tmd_codes "
+          f"{'from ' + '+'.join(conv['tmd_from']) if conv.get('tmd_from') else 'none'}; "
+          f"dropped keys: {', '.join(conv['dropped_keys']) or 'none'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["convert"]:
+        return convert_main(argv[1:])
     p = argparse.ArgumentParser(prog="python -m cascade.bank", description=__doc__.split("\n")[0])
     p.add_argument("path", help="bank .npz")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")

@@ -9,9 +9,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from cascade.bank import atomic_write
+from cascade.bank import Bank
+from cascade.pairs import Pairs
+from cascade.split import SplitSpec, leaked_rows
 from cascade.towers import DocTower, QueryTower, TowerConfig, build_towers
 
 FORMAT_VERSION = 1
@@ -25,6 +29,7 @@ EPOCH = "epoch"
 METRICS = "metrics"
 BEST_METRIC = "best_metric"
 BANK_FINGERPRINT = "bank_fingerprint"
+SPLIT = "split"  # the article split (cascade.split.SplitSpec as a dict) the run trained with
 TRAIN_STATE = "train_state"  # optimizer, step, memory bank, RNG, history: only in last.pt
 
 
@@ -73,3 +78,28 @@ def load_towers(path: str | os.PathLike, bank_fingerprint: str | None = None
         raise CheckpointError(f"{path}: weights do not match its model config "
                               f"({str(e).splitlines()[0][:200]})") from None
     return query.eval(), doc.eval(), ckpt
+
+
+def split_spec_of(ckpt: dict) -> SplitSpec | None:
+    """The article split a checkpoint trained with; None when it records none (older runs)."""
+    spec = ckpt.get(SPLIT)
+    return SplitSpec.from_dict(spec) if isinstance(spec, dict) else None
+
+
+def check_split_of(ckpt: dict, path: str | os.PathLike, pairs: Pairs, bank: Bank,
+                   role: str) -> None:
+    """Refuse a checkpoint whose train articles include val/test articles of these pairs: as a
+    baseline it would be scored on articles it trained on; continued, it would select and be
+    judged on them."""
+    spec = split_spec_of(ckpt)
+    if spec is None:
+        raise CheckpointError(f"{role} {path}: records no article split (trained before splits "
+                              f"were pinned); retrain it on pairs of this bank")
+    leaked = leaked_rows(bank, pairs.target, pairs.split, spec)
+    if len(leaked):
+        n_art = len(np.unique(bank.article_indices[pairs.target[leaked]]))
+        raise CheckpointError(
+            f"{role} {path}: {len(leaked):,} val/test pairs ({n_art:,} articles) of {pairs.path} "
+            f"are train articles of that checkpoint (its split: seed {spec.seed}, key "
+            f"{spec.key}, train {spec.train}, test {spec.test}); use pairs with its split or "
+            f"retrain it")

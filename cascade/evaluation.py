@@ -25,7 +25,8 @@ def evaluate(q: np.ndarray, pairs: Pairs, bank: Bank, index, ks: tuple[int, ...]
     k = max(max(ks), margin_negatives + 32)
     D, I = search_batched(index, q, k, pairs.ctx_start, pairs.ctx_end)
     ranks = target_ranks(I, pairs.target)
-    metrics = recall_report(ranks, ks)
+    # Pairs of one article are correlated: CIs resample articles (the target's).
+    metrics = recall_report(ranks, ks, clusters=bank.article_indices[pairs.target])
     negs = clean_negatives(q, D[:, :margin_negatives + 32], I[:, :margin_negatives + 32],
                            bank.vectors, pairs.target, bank.article_indices, margin_negatives,
                            threshold=dup_threshold)

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from cascade.bank import Bank, atomic_write, open_npz
+from cascade.split import TEST, TRAIN, VAL, SplitSpec
 
 FORMAT_VERSION = 1
-TRAIN, VAL = 0, 1
 KEYS = ("ctx_start", "ctx_end", "target", "split")
 _ROW_MAX = np.iinfo(np.int64).max
 
@@ -31,7 +31,7 @@ class Pairs:
     ctx_start: np.ndarray  # (P,) int64, first context row
     ctx_end: np.ndarray  # (P,) int64, one past the last context row
     target: np.ndarray  # (P,) int64, the row to retrieve
-    split: np.ndarray  # (P,) uint8, TRAIN or VAL
+    split: np.ndarray  # (P,) uint8, TRAIN, VAL or TEST (cascade.split)
     bank_fingerprint: str = ""
     meta: dict = field(default_factory=dict)
     path: str | None = None
@@ -52,6 +52,25 @@ class Pairs:
 
     def val(self) -> Pairs:
         return self.subset(np.flatnonzero(self.split == VAL))
+
+    def test(self) -> Pairs:
+        return self.subset(np.flatnonzero(self.split == TEST))
+
+    def side(self, name: str) -> Pairs:
+        """The pairs of one split by name: train, val or test."""
+        if name not in ("train", "val", "test"):
+            raise ValueError(f"unknown split {name!r} (train, val or test)")
+        return getattr(self, name)()
+
+    @property
+    def split_spec(self) -> SplitSpec | None:
+        """The article split these pairs were drawn with (None for pairs of the old format)."""
+        spec = self.meta.get("split")
+        return SplitSpec.from_dict(spec) if isinstance(spec, dict) else None
+
+    def articles(self, bank: Bank) -> np.ndarray:
+        """(P,) the article of each pair's target: the cluster of its CI."""
+        return bank.article_indices[self.target]
 
 
 WINDOW_BATCH_FLOATS = 1 << 24  # bound one gathered (B, L, D) context batch to 64 MB
@@ -110,11 +129,11 @@ def load_pairs(path: str | os.PathLike, bank: Bank | None = None) -> Pairs:
             raise PairsError(f"{path}: key '{key}' must be integers, got dtype {col.dtype}")
     # Range checks on the stored values, before the casts below can wrap them (256 -> uint8 0).
     for key, hi in (("ctx_start", _ROW_MAX), ("ctx_end", _ROW_MAX), ("target", _ROW_MAX),
-                    ("split", VAL)):
+                    ("split", TEST)):
         col = cols[key]
         bad = np.flatnonzero((col < 0) | (col > hi))
         if len(bad):
-            what = "(0 = train, 1 = val)" if key == "split" else "is not a bank row"
+            what = "(0 = train, 1 = val, 2 = test)" if key == "split" else "is not a bank row"
             raise PairsError(f"{path}: key '{key}' row {bad[0]}: value {col[bad[0]]} {what}")
     pairs = Pairs(cols["ctx_start"].astype(np.int64), cols["ctx_end"].astype(np.int64),
                   cols["target"].astype(np.int64), cols["split"].astype(np.uint8),

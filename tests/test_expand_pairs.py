@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from cascade.bank import Bank, save_bank
-from cascade.pairs import TRAIN, VAL, load_pairs
+from cascade.pairs import TEST, TRAIN, VAL, load_pairs
 from training.expand_pairs import (
     RETRY_MAX_PER_SEQ,
     RETRY_STRIDE,
@@ -172,10 +172,13 @@ def test_split_is_article_disjoint_and_seeded(small_bank):
     other = expand_pairs(small_bank, resolve(ExpandConfig(seed=12), small_bank))
     art = small_bank.article_indices[a.target]
     train, val = set(art[a.split == TRAIN].tolist()), set(art[a.split == VAL].tolist())
-    assert train and val and not train & val
-    n_articles = len(train | val)
-    assert abs(len(train) - 0.9 * n_articles) <= 1
+    test = set(art[a.split == TEST].tolist())
+    assert train and val and test and not train & val and not train & test and not val & test
+    n_articles = len(train | val | test)
+    # Each article's side is its own hash draw: the fractions hold in expectation (binomial).
+    assert abs(len(train) - 0.8 * n_articles) <= 3 * np.sqrt(0.16 * n_articles)
     assert a.meta["train_articles"] == len(train) and a.meta["val_articles"] == len(val)
+    assert a.meta["test_articles"] == len(test)
     np.testing.assert_array_equal(a.split, b.split)
     assert (a.split != other.split).any()
     np.testing.assert_array_equal(a.target, other.target)  # the seed moves only the split
@@ -203,7 +206,7 @@ def test_cli_writes_pairs_and_manifest(tmp_path, small_bank, small_bank_path):
     pairs = load_pairs(out, small_bank)
     m = json.loads(out.with_suffix(".json").read_text())
     assert m == pairs.meta
-    assert m["pairs"] == len(pairs) == m["train_pairs"] + m["val_pairs"]
+    assert m["pairs"] == len(pairs) == m["train_pairs"] + m["val_pairs"] + m["test_pairs"]
     assert m["config"]["stride"] == 1 and m["bank_kind"] == "short-article"
     assert m["retried"] is False and m["bank_fingerprint"] == small_bank.fingerprint()
     hist = {int(k): v for k, v in m["context_length_histogram"].items()}
@@ -243,7 +246,7 @@ def test_cli_shortfall_when_every_window_is_used(tmp_path, small_bank_path):
 @pytest.mark.parametrize("args, message", [
     (["--bank", "MISSING"], "no such file"),
     (["--stride", "0"], "--stride must be >= 1"),
-    (["--train-split", "1.0"], "--train-split must be in (0, 1)"),
+    (["--train-split", "1.0"], "--train-split / --test-split: split fractions"),
 ])
 def test_cli_bad_input_exits_2_with_one_line(tmp_path, small_bank_path, args, message):
     args = [str(tmp_path / "nope.npz") if a == "MISSING" else a for a in args]

@@ -95,7 +95,7 @@ def test_refuses_empty_context(tmp_path, pairs):
         load_pairs(_write(tmp_path, arrays))
 
 
-@pytest.mark.parametrize("value", [2, 255, 256, -1])
+@pytest.mark.parametrize("value", [3, 255, 256, -1])
 def test_refuses_bad_split(tmp_path, pairs, value):
     arrays = _arrays(pairs)
     arrays["split"] = arrays["split"].astype(np.int64)  # 256 must not wrap to 0 (train)

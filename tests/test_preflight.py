@@ -70,7 +70,8 @@ def test_clean_pairs_are_green(tmp_path, small_bank, small_bank_path, clean, cap
     rc, results = _run(tmp_path, _copy(clean), small_bank_path)
     out = capsys.readouterr().out
     assert rc == 0
-    assert list(results) == ["data_sanity", "leakage", "alignment", "schedule",
+    assert list(results) == ["data_sanity", "leakage", "checkpoint_leakage", "alignment",
+                             "schedule",
                              "hard_negative_filter", "manifest"]
     assert {r["status"] for r in results.values()} == {PASS}, results
     for name in results:
@@ -104,7 +105,8 @@ def test_manifest_holds_fingerprints_and_commit(tmp_path, small_bank, small_bank
     assert m["mine_schedule"] == "0-5:none;6-30:8@0.8-0.9"
     assert m["filter_threshold"] == 0.98
     assert m["counts"] == {k: clean.meta[k] for k in ("pairs", "train_pairs", "val_pairs",
-                                                     "train_articles", "val_articles")}
+                                                     "test_pairs", "train_articles",
+                                                     "val_articles", "test_articles")}
     assert m["checks"] == {name: PASS for name in results} and m["go"] is True
     assert datetime.fromisoformat(m["created_utc"]).utcoffset().total_seconds() == 0
     assert not list(out.parent.glob(".*.tmp")), "atomic write left a temp file"
@@ -154,7 +156,7 @@ def test_sanity_blockers(small_bank, clean, fault):
     elif fault == "no_val":
         split[:] = TRAIN
     elif fault == "bad_split":
-        split[i] = 2
+        split[i] = 3
     pairs = Pairs(s, e, t, split, "sha256:0123" if fault == "other_bank" else
                   small_bank.fingerprint())
     result = check_sanity(pairs, small_bank)
@@ -179,7 +181,7 @@ def test_sanity_warns_on_unpinned_pairs(small_bank, clean):
 
 def _brute_force_leakage(pairs: Pairs, bank: Bank) -> dict:
     art, V = bank.article_indices, bank.vectors
-    tr, va = pairs.split == TRAIN, pairs.split == VAL
+    tr, va = pairs.split == TRAIN, pairs.split != TRAIN  # val and test are both held out
     train_rows = [(s, t) for s, t in zip(pairs.ctx_start[tr], pairs.target[tr], strict=True)]
     overlapping = sum(any(s <= tt and ss <= t for ss, tt in train_rows)
                       for s, t in zip(pairs.ctx_start[va], pairs.target[va], strict=True))
@@ -231,7 +233,7 @@ def test_random_pair_level_split_blocks_the_run(tmp_path, small_bank_path, clean
     rc, results = _run(tmp_path, pairs, small_bank_path)
     assert rc == 1
     assert results["leakage"]["status"] == BLOCKER
-    assert "articles in both splits" in results["leakage"]["detail"]
+    assert "articles in train and val/test" in results["leakage"]["detail"]
     assert results["data_sanity"]["status"] == PASS
     assert "NO-GO" in capsys.readouterr().out
     manifest = json.loads((tmp_path / "pairs_manifest.json").read_text())

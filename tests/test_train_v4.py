@@ -164,8 +164,11 @@ def test_training_run_writes_history_checkpoints_and_gate(tiny):
     assert (out / "config.yaml").exists() and (out / "report.md").exists()
     log = next((tiny / "logs").glob("twotower_v4_*.log")).read_text()
     assert "Epoch 4/4" in log and "Recall@100" in log and "Separation Δ" in log
-    # Training learned something: v4 beats the near-uniform heuristic on this bank.
-    assert gate["methods"]["v4"]["mrr"] > gate["methods"]["heuristic"]["mrr"]
+    # Training learned something: v4 beats the near-uniform heuristic on this bank (test split,
+    # judged once; best.pt was selected on val).
+    assert gate["split"] == "test" and gate["test_pairs"] == gate["methods"]["v4"]["n"]
+    assert gate["methods"]["v4"]["recall@100"] > gate["methods"]["heuristic"]["recall@100"]
+    assert gate["vs_heuristic"]["recall@100"]["ci_method"] == "article bootstrap"
 
 
 def test_abort_saves_abort_checkpoint_and_exits_3(tiny):
@@ -227,6 +230,34 @@ def test_init_from_continues_from_a_checkpoint(tiny):
     b = json.loads((Path(second.out) / "history.json").read_text())
     # With a ~zero learning rate the continued model evaluates like the one it started from.
     assert b[0]["mrr"] == pytest.approx(max(a, key=lambda h: h["recall@100"])["mrr"], abs=0.02)
+
+
+def test_checkpoints_of_another_split_are_refused_as_baseline_and_init(tiny, tmp_path):
+    """A checkpoint records its article split; comparing with it (or continuing from it) on
+    pairs whose val/test articles it trained on is refused, here and in pre-flight."""
+    first = tiny_cfg(tiny, "split_a", epochs=1, mine_schedule="0-1:none")
+    train(first)
+    best = Path(first.out) / "checkpoints" / "best.pt"
+    assert ck.split_spec_of(torch.load(best, weights_only=True)).seed == 1
+    bank = synth_bank(SynthConfig(n=1500, dim=16, mean_chunks=10, topics=3, seed=3))
+    moved = expand_pairs(bank, ExpandConfig(context_len=6, stride=1, max_per_seq=100, seed=2))
+    save_pairs(moved, tmp_path / "moved.npz")
+    cfg = tiny_cfg(tiny, "split_b", pairs=str(tmp_path / "moved.npz"), epochs=1,
+                   mine_schedule="0-1:none")
+    with pytest.raises(ck.CheckpointError, match="are train articles of that checkpoint"):
+        train(cfg, baselines={"v3": str(best)})
+    with pytest.raises(ck.CheckpointError, match="--init-from .* train articles"):
+        train(cfg, init_from=str(best))
+    assert not (Path(cfg.out) / "checkpoints" / "last.pt").exists()
+    from training.preflight import run_preflight
+
+    checks = {r.name: r for r in run_preflight(moved, bank, sample=100, checkpoints=[str(best)])}
+    assert checks["checkpoint_leakage"].status == "blocker"
+    assert "are train articles of" in checks["checkpoint_leakage"].detail
+    # The same checkpoint against pairs of its own split (any stride) passes.
+    same = expand_pairs(bank, ExpandConfig(context_len=3, stride=2, max_per_seq=100, seed=1))
+    checks = {r.name: r for r in run_preflight(same, bank, sample=100, checkpoints=[str(best)])}
+    assert checks["checkpoint_leakage"].status == "pass"
 
 
 @pytest.mark.parametrize("doc", ["identity", "mlp"])

@@ -21,8 +21,10 @@ from pathlib import Path
 
 import yaml
 
+from cascade import checkpoint as ck
 from cascade.bank import BankError, atomic_write, load_bank, sha256_file
 from cascade.deploy import CascadeConfig
+from cascade.split import SplitSpec, key_kind
 from training import expand_pairs, postmortem, preflight, train_v4
 from training.config import CONFIG_DIR, ConfigError, from_dict, load_config
 
@@ -73,6 +75,24 @@ def flags(d: dict) -> list[str]:
     return out
 
 
+SPLIT_KEYS = ("seed", "train_split", "test_split")
+
+
+def split_of(profile: Profile, bank) -> SplitSpec:
+    """The article split every pairs file of this checklist run is drawn with."""
+    d = expand_pairs.ExpandConfig()
+    e = {**{k: getattr(d, k) for k in SPLIT_KEYS}, **profile.v4_expand}
+    return SplitSpec(seed=int(e["seed"]), train=float(e["train_split"]),
+                     test=float(e["test_split"]), key=key_kind(bank))
+
+
+def trained_split(path: Path) -> SplitSpec | None:
+    try:
+        return ck.split_spec_of(ck.load_checkpoint(path))
+    except ck.CheckpointError:
+        return None
+
+
 def step(title: str) -> None:
     print(f"\n=== {title} {'=' * max(0, 76 - len(title))}", flush=True)
 
@@ -107,14 +127,24 @@ def run_checklist(profile: Profile, resume: bool = False, gates_bank: str | None
     schedule = profile.mine_schedule or v4_cfg.mine_schedule
     epochs = profile.epochs or v4_cfg.epochs
 
-    # 1. The phase-2 (v3) baseline, and its post-mortem.
+    # 1. The phase-2 (v3) baseline, and its post-mortem. Both pairs files take the same article
+    # split (seed and fractions), so v3 is compared on articles it never trained on.
+    split = split_of(profile, bank)
+    split_flags = flags({k: v for k, v in profile.v4_expand.items() if k in SPLIT_KEYS})
     v3_pairs, v3_out = profile.path(profile.v3_pairs), profile.path(profile.v3_out)
     v3_best = Path(v3_out) / "checkpoints" / "best.pt"
-    if not v3_best.exists():
+    stale = v3_best.exists() and trained_split(v3_best) != split
+    if stale:
+        print(f"note: {v3_best} was trained with another article split than "
+              f"{split.to_dict()}: retraining v3, so that it is compared on articles it never "
+              f"trained on")
+    if stale or not v3_best.exists() or not Path(v3_pairs).exists():
         step("1a. v3 baseline pairs (phase-2 recipe)")
-        rc = expand_pairs.main(["--bank", bank_path, "--out", v3_pairs] + flags(profile.v3_expand))
+        rc = expand_pairs.main(["--bank", bank_path, "--out", v3_pairs]
+                               + flags(profile.v3_expand) + split_flags)
         if rc:
             return rc
+    if stale or not v3_best.exists():
         step("1b. v3 baseline training (hard negatives from epoch 1, no curriculum, no filter)")
         rc = train_v4.main(["--config", profile.v3_config, "--bank", bank_path, "--pairs",
                             v3_pairs, "--out", v3_out, "--name", "twotower_v3_phase2"])
@@ -139,7 +169,7 @@ def run_checklist(profile: Profile, resume: bool = False, gates_bank: str | None
     manifest = str(Path(v4_pairs).with_name("pairs_v4_manifest.json"))
     rc = preflight.main(["--pairs", v4_pairs, "--bank", bank_path, "--mine-schedule", schedule,
                          "--filter-threshold", str(v4_cfg.filter_threshold), "--epochs",
-                         str(epochs), "--manifest-out", manifest])
+                         str(epochs), "--manifest-out", manifest, "--ckpt", str(v3_best)])
     if rc:
         print("pre-flight found a blocker: v4 training not started", file=sys.stderr)
         return rc
@@ -164,6 +194,8 @@ def run_checklist(profile: Profile, resume: bool = False, gates_bank: str | None
         "checkpoint_sha256": sha256_file(checkpoint) if checkpoint else None,
         "heuristic": {"kind": "exp_weighted", "alpha": 0.1},
         "verdict": gate["verdict"], "reason": gate["reason"],
+        "judged_on": {"split": gate.get("split"), "pairs": gate.get("test_pairs"),
+                      "articles": gate.get("test_articles"), "split_spec": gate.get("split_spec")},
         "bank": bank_path, "bank_fingerprint": bank.fingerprint(),
         "gate": str(Path(v4_out) / "gate.json"), "report": str(Path(v4_out) / "report.md"),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),

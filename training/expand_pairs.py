@@ -6,7 +6,8 @@
 Per article, a pair's target is a chunk and its context the up-to `--context-len` chunks before
 it; targets are taken every `--stride` chunks from `--min-context` on, at most `--max-per-seq` per
 article (evenly spread). A pair whose target nearly duplicates (cos > 0.999) an earlier kept
-target is dropped. Train and val hold disjoint articles. Unset flags take per-bank defaults: short
+target is dropped. Train, val and test hold disjoint articles, and an article's side is a
+function of its stable key and --seed alone (cascade.split), so every pairs file of a bank agrees. Unset flags take per-bank defaults: short
 articles (median < 32 chunks, e.g. the default bank) use stride 1 and context 8, long ones the
 checklist's stride 32 / cap 30 / context 100.
 """
@@ -26,7 +27,8 @@ import numpy as np
 
 from cascade.bank import Bank, BankError, atomic_write, load_bank
 from cascade.index import build_index
-from cascade.pairs import TRAIN, VAL, Pairs, save_pairs
+from cascade.pairs import Pairs, save_pairs
+from cascade.split import SIDE_NAMES, SplitSpec, key_kind, row_sides
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +44,9 @@ class ExpandConfig:
     max_per_seq: int | None = None  # pairs per article cap; None = per-bank (1000 or 30)
     min_context: int = 1  # fewest context chunks a pair may have
     target_pairs: int = 50_000  # how many pairs we hope for; fewer is reported, not an error
-    train_split: float = 0.9  # fraction of articles in train
-    seed: int = 42
+    train_split: float = 0.8  # fraction of articles in train
+    test_split: float = 0.1  # fraction in test (the final gate); val gets the rest
+    seed: int = 42  # seed of the article split (a hash of seed and article key)
 
 
 def defaults_for(bank: Bank) -> dict:
@@ -113,16 +116,10 @@ def near_duplicate_mask(vectors: np.ndarray, threshold: float = NEAR_DUP_COS,
     return dup
 
 
-def split_by_article(articles: np.ndarray, train_split: float, seed: int) -> np.ndarray:
-    """Seeded article-level split: (P,) article id per pair -> (P,) TRAIN/VAL."""
-    unique = np.unique(articles)
-    order = np.random.default_rng(seed).permutation(len(unique))
-    n_train = int(round(train_split * len(unique)))
-    if len(unique) >= 2:
-        n_train = min(max(n_train, 1), len(unique) - 1)
-    is_val = np.zeros(len(unique), dtype=bool)
-    is_val[order[n_train:]] = True
-    return np.where(is_val[np.searchsorted(unique, articles)], VAL, TRAIN).astype(np.uint8)
+def split_spec(bank: Bank, cfg: ExpandConfig) -> SplitSpec:
+    """The article split of `cfg` on `bank`, keyed by the most stable key the bank has."""
+    return SplitSpec(seed=cfg.seed, train=cfg.train_split, test=cfg.test_split,
+                     key=key_kind(bank))
 
 
 def expand_pairs(bank: Bank, cfg: ExpandConfig) -> Pairs:
@@ -133,7 +130,8 @@ def expand_pairs(bank: Bank, cfg: ExpandConfig) -> Pairs:
     articles = bank.article_indices[targets]
     first_row = _article_start_of(bank, targets)
     ctx_start = np.maximum(first_row, targets - cfg.context_len)
-    split = split_by_article(articles, cfg.train_split, cfg.seed)
+    spec = split_spec(bank, cfg)
+    split = row_sides(bank, spec)[targets]
     lengths = targets - ctx_start
     hist = np.bincount(lengths, minlength=cfg.context_len + 1)
     meta = {
@@ -141,10 +139,10 @@ def expand_pairs(bank: Bank, cfg: ExpandConfig) -> Pairs:
         "bank": bank.path,
         "bank_fingerprint": bank.fingerprint(),
         "pairs": int(len(targets)),
-        "train_pairs": int((split == TRAIN).sum()),
-        "val_pairs": int((split == VAL).sum()),
-        "train_articles": int(len(np.unique(articles[split == TRAIN]))),
-        "val_articles": int(len(np.unique(articles[split == VAL]))),
+        "split": spec.to_dict(),
+        **{f"{name}_pairs": int((split == side).sum()) for side, name in SIDE_NAMES.items()},
+        **{f"{name}_articles": int(len(np.unique(articles[split == side])))
+           for side, name in SIDE_NAMES.items()},
         "near_duplicate_targets_dropped": int(dup.sum()),
         "near_duplicate_search": ("exact" if len(dup) <= NEAR_DUP_EXACT_MAX
                                   else f"ivf, nprobe {NEAR_DUP_NPROBE}"),
@@ -197,8 +195,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target-pairs", type=int, default=d.target_pairs,
                    help="pairs hoped for; fewer is reported with advice (default 50000)")
     p.add_argument("--train-split", type=float, default=d.train_split,
-                   help="fraction of articles in train (default 0.9)")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed of the article split")
+                   help=f"fraction of articles in train (default {d.train_split})")
+    p.add_argument("--test-split", type=float, default=d.test_split,
+                   help=f"fraction of articles in test, judged by the final gate only "
+                        f"(default {d.test_split}); val gets the rest")
+    p.add_argument("--seed", type=int, default=d.seed,
+                   help="seed of the article split: with the same seed, every pairs file of a "
+                        "bank puts each article on the same side")
     p.add_argument("--auto-retry", action="store_true",
                    help=f"if short, retry once with --stride {RETRY_STRIDE} --max-per-seq "
                         f"{RETRY_MAX_PER_SEQ}")
@@ -210,8 +213,10 @@ def main(argv: list[str] | None = None) -> int:
         if value is not None and value < 1:
             print(f"error: --{name.replace('_', '-')} must be >= 1, got {value}", file=sys.stderr)
             return 2
-    if not 0.0 < args.train_split < 1.0:
-        print(f"error: --train-split must be in (0, 1), got {args.train_split}", file=sys.stderr)
+    try:
+        SplitSpec(seed=args.seed, train=args.train_split, test=args.test_split).check()
+    except ValueError as e:
+        print(f"error: --train-split / --test-split: {e}", file=sys.stderr)
         return 2
     try:
         bank = load_bank(args.bank)
@@ -239,9 +244,10 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write(manifest_path, lambda f: f.write(json.dumps(pairs.meta, indent=2).encode()))
 
     m = pairs.meta
-    print(f"wrote {args.out}: {m['pairs']:,} pairs (train {m['train_pairs']:,} from "
-          f"{m['train_articles']:,} articles, val {m['val_pairs']:,} from {m['val_articles']:,}) "
-          f"in {m['seconds']}s")
+    sides = ", ".join(f"{name} {m[name + '_pairs']:,} from {m[name + '_articles']:,}"
+                      for name in SIDE_NAMES.values())
+    print(f"wrote {args.out}: {m['pairs']:,} pairs ({sides} articles; split key "
+          f"{m['split']['key']}, seed {m['split']['seed']}) in {m['seconds']}s")
     print(f"  stride {cfg.stride}, context <= {cfg.context_len}, cap {cfg.max_per_seq}/article; "
           f"{m['articles_too_short']:,} articles too short, {m['articles_capped']:,} capped, "
           f"{m['near_duplicate_targets_dropped']:,} near-duplicate targets dropped; "

@@ -1,7 +1,8 @@
 """Recall gates and the verdict: success, partial, or data wall, and what to do next.
 
 v4 passes only if it reaches the thresholds *and* beats the exp-weighted heuristic on the same
-val split by more than the 95% CI; otherwise serving falls back to the heuristic.
+test split by more than the 95% CI (a bootstrap over articles); otherwise serving falls back to
+the heuristic. The test split judges only: best.pt was selected on val.
 """
 
 from __future__ import annotations
@@ -61,12 +62,13 @@ def final_verdict(value: float, gates: GateConfig) -> str:
 
 
 def decide(value: float, v4_ranks: np.ndarray, heuristic_ranks: np.ndarray, gates: GateConfig,
-           ks: list[int]) -> dict:
+           ks: list[int], clusters: np.ndarray | None = None) -> dict:
     """The final gate: verdict by thresholds, and whether v4 beats the heuristic beyond the CI
-    on the gated metric (and on recall@10, reported)."""
+    on the gated metric (and on recall@10, reported). `clusters` (the article of each query's
+    target) makes the CI resample articles."""
     verdict = final_verdict(value, gates)
     gate_k = int(gates.metric.split("@")[1])  # config validation: gates.metric is a recall@k
-    comparisons = {f"recall@{k}": paired_difference(v4_ranks, heuristic_ranks, k)
+    comparisons = {f"recall@{k}": paired_difference(v4_ranks, heuristic_ranks, k, clusters)
                    for k in sorted({gate_k, min(ks)})}
     gated = comparisons[f"recall@{gate_k}"]
     beats = gated["significant"] and gated["diff"] > 0

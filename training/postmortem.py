@@ -336,6 +336,13 @@ def load_inputs(args: argparse.Namespace) -> tuple[QueryTower, DocTower, Bank, P
     if query.cfg.dim != bank.dim:
         raise ck.CheckpointError(f"{args.ckpt}: towers are {query.cfg.dim}-d, bank {args.bank} "
                                  f"is {bank.dim}-d")
+    if ck.split_spec_of(state) is None:
+        # A model trained elsewhere (the original system's v3) has no recorded split: its
+        # numbers here may include articles it trained on.
+        print(f"warning: {args.ckpt} records no article split; its val recalls may include "
+              f"articles it trained on", file=sys.stderr)
+    else:
+        ck.check_split_of(state, args.ckpt, pairs, bank, "--ckpt")
     return query, doc, bank, pairs, state
 
 

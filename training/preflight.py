@@ -6,8 +6,9 @@
         --filter-threshold 0.98 --expansion-args '{"stride": 32, "max_per_seq": 30}' \
         --manifest-out artifacts/twotower/pairs_v4_manifest.json
 
-Six checks, each pass / warning / blocker: data sanity, leakage (shared articles, overlapping
-windows and exact duplicate vectors across splits), doc-space alignment, the curriculum schedule,
+Seven checks, each pass / warning / blocker: data sanity, leakage (shared articles, overlapping
+windows and exact duplicate vectors across splits), checkpoint leakage (no val/test article is a
+train article of a checkpoint given with --ckpt), doc-space alignment, the curriculum schedule,
 the hard-negative filter threshold and what it would drop, and the reproducibility manifest.
 They print as a table and go to `--results-out` as JSON. Exit 0 when green or warnings only,
 1 on any blocker, 2 (one line on stderr) when an input cannot be used at all: a missing file, a
@@ -29,11 +30,13 @@ import numpy as np
 from tqdm import tqdm
 
 from cascade.bank import Bank, BankError, atomic_write, load_bank, sha256_file
+from cascade.checkpoint import CheckpointError, load_checkpoint, split_spec_of
 from cascade.index import build_index, search
 from cascade.metrics import alignment
 from cascade.negatives import clean_negatives
 from cascade.pairs import (
     KEYS,
+    TEST,
     TRAIN,
     VAL,
     Pairs,
@@ -43,6 +46,7 @@ from cascade.pairs import (
     load_pairs,
 )
 from cascade.query import heuristic_queries
+from cascade.split import SIDE_NAMES, leaked_rows
 from training.curriculum import ScheduleError, check_covers, format_schedule, parse_schedule
 
 DEFAULT_SCHEDULE = "0-5:none;6-10:8@0.82-0.92;11-30:16@0.84-0.96"  # the checklist's curriculum
@@ -91,7 +95,8 @@ def check_sanity(pairs: Pairs, bank: Bank) -> CheckResult:
     violations = {  # name -> (mask, what the first bad pair shows)
         "out_of_bounds": (out, f"indexes outside the bank's {n} rows"),
         "empty_context": (empty, "has an empty context"),
-        "bad_split": ((split != TRAIN) & (split != VAL), "has a split that is neither 0 nor 1"),
+        "bad_split": ((split != TRAIN) & (split != VAL) & (split != TEST),
+                      "has a split that is not 0 (train), 1 (val) or 2 (test)"),
         "target_not_after_context": (ok & ~empty & (t != e), "has target != ctx_end"),
         "crosses_article": (ok & ~empty & ((art[s0] != art[t0]) | (art[e0] != art[t0])),
                             "has a context and target not all in one article"),
@@ -111,13 +116,14 @@ def check_sanity(pairs: Pairs, bank: Bank) -> CheckResult:
     values = {"pairs": p, "bank_rows": n, "dim": bank.dim,
               **{k: int(m.sum()) for k, (m, _) in violations.items()}}
     values.update(_counts(pairs, bank, ok))
-    for name, count in (("train", values["train_pairs"]), ("val", values["val_pairs"])):
-        if count == 0:
+    for name in SIDE_NAMES.values():
+        if values[f"{name}_pairs"] == 0:
             problems.append(f"the {name} split is empty")
     if problems:
         return CheckResult("data_sanity", BLOCKER, "; ".join(problems), values)
-    detail = (f"{p:,} pairs: train {values['train_pairs']:,} ({values['train_articles']:,} "
-              f"articles), val {values['val_pairs']:,} ({values['val_articles']:,} articles); "
+    sides = ", ".join(f"{name} {values[name + '_pairs']:,} ({values[name + '_articles']:,} "
+                      f"articles)" for name in SIDE_NAMES.values())
+    detail = (f"{p:,} pairs: {sides}; "
               f"context {values['context_min']}-{values['context_max']} rows "
               f"(mean {values['context_mean']})")
     if not pairs.bank_fingerprint:
@@ -127,18 +133,16 @@ def check_sanity(pairs: Pairs, bank: Bank) -> CheckResult:
 
 
 def _split_name(value) -> str:
-    return {TRAIN: "train", VAL: "val"}.get(int(value), f"split {value}")
+    return SIDE_NAMES.get(int(value), f"split {value}")
 
 
 def _counts(pairs: Pairs, bank: Bank, ok: np.ndarray) -> dict:
     lengths = pairs.ctx_end - pairs.ctx_start
-    tr, va = (pairs.split == TRAIN) & ok, (pairs.split == VAL) & ok
     art = bank.article_indices
     return {
-        "train_pairs": int((pairs.split == TRAIN).sum()),
-        "val_pairs": int((pairs.split == VAL).sum()),
-        "train_articles": int(len(np.unique(art[pairs.target[tr]]))),
-        "val_articles": int(len(np.unique(art[pairs.target[va]]))),
+        **{f"{name}_pairs": int((pairs.split == side).sum()) for side, name in SIDE_NAMES.items()},
+        **{f"{name}_articles": int(len(np.unique(art[pairs.target[(pairs.split == side) & ok]])))
+           for side, name in SIDE_NAMES.items()},
         "context_min": int(lengths.min()) if len(lengths) else 0,
         "context_max": int(lengths.max()) if len(lengths) else 0,
         "context_mean": round(float(lengths.mean()), 3) if len(lengths) else 0.0,
@@ -224,9 +228,11 @@ def _duplicates(vectors: np.ndarray, tr: Pairs, va: Pairs, progress: bool = Fals
 
 
 def check_leakage(pairs: Pairs, bank: Bank, progress: bool = False) -> CheckResult:
-    """Articles in both splits, val windows overlapping train windows, exact duplicate vectors."""
+    """Articles on both sides, held-out (val + test) windows overlapping train windows, exact
+    duplicate vectors across them. "val" below means held out: val and test alike."""
     art, n = bank.article_indices, bank.n
-    tr, va = pairs.train(), pairs.val()
+    held_out = np.flatnonzero(pairs.split != TRAIN)
+    tr, va = pairs.train(), pairs.subset(held_out)
     lo_t, hi_t = np.minimum(tr.ctx_start, tr.target), np.maximum(tr.ctx_end - 1, tr.target)
     lo_v, hi_v = np.minimum(va.ctx_start, va.target), np.maximum(va.ctx_end - 1, va.target)
     # 1. articles on both sides
@@ -243,10 +249,11 @@ def check_leakage(pairs: Pairs, bank: Bank, progress: bool = False) -> CheckResu
               "duplicate_val_targets": int(dup_target.sum()),
               "duplicate_val_contexts": int(dup_context.sum()),
               "train_pairs": len(tr), "val_pairs": len(va)}
-    val_rows = np.flatnonzero(pairs.split == VAL)
+    val_rows = held_out
     problems = []
     if len(shared):
-        problems.append(f"{len(shared):,} articles in both splits (first: article {shared[0]})")
+        problems.append(f"{len(shared):,} articles in train and val/test (first: article "
+                        f"{shared[0]})")
     for key, mask, what in (("overlapping_val_windows", overlap, "overlap train windows"),
                             ("duplicate_val_targets", dup_target, "have a target vector equal "
                                                                   "to a train target's"),
@@ -254,13 +261,44 @@ def check_leakage(pairs: Pairs, bank: Bank, progress: bool = False) -> CheckResu
                                                                     "train context")):
         if mask.any():
             i = int(np.argmax(mask))
-            problems.append(f"{values[key]:,} val pairs {what} (first: pair {val_rows[i]}, "
+            problems.append(f"{values[key]:,} val/test pairs {what} (first: pair {val_rows[i]}, "
                             f"context [{va.ctx_start[i]}, {va.ctx_end[i]}) target {va.target[i]})")
     if problems:
         hint = " - split by article (training.expand_pairs does)" if len(shared) else ""
         return CheckResult("leakage", BLOCKER, "; ".join(problems) + hint, values)
     return CheckResult("leakage", PASS, "no shared articles, no overlapping windows, no exact "
-                       "duplicate targets or contexts across train/val", values)
+                       "duplicate targets or contexts across train and val/test", values)
+
+
+def check_checkpoint_leakage(pairs: Pairs, bank: Bank, checkpoints: list[str]) -> CheckResult:
+    """The val/test articles of these pairs are not train articles of a checkpoint that will be
+    compared with (a baseline) or continued from (--init-from, --resume): scoring a model on
+    articles it trained on flatters it."""
+    values: dict = {"checkpoints": {}}
+    problems = []
+    for path in checkpoints:
+        try:
+            spec = split_spec_of(load_checkpoint(path, bank.fingerprint()))
+        except CheckpointError as e:
+            problems.append(str(e))
+            continue
+        if spec is None:
+            problems.append(f"{path} records no article split (trained before splits were "
+                            f"pinned): retrain it on pairs of this bank")
+            continue
+        leaked = leaked_rows(bank, pairs.target, pairs.split, spec)
+        arts = np.unique(bank.article_indices[pairs.target[leaked]])
+        values["checkpoints"][path] = {"split": spec.to_dict(), "leaked_pairs": int(len(leaked)),
+                                       "leaked_articles": int(len(arts))}
+        if len(leaked):
+            problems.append(f"{len(leaked):,} val/test pairs ({len(arts):,} articles) are train "
+                            f"articles of {path} (its split: seed {spec.seed}, key {spec.key}, "
+                            f"train {spec.train}, test {spec.test}): retrain it with this split")
+    if problems:
+        return CheckResult("checkpoint_leakage", BLOCKER, "; ".join(problems), values)
+    detail = (f"no val/test article of these pairs is a train article of {len(checkpoints)} "
+              f"checkpoint(s)" if checkpoints else "no checkpoint to compare (none given)")
+    return CheckResult("checkpoint_leakage", PASS, detail, values)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -353,8 +391,8 @@ def check_filter(pairs: Pairs, bank: Bank, threshold: float, queries: int,
 
 def run_preflight(pairs: Pairs, bank: Bank, schedule: str = DEFAULT_SCHEDULE,
                   filter_threshold: float = DEFAULT_FILTER_THRESHOLD, epochs: int = DEFAULT_EPOCHS,
-                  sample: int = DEFAULT_SAMPLE, seed: int = 42, progress: bool = False
-                  ) -> list[CheckResult]:
+                  sample: int = DEFAULT_SAMPLE, seed: int = 42, progress: bool = False,
+                  checkpoints: list[str] | None = None) -> list[CheckResult]:
     """Checks 1-5 on in-memory pairs and bank; `write_manifest` is check 6."""
     results = []
 
@@ -370,8 +408,10 @@ def run_preflight(pairs: Pairs, bank: Bank, schedule: str = DEFAULT_SCHEDULE,
     not_run = "not run: the pairs do not index the bank (see data_sanity)"
     if usable:
         timed(check_leakage, pairs, bank, progress)
+        timed(check_checkpoint_leakage, pairs, bank, list(checkpoints or []))
     else:
         results.append(CheckResult("leakage", BLOCKER, not_run))
+        results.append(CheckResult("checkpoint_leakage", BLOCKER, not_run))
     timed(check_alignment, bank.vectors, sample, np.random.default_rng([seed, 3]))
     timed(check_schedule, schedule, epochs)
     if usable:
@@ -408,7 +448,7 @@ def write_manifest(path: str | Path, pairs: Pairs, bank: Bank, results: list[Che
         schedule_out = schedule  # kept verbatim; the schedule check already blocks it
     commit = git_commit()
     sanity = next((r.values for r in results if r.name == "data_sanity"), {})
-    count_keys = ("pairs", "train_pairs", "val_pairs", "train_articles", "val_articles")
+    count_keys = ("pairs", *(f"{s}_{c}" for c in ("pairs", "articles") for s in SIDE_NAMES.values()))
     checks = {r.name: r.status for r in results}
     warnings = []
     if commit is None:
@@ -426,6 +466,7 @@ def write_manifest(path: str | Path, pairs: Pairs, bank: Bank, results: list[Che
                  "sha256": sha256_file(bank.path) if bank.path else None,
                  "rows": bank.n, "dim": bank.dim},
         "expansion_args": expansion_args,
+        "split": pairs.meta.get("split"),
         "mine_schedule": schedule_out,
         "filter_threshold": filter_threshold,
         "counts": {k: sanity.get(k) for k in count_keys},
@@ -486,6 +527,10 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"bank rows for the alignment check; sample/{FILTER_SAMPLE_SHARE} train "
                         f"pairs for the filter check")
     p.add_argument("--seed", type=int, default=42, help="seed of the sampled checks")
+    p.add_argument("--ckpt", action="append", default=[], metavar="CKPT",
+                   help="a checkpoint that will be compared with or continued from (repeat): "
+                        "blocker if a val/test article of these pairs was one of its train "
+                        "articles")
     args = p.parse_args(argv)
     pairs_path = Path(args.pairs)
     manifest_out = args.manifest_out or pairs_path.with_name(f"{pairs_path.stem}_manifest.json")
@@ -506,7 +551,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     results = run_preflight(pairs, bank, args.mine_schedule, args.filter_threshold, args.epochs,
-                            args.sample, args.seed, progress=sys.stderr.isatty())
+                            args.sample, args.seed, progress=sys.stderr.isatty(),
+                            checkpoints=args.ckpt)
     results.append(write_manifest(manifest_out, pairs, bank, results, args.mine_schedule,
                                   args.filter_threshold, expansion_args))
     try:

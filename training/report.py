@@ -57,11 +57,15 @@ def write_report(path: Path, cfg, history: list[dict], result: dict) -> None:
                   f"best epoch {result['best_epoch']}). Stage 1: **{result['stage1']}**: "
                   f"{result['reason']}.", ""]
         if "methods" in result:
-            lines += [f"## Val split ({result['val_pairs']} pairs), context rows excluded", "",
-                      methods_markdown(result["methods"], ks), ""]
+            lines += [f"## Test split ({result['test_pairs']:,} pairs from "
+                      f"{result['test_articles']:,} articles), context rows excluded", "",
+                      "best.pt was selected on the val split; the test split judges only. "
+                      "95% CIs: bootstrap over articles (pairs of one article are correlated).",
+                      "", methods_markdown(result["methods"], ks), ""]
         for key, d in result.get("vs_heuristic", {}).items():
-            lines.append(f"- {cfg.label} vs heuristic, {key}: {d['diff']:+.2f} points (paired 95% "
-                         f"CI {d['ci95'][0]:+.2f} to {d['ci95'][1]:+.2f}, "
+            lines.append(f"- {cfg.label} vs heuristic on test, {key}: {d['diff']:+.2f} points "
+                         f"(paired 95% CI over {d.get('clusters', d['n']):,} articles "
+                         f"{d['ci95'][0]:+.2f} to {d['ci95'][1]:+.2f}, "
                          f"{'significant' if d['significant'] else 'not significant'})")
         lines.append("")
     if "mid_gate" in result:
@@ -69,7 +73,8 @@ def write_report(path: Path, cfg, history: list[dict], result: dict) -> None:
         lines += [f"Mid-gate (epoch {mg['epoch']}): {mg['metric']} {mg['value']:.2f}% vs "
                   f"{mg['threshold']}%: {mg['status']} ({mg['note']}).", ""]
     lines += ["## Next actions", ""] + [f"- {a}" for a in result.get("actions", [])] + [""]
-    lines += ["## History", "", "| epoch | loss | R@10 | R@500 | MRR | Δ | curriculum | s |",
+    lines += ["## History (val split: what selected best.pt)", "",
+              "| epoch | loss | R@10 | R@500 | MRR | Δ | curriculum | s |",
               "|---|---|---|---|---|---|---|---|"]
     for h in history:
         lines.append(f"| {h['epoch']} | {h['loss']:.4f} | {h.get('recall@10', float('nan')):.2f} "

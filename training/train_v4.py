@@ -9,6 +9,7 @@
 InfoNCE over in-batch, memory-bank and curriculum hard negatives plus a cosine margin penalty;
 every epoch evaluates val Recall@k, MRR and the separation margin Δ, appends to history.json and
 writes last.pt (resumable exactly with --resume); best.pt holds the best val `select_metric`.
+Val selects; the final gate judges best.pt on the test split, which nothing else looks at.
 Δ below the abort threshold on consecutive evals after the abort epoch saves abort.pt and exits
 with code 3. The final gate writes gate.json: success / partial / data wall, and whether v4
 beats the exp-weighted heuristic beyond the 95% CI.
@@ -37,6 +38,7 @@ from cascade.bank import Bank, BankError, atomic_write, load_bank
 from cascade.encode import context_batch, encode_docs
 from cascade.index import build_index
 from cascade.pairs import Pairs, PairsError, load_pairs
+from cascade.split import SIDE_NAMES, SplitSpec
 from cascade.stage1 import Stage1
 from cascade.towers import TowerConfig, build_towers
 from training.config import ConfigError, TrainConfig, load_config, to_yaml
@@ -103,18 +105,21 @@ def load_inputs(cfg: TrainConfig) -> tuple[Bank, Pairs, list]:
     pairs = load_pairs(cfg.pairs, bank)
     segments = parse_schedule(cfg.mine_schedule)
     check_covers(segments, cfg.epochs)
-    if not len(pairs.train()) or not len(pairs.val()):
-        raise PairsError(f"{cfg.pairs}: needs both train and val pairs (train "
-                         f"{len(pairs.train())}, val {len(pairs.val())})")
+    counts = {name: len(pairs.side(name)) for name in SIDE_NAMES.values()}
+    if not all(counts.values()) or pairs.split_spec is None:
+        raise PairsError(f"{cfg.pairs}: needs train, val and test pairs drawn by article key "
+                         f"(has {', '.join(f'{k} {v}' for k, v in counts.items())}"
+                         f"{'' if pairs.split_spec else '; no recorded split'}): re-expand "
+                         f"them with python -m training.expand_pairs")
     return bank, pairs, segments
 
 
-def tower_state(query, doc, cfg: TrainConfig, bank: Bank, epoch: int, metrics: dict,
-                best: float) -> dict:
+def tower_state(query, doc, cfg: TrainConfig, bank: Bank, split: SplitSpec, epoch: int,
+                metrics: dict, best: float) -> dict:
     return {ck.QUERY_TOWER: query.state_dict(), ck.DOC_TOWER: doc.state_dict(),
             ck.MODEL_CONFIG: cfg.model.to_dict(), ck.CONFIG: dataclasses.asdict(cfg),
             ck.EPOCH: epoch, ck.METRICS: metrics, ck.BEST_METRIC: best,
-            ck.BANK_FINGERPRINT: bank.fingerprint()}
+            ck.BANK_FINGERPRINT: bank.fingerprint(), ck.SPLIT: split.to_dict()}
 
 
 def selection_key(metrics: dict, cfg: TrainConfig) -> tuple[float, float]:
@@ -224,13 +229,16 @@ class Progress:
     best_epoch: int = 0
 
 
-def restore(paths: RunPaths, cfg: TrainConfig, bank: Bank, query, doc, optimizer,
+def restore(paths: RunPaths, cfg: TrainConfig, bank: Bank, pairs: Pairs, query, doc, optimizer,
             memory: MemoryBank, resume: bool, init: tuple[str, dict] | None) -> Progress:
     """Continue from last.pt (--resume), start from another run's weights (`init`: its path and
     loaded checkpoint), or start fresh."""
     if resume and paths.ckpt("last.pt").exists():
         state = ck.load_checkpoint(paths.ckpt("last.pt"), bank.fingerprint())
         check_resume_config(state[ck.CONFIG], cfg, paths.ckpt("last.pt"))
+        if ck.split_spec_of(state) != pairs.split_spec:
+            raise ck.CheckpointError(f"--resume: {paths.ckpt('last.pt')} trained with another "
+                                     f"article split than {cfg.pairs}; start a new run")
         query.load_state_dict(state[ck.QUERY_TOWER])
         doc.load_state_dict(state[ck.DOC_TOWER])
         ts = state[ck.TRAIN_STATE]
@@ -250,13 +258,13 @@ def restore(paths: RunPaths, cfg: TrainConfig, bank: Bank, query, doc, optimizer
     return Progress()
 
 
-def save_epoch(paths: RunPaths, cfg: TrainConfig, bank: Bank, query, doc, optimizer,
-               memory: MemoryBank, progress: Progress, metrics: dict) -> dict:
+def save_epoch(paths: RunPaths, cfg: TrainConfig, bank: Bank, split: SplitSpec, query, doc,
+               optimizer, memory: MemoryBank, progress: Progress, metrics: dict) -> dict:
     """best.pt when the selection metric improved, epoch_XXX.pt every `checkpoint_every`, and
     last.pt (with everything --resume needs) every epoch; then history.json. Returns the state."""
     epoch = progress.epoch
     key = selection_key(metrics, cfg)
-    state = tower_state(query, doc, cfg, bank, epoch, metrics, key[0])
+    state = tower_state(query, doc, cfg, bank, split, epoch, metrics, key[0])
     if key > progress.best:
         progress.best, progress.best_epoch = key, epoch
         ck.save_checkpoint(paths.ckpt("best.pt"), state)
@@ -302,7 +310,7 @@ def train(cfg: TrainConfig, resume: bool = False, init_from: str | None = None,
 
     # 1) inputs, refused before anything trains
     bank, pairs, segments = load_inputs(cfg)
-    train_pairs, val = pairs.train(), pairs.val()
+    train_pairs, val, test = pairs.train(), pairs.val(), pairs.test()
     if cfg.max_train_pairs and len(train_pairs) > cfg.max_train_pairs:
         keep = np.random.default_rng(cfg.seed).choice(len(train_pairs), cfg.max_train_pairs,
                                                       replace=False)
@@ -312,6 +320,7 @@ def train(cfg: TrainConfig, resume: bool = False, init_from: str | None = None,
     init = None
     if init_from:  # the architecture comes from the checkpoint the run starts from
         init = (init_from, ck.load_checkpoint(init_from, bank.fingerprint()))
+        ck.check_split_of(init[1], init_from, pairs, bank, "--init-from")
         try:
             cfg.model = TowerConfig.from_dict(init[1][ck.MODEL_CONFIG])
         except (ValueError, TypeError) as e:
@@ -323,11 +332,15 @@ def train(cfg: TrainConfig, resume: bool = False, init_from: str | None = None,
     memory = MemoryBank(cfg.memory_bank_size, bank.dim)
     steps_per_epoch = math.ceil(math.ceil(len(train_pairs) / cfg.bs) / cfg.accum)
     total_steps = steps_per_epoch * cfg.epochs
-    progress = restore(paths, cfg, bank, query, doc, optimizer, memory, resume, init)
+    for name, path in (baselines or {}).items():
+        ck.check_split_of(ck.load_checkpoint(path, bank.fingerprint()), path, pairs, bank,
+                       f"--baseline {name}")
+    progress = restore(paths, cfg, bank, pairs, query, doc, optimizer, memory, resume, init)
 
     atomic_write(paths.out / "config.yaml", lambda f: f.write(to_yaml(cfg).encode()))
     log.info(f"{cfg.name}: bank {cfg.bank} ({bank.n:,} x {bank.dim}), pairs {cfg.pairs} "
-             f"(train {len(train_pairs):,}, val {len(val):,}), {cfg.model.kind} tower, "
+             f"(train {len(train_pairs):,}, val {len(val):,}, test {len(test):,}), "
+             f"{cfg.model.kind} tower, "
              f"batch {cfg.bs} x {cfg.accum}, {steps_per_epoch} steps/epoch; log {log_path}")
 
     # 3) epochs: mine (when scheduled), train, evaluate, checkpoint, check abort and mid-gate
@@ -364,7 +377,8 @@ def train(cfg: TrainConfig, resume: bool = False, init_from: str | None = None,
         progress.history.append(h)
         progress.epoch = epoch
         log_epoch(h, cfg)
-        state = save_epoch(paths, cfg, bank, query, doc, optimizer, memory, progress, metrics)
+        state = save_epoch(paths, cfg, bank, pairs.split_spec, query, doc, optimizer, memory,
+                           progress, metrics)
 
         if epoch == cfg.gates.mid_epoch:
             mg = mid_gate(metrics[cfg.gates.metric], cfg.gates)
@@ -374,9 +388,9 @@ def train(cfg: TrainConfig, resume: bool = False, init_from: str | None = None,
         if should_abort(progress.history, cfg):
             return abort_run(paths, cfg, state, progress.history, result)
 
-    # 4) the final gate on best.pt, beside the heuristics and baselines
+    # 4) the final gate on best.pt (selected on val), judged on test beside the heuristics
     del index, doc_vectors  # the final gate builds its own; two at once would double memory
-    result.update(final_gate(cfg, bank, val, paths, progress.best_epoch, baselines or {}))
+    result.update(final_gate(cfg, bank, test, paths, progress.best_epoch, baselines or {}))
     if "mid_gate" not in result and cfg.gates.mid_epoch <= cfg.epochs:
         h = next((x for x in progress.history if x["epoch"] == cfg.gates.mid_epoch), None)
         if h:
@@ -386,9 +400,10 @@ def train(cfg: TrainConfig, resume: bool = False, init_from: str | None = None,
     return result
 
 
-def final_gate(cfg: TrainConfig, bank: Bank, val: Pairs, paths: RunPaths, best_epoch: int,
+def final_gate(cfg: TrainConfig, bank: Bank, test: Pairs, paths: RunPaths, best_epoch: int,
                baselines: dict[str, str]) -> dict:
-    """Evaluate best.pt beside the heuristics, oracle and baselines; decide the verdict."""
+    """Evaluate best.pt beside the heuristics, oracle and baselines on the test split (never
+    used for selection); decide the verdict."""
     ks = tuple(cfg.eval_ks)
     query, doc, state = ck.load_towers(paths.ckpt("best.pt"), bank.fingerprint())
     methods = {cfg.label: ("checkpoint", paths.ckpt("best.pt"))}
@@ -396,11 +411,14 @@ def final_gate(cfg: TrainConfig, bank: Bank, val: Pairs, paths: RunPaths, best_e
         methods[name] = ("checkpoint", ckpt_path)
     methods.update({"heuristic": ("exp_weighted", None), "last-vector": ("last_vector", None),
                     "oracle": ("oracle", None)})
-    table, ranks = compare_methods(bank, val, methods, ks)
+    table, ranks = compare_methods(bank, test, methods, ks)
     value = table[cfg.label][cfg.gates.metric]
-    gate = decide(value, ranks[cfg.label], ranks["heuristic"], cfg.gates, list(ks))
+    gate = decide(value, ranks[cfg.label], ranks["heuristic"], cfg.gates, list(ks),
+                  clusters=test.articles(bank))
     gate.update({"best_epoch": best_epoch, "best_checkpoint": str(paths.ckpt("best.pt")),
-                 "methods": table, "val_pairs": len(val),
+                 "methods": table, "split": "test", "test_pairs": len(test),
+                 "test_articles": int(len(np.unique(test.articles(bank)))),
+                 "split_spec": test.split_spec.to_dict(),
                  "finished": datetime.now(UTC).isoformat(timespec="seconds")})
     log.info("")
     log.info(_table_text(table, ks))
