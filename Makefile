@@ -19,6 +19,9 @@ RESUME ?=
 NPROC ?=
 BANK_STEM = $(basename $(notdir $(BANK)))
 RUN ?= runs/$(BANK_STEM)/twotower_v4
+DEPLOY ?= runs/$(BANK_STEM)/deploy.json
+SERVE_CONFIG ?= serving/serving.yaml
+GEN := serving/_gen/cascade_pb2.py
 # BANK= selects the bank; PROFILE=smoke brings its own small synthetic bank unless BANK= is given.
 # No PROFILE: the shipped profile made for BANK (profile_long.yaml for artifacts/sotu_bank.npz),
 # else the default one.
@@ -27,7 +30,8 @@ CHECKLIST_ARGS = $(if $(PROFILE),--profile $(PROFILE)) $(if $(filter command lin
 MONITOR_VARS = $(if $(filter command line,$(origin PROFILE)),PROFILE=$(PROFILE)) $(if $(filter command line,$(origin BANK)),BANK=$(BANK))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data data-long test test-slow lint clean train-v4 train-v4-bg monitor bench bench-scale
+.PHONY: help setup data data-long test test-slow lint clean train-v4 train-v4-bg train-lvm \
+	monitor bench bench-scale protos serve query
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -46,6 +50,20 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 setup: $(STAMP)  ## create .venv and install everything (idempotent)
+
+# The Python gRPC stubs are generated from protos/ only, into serving/_gen/ (gitignored).
+$(GEN): $(wildcard protos/cascade/v1/*.proto) $(STAMP)
+	$(PY) -m serving.codegen
+
+protos: $(GEN)  ## generate the Python gRPC stubs from protos/ into serving/_gen/
+
+serve: $(GEN)  ## the gRPC stages + front on DEPLOY (after make train-v4 / train-lvm); Ctrl-C stops
+	$(PY) -m serving.server --config $(SERVE_CONFIG) --deploy $(DEPLOY)
+
+query: $(GEN)  ## an example query against make serve
+	$(PY) -m serving.client --config $(SERVE_CONFIG) \
+		"The Moon is Earth's only natural satellite." \
+		"It orbits at an average distance of 384,400 km."
 
 # CORPUS= without BANK= names the bank after the corpus: it never replaces the default bank.
 DATA_BANK = $(if $(and $(CORPUS),$(filter-out command line,$(origin BANK))),artifacts/$(basename $(notdir $(CORPUS)))_bank.npz,$(BANK))
@@ -69,21 +87,28 @@ train-v4-bg: $(STAMP)  ## the same in the background (as the checklist's overnig
 	nohup $(PY) -m training.checklist $(CHECKLIST_ARGS) > logs/train_v4_bg.log 2>&1 & echo $$! > logs/train_v4_bg.pid
 	@echo "started pid $$(cat logs/train_v4_bg.pid); follow with: tail -f logs/train_v4_bg.log, or make monitor $(strip $(MONITOR_VARS))"
 
+train-lvm: $(STAMP)  ## stage 2 after train-v4: the LVM reranker on stage 1's own top-500; names it in deploy.json
+	$(PY) -m training.train_lvm --config lvm_default.yaml --deploy runs/$(BANK_STEM)/deploy.json \
+		--pairs artifacts/twotower/$(BANK_STEM)/pairs_v4.npz --out runs/$(BANK_STEM)/lvm $(if $(RESUME),--resume)
+
 monitor: $(STAMP)  ## latest epoch, Recall@500, separation margin and whether the run is alive (RUN=...)
 	@$(PY) -m training.monitor $(if $(filter command line,$(origin RUN)),--run $(RUN),$(if $(PROFILE),--profile $(PROFILE)) $(if $(filter command line,$(origin BANK)),--bank $(BANK)))
 
-bench: $(STAMP)  ## every stage-1 query formation on the test split: recall, MRR@10, nDCG@10 with article-clustered CIs; embedding throughput
+bench: $(STAMP) $(GEN)  ## every stage-1 formation on the test split (recall, MRR@10, nDCG@10, article CIs), the cascade per stage, TMD rerank, embedding throughput, gRPC latency
 	$(PY) -m benchmarks.recall --bank $(BANK)
+	$(PY) -m benchmarks.cascade_eval --deploy $(DEPLOY) \
+		--pairs artifacts/twotower/$(BANK_STEM)/pairs_v4.npz
 	$(PY) -m benchmarks.tmd_eval --bank $(BANK) --pairs artifacts/twotower/$(BANK_STEM)/pairs_v4.npz
 	$(PY) -m benchmarks.embed_throughput
+	$(PY) -m benchmarks.latency --deploy $(DEPLOY)
 
 bench-scale: $(STAMP)  ## training cost: pairs/s and peak RSS of one epoch, synthetic 50k/500k/1M-row banks x contexts 8/100 (~15-60 min)
 	$(PY) -m benchmarks.train_speed
 
-test: $(STAMP)  ## run the test suite (slow cases excluded)
+test: $(STAMP) $(GEN)  ## run the test suite (slow cases excluded)
 	$(PY) -m pytest
 
-test-slow: $(STAMP)  ## also the slow case: the whole checklist on the real corpus from scratch (~7 min)
+test-slow: $(STAMP) $(GEN)  ## also the slow case: the whole checklist on the real corpus from scratch (~7 min)
 	$(PY) -m pytest -m ''
 
 lint: $(STAMP)  ## ruff

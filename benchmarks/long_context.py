@@ -19,7 +19,6 @@ articles).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from datetime import UTC, datetime
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cascade.bank import Bank, BankError, atomic_write, load_bank
+from cascade.bank import Bank, BankError, load_bank, write_json
 from cascade.checkpoint import CheckpointError, check_split_of, load_checkpoint
 from cascade.evaluation import evaluate
 from cascade.index import build_index
@@ -184,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
               "tables": {str(k): v for k, v in result["tables"].items()}}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, lambda f: f.write(json.dumps(report, indent=2, allow_nan=False).encode()))
+    write_json(out, report)
     print(f"wrote {args.out}")
     return 0
 

@@ -19,15 +19,13 @@ so `make bench BANK=...` needs nothing else.
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
-from cascade.bank import BankError, atomic_write, load_bank
+from cascade.bank import BankError, load_bank, write_json
 from cascade.checkpoint import CheckpointError, check_split_of, load_checkpoint
 from cascade.device import resolve_device
 from cascade.index import build_index
@@ -85,17 +83,6 @@ def scores(ranks: np.ndarray, clusters: np.ndarray, seed: int = 0) -> dict:
         out[name] = float(v.mean()) if len(v) else None
         out[f"{name}_ci95"] = [float(x) for x in cluster_bootstrap_ci(v, clusters, seed=seed)]
     return out
-
-
-def finite(x):
-    """The same structure with NaN / inf as None: strict JSON has no NaN."""
-    if isinstance(x, dict):
-        return {k: finite(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [finite(v) for v in x]
-    if isinstance(x, float | np.floating) and not math.isfinite(float(x)):
-        return None
-    return x
 
 
 def markdown(table: dict) -> str:
@@ -211,8 +198,7 @@ def main(argv: list[str] | None = None) -> int:
               "quoted_reference": QUOTED}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(finite(report), indent=2, allow_nan=False)
-    atomic_write(out, lambda f: f.write(text.encode()))
+    write_json(out, report)
     print(f"wrote {out}")
     return 0
 

@@ -17,14 +17,13 @@ path of a context of new text.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
-from cascade.bank import Bank, BankError, atomic_write, load_bank
+from cascade.bank import Bank, BankError, load_bank, write_json
 from cascade.index import build_index, search_batched
 from cascade.metrics import paired_difference, recall_report, target_ranks
 from cascade.pairs import Pairs, PairsError, context_windows, load_pairs
@@ -200,9 +199,8 @@ def main(argv: list[str] | None = None) -> int:
                        "reports": reports, "vs_w0": diffs, "verdict": verdict,
                        "vector_lane_domain_agreement": agreement,
                        "vector_lane_val_fit": vector_fit}}
-    text = json.dumps(report, indent=2, allow_nan=False)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(args.out, lambda f: f.write(text.encode()))
+    write_json(args.out, report)
     print(f"wrote {args.out}")
     return 0
 

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cascade.bank import atomic_write, load_bank
+from cascade.bank import load_bank, write_json
 from cascade.pairs import Pairs, save_pairs
 from cascade.split import SplitSpec, row_sides
 
@@ -218,7 +218,7 @@ def table(cells: list[dict]) -> str:
                     f"{c['encode_s']:.1f} | {c['mine_s']:.1f} | {c['train_s']:.1f} | "
                     f"{c['eval_s']:.1f} | {c['epoch_s']:.1f} | {c['pairs_per_s_train']:.1f} | "
                     f"{c['pairs_per_s_all_in']:.1f} | "
-                    f"{c.get('pairs_per_s_all_in_full_memory_est', float('nan')):.1f} | "
+                    f"{c.get('pairs_per_s_all_in_full_memory_est', '-')} | "
                     f"{c['index_build_s']:.1f} | {c['peak_rss_gb']:.2f} | "
                     f"{c.get('cpu_share', float('nan')):.2f}, {c.get('load_avg_before', 0):.0f} |")
     rows.append(f"| original trainer, our default data (quoted, not measured here) | "
@@ -285,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="OMP_NUM_THREADS of each trainer child (0: torch's default)")
     p.add_argument("--work", default="artifacts/bench_scale", help="cache of banks, pairs, runs")
     p.add_argument("--out", default="benchmarks/results/train_speed.json", help="results JSON")
+    p.add_argument("--no-memory-term", action="store_true",
+                   help="skip measuring the full memory bank's share of the loss")
     p.add_argument("--replot", metavar="JSON", default=None,
                    help="only redraw the plot of an earlier results JSON")
     args = p.parse_args(argv)
@@ -318,14 +320,14 @@ def main(argv: list[str] | None = None) -> int:
             cells.append(cell)
             # Each finished cell is kept at once: a grid stopped half-way keeps what it measured.
             partial = {"benchmark": "train_speed", "complete": False, "cells": cells}
-            atomic_write(out, lambda f, r=partial: f.write(
-                json.dumps(r, indent=2, allow_nan=False).encode()))
+            write_json(out, partial)
             print(f"  {cell['pairs_per_s_all_in']:.1f} pairs/s all-in, "
                   f"{cell['pairs_per_s_train']:.1f} fwd/bwd, peak RSS {cell['peak_rss_gb']:.2f} "
                   f"GB, {cell['wall_s']:.0f} s wall", flush=True)
     # The memory bank's term, measured once per context length with the trainer's own loss.
-    terms = {ctx: memory_term(args.dim, ctx, (0, MEMORY)) for ctx in contexts}
-    for c in cells:
+    terms = {} if args.no_memory_term else {
+        ctx: memory_term(args.dim, ctx, (0, MEMORY)) for ctx in contexts}
+    for c in (c for c in cells if c["context"] in terms):
         steady = steady_state(c, terms[c["context"]], MEMORY, BATCH)
         c["pairs_per_s_train_full_memory_est"] = round(steady, 1)
         c["pairs_per_s_all_in_full_memory_est"] = round(
@@ -350,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
               "reference_quoted": REFERENCE, "plot": str(plot_path),
               "grid_wall_s": round(time.perf_counter() - t0, 1),
               "note": "synthetic banks; timings depend on the machine's load"}
-    atomic_write(out, lambda f: f.write(json.dumps(report, indent=2, allow_nan=False).encode()))
+    write_json(out, report)
     print(f"wrote {out} and {plot_path} ({report['grid_wall_s']:.0f} s)")
     return 0
 

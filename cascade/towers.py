@@ -107,6 +107,9 @@ class GRUTower(QueryTower):
                           dropout=cfg.dropout if cfg.layers > 1 else 0.0)
 
     def encode(self, ctx: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if bool(mask.all()):  # no padding (one context, say): packing would only cost time
+            _, h = self.gru(ctx)
+            return h[-1]
         lengths = mask.sum(dim=1).cpu()
         packed = nn.utils.rnn.pack_padded_sequence(ctx, lengths, batch_first=True,
                                                    enforce_sorted=False)

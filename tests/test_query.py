@@ -75,10 +75,17 @@ def test_batched_equals_unbatched(monkeypatch, small_bank, pairs, kind):
 
 
 def test_unknown_kind_raises(small_bank, pairs):
-    with pytest.raises(ValueError, match="unknown heuristic 'mean'"):
-        heuristic_queries(small_bank.vectors, pairs, "mean")
-    with pytest.raises(ValueError, match="unknown heuristic 'mean'"):
-        heuristic_queries(small_bank.vectors, pairs.subset(np.arange(0)), "mean")
+    with pytest.raises(ValueError, match="unknown heuristic 'median'"):
+        heuristic_queries(small_bank.vectors, pairs, "median")
+    with pytest.raises(ValueError, match="unknown heuristic 'median'"):
+        heuristic_queries(small_bank.vectors, pairs.subset(np.arange(0)), "median")
+
+
+def test_mean_is_the_normalized_average_of_the_context(small_bank, pairs):
+    q = heuristic_queries(small_bank.vectors, pairs, "mean")
+    for i in range(0, len(pairs), 97):
+        m = small_bank.vectors[pairs.ctx_start[i]:pairs.ctx_end[i]].astype(np.float64).mean(0)
+        np.testing.assert_allclose(q[i], m / np.linalg.norm(m), atol=1e-5)
 
 
 def test_empty_pairs(small_bank, pairs):

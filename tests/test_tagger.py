@@ -51,7 +51,7 @@ def test_topic_map_covers_the_default_corpus():
     ("As a result, ballet has evolved in distinct ways.", "effect", "none"),
     ("Elephants of the savanna have larger ears, whereas forest elephants have smaller ears.",
      "comparison", "none"),
-    ("It is located in the greater Auckland Region.", "location", "none"),
+    ("It is located in the greater Auckland Region.", "location", "geographic"),
     ("Its population of 5,570,585 makes it the fifth-most populous city in India.",
      "statistics", "quantitative"),
     ("Signs and symptoms vary among people and over time.", "problem", "medical"),
@@ -69,6 +69,10 @@ def test_topic_map_covers_the_default_corpus():
     ("It lasted from 1618 to 1648.", "history", "early_modern"),
     ("The NATO summit was held in France.", "statement", "europe"),
     ("The NATO summit was held there.", "statement", "acronym"),
+    ("The breed is characterized by a long coat.", "property", "none"),
+    ("Jazz spread widely in the 1920s.", "change", "modern"),
+    ("It flourished during the Heian era.", "history", "temporal"),
+    ("The river crosses three countries.", "statement", "geographic"),
     ("plain words and nothing else", "statement", "none"),
 ])
 def test_rules_on_examples(text, task, modifier):

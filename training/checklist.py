@@ -25,6 +25,7 @@ import yaml
 
 from cascade import checkpoint as ck
 from cascade.bank import BankError, load_bank, sha256_file, write_json
+from cascade.deploy import CascadeConfig
 from cascade.split import SplitSpec, key_kind
 from training import expand_pairs, postmortem, preflight, train_v4
 from training.config import CONFIG_DIR, ConfigError, from_dict, load_config, load_yaml
@@ -234,6 +235,9 @@ def run_checklist(profile: Profile, resume: bool = False, gates_bank: str | None
         "gate": str(Path(v4_out) / "gate.json"), "report": str(Path(v4_out) / "report.md"),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "profile": asdict(profile),
+        # The cascade's settings (K per stage, FAISS index, longest context); `make train-lvm`
+        # adds the LVM and stage 3's w.
+        "cascade": CascadeConfig().to_dict(),
     }
     deploy_path = Path(profile.path(profile.deploy))
     deploy_path.parent.mkdir(parents=True, exist_ok=True)

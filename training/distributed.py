@@ -140,8 +140,7 @@ def all_sum(values: dict[str, float]) -> dict[str, float]:
     return dict(zip(keys, t.cpu().tolist(), strict=True))
 
 
-def mine_sharded(tower: nn.Module, bank_vectors: np.ndarray, doc_vectors: np.ndarray, index,
-                 article_indices: np.ndarray, pairs: Pairs, segment, filter_threshold: float,
+def mine_sharded(stage1, pairs: Pairs, segment, filter_threshold: float,
                  pool: int) -> Negatives:
     """`training.mining.mine` with the pairs split across the ranks and the results gathered:
     the same rows as one process mining them all (the towers are equal on every rank). The
@@ -149,9 +148,8 @@ def mine_sharded(tower: nn.Module, bank_vectors: np.ndarray, doc_vectors: np.nda
     weighted by pairs too, not by candidates considered)."""
     sizes = split_sizes(len(pairs), dist.get_world_size())
     lo = sum(sizes[:dist.get_rank()])
-    mine_args = (bank_vectors, doc_vectors, index, article_indices)
-    own = mine(tower, *mine_args, pairs.subset(np.arange(lo, lo + sizes[dist.get_rank()])),
-               segment, filter_threshold, pool)
+    own = mine(stage1, pairs.subset(np.arange(lo, lo + sizes[dist.get_rank()])), segment,
+               filter_threshold, pool)
     parts = gather_objects(own)
     weights = np.array(sizes, dtype=np.float64) / max(len(pairs), 1)
 

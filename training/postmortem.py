@@ -15,7 +15,6 @@ the checklist's recommendations; a table is printed and everything is written as
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import sys
 from pathlib import Path
@@ -25,13 +24,11 @@ import numpy as np
 from cascade import checkpoint as ck
 from cascade.bank import Bank, BankError, load_bank, write_json
 from cascade.device import resolve_device
-from cascade.encode import encode_docs, encode_queries
-from cascade.evaluation import KS, evaluate
-from cascade.index import build_index, search_batched
+from cascade.evaluation import KS
 from cascade.metrics import alignment
 from cascade.negatives import DUP_THRESHOLD, Negatives, clean_negatives, separation_margin
 from cascade.pairs import Pairs, PairsError, load_pairs
-from cascade.query import heuristic_queries
+from cascade.stage1 import Stage1
 from cascade.towers import DocTower, QueryTower
 
 EXIT_BAD_INPUT = 2
@@ -167,16 +164,16 @@ def run_postmortem(query: QueryTower, doc: DocTower, bank: Bank, pairs: Pairs,
     val = pairs.val()
     if not len(val):
         raise PairsError(f"{pairs.path or 'pairs'}: no val pairs to examine")
-    # 1. Doc vectors, their index, and the val queries.
-    doc_vectors = encode_docs(doc, bank.vectors)
-    doc_bank = bank if doc_vectors is bank.vectors else dataclasses.replace(
-        bank, vectors=doc_vectors, _fingerprint=bank.fingerprint())
-    index = build_index(doc_vectors, "flat")  # exact: these are reported numbers
-    q = encode_queries(query, bank.vectors, val)
+    # 1. Stage 1 with the checkpoint's towers over an exact index (these are reported numbers),
+    # and the heuristic over the same bank: the same object the trainer and serving use.
+    stage1 = Stage1(bank, query=query, doc=None if doc.is_identity else doc)
+    heuristic = Stage1(bank, heuristic="exp_weighted") if doc.is_identity else Stage1(
+        bank, heuristic="exp_weighted", doc_vectors=stage1.doc_vectors, index=stage1.index)
+    doc_vectors = stage1.doc_vectors
     # 2. Recalls, MRR and raw top-n rates: the numbers training reports.
-    metrics, _ = evaluate(q, val, doc_bank, index, ks, negatives, dup_threshold)
+    metrics, _ = stage1.evaluate(val, ks, negatives, dup_threshold)
     # 3. The raw top-n (context excluded, nothing else): clean and naive Δ from the same search.
-    D, I = search_batched(index, q, negatives + 32, val.ctx_start, val.ctx_end)
+    q, D, I = stage1.search_pairs(val, negatives + 32)
     margin, _ = margins(q, D, I, doc_vectors, val, bank.article_indices, negatives,
                         dup_threshold)
     raw = raw_top_rates(q, I[:, :negatives], doc_vectors, val, bank.article_indices,
@@ -184,8 +181,7 @@ def run_postmortem(query: QueryTower, doc: DocTower, bank: Bank, pairs: Pairs,
     align = alignment(doc_vectors, sample, np.random.default_rng(seed))
     # 4. References for reading Δ on this bank: the heuristic's Δ on the same split, and where
     # the query's candidates sit in cos (the checklist's windows were fitted to another bank).
-    hq = heuristic_queries(bank.vectors, val)
-    Dh, Ih = search_batched(index, hq, negatives + 32, val.ctx_start, val.ctx_end)
+    hq, Dh, Ih = heuristic.search_pairs(val, negatives + 32)
     heuristic_margin, _ = margins(hq, Dh, Ih, doc_vectors, val, bank.article_indices, negatives,
                                   dup_threshold)
     margin["heuristic_clean_margin"] = heuristic_margin["clean"]["margin"]

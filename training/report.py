@@ -19,6 +19,7 @@ from cascade.evaluation import evaluate
 from cascade.index import build_index
 from cascade.pairs import Pairs
 from cascade.query import DEFAULT_ALPHA, heuristic_queries
+from cascade.stage1 import Stage1
 from training import plots
 from training.config import ConfigError, load_config
 from training.curriculum import parse_schedule
@@ -42,19 +43,29 @@ def method_queries(kind: str, source, bank: Bank, pairs: Pairs, device="cpu"
     return heuristic_queries(bank.vectors, pairs, kind, alpha), bank.vectors
 
 
+def method_stage1(kind: str, source, bank: Bank, device="cpu") -> Stage1:
+    """Stage 1 for one method over an exact index: a checkpoint's towers (encoding on
+    `device`) or a heuristic."""
+    if kind == "checkpoint":
+        return Stage1.from_checkpoint(source, bank, device=device)
+    alpha = DEFAULT_ALPHA if source is None else float(source)
+    return Stage1(bank, heuristic=kind, alpha=alpha)
+
+
 def compare_methods(bank: Bank, pairs: Pairs, methods: dict[str, tuple], ks: tuple[int, ...],
                     device="cpu") -> tuple[dict, dict]:
     """Evaluate each method on `pairs` with exact search: -> ({name: metrics}, {name: ranks}).
-    Checkpoints' towers encode on `device`; the search is FAISS's, on the CPU."""
-    table, ranks, indexes = {}, {}, {}
+
+    Methods are ("checkpoint", path), ("exp_weighted" | "last_vector", None), or ("oracle",
+    None): the target itself as the query, the ceiling any stage 1 could reach."""
+    table, ranks = {}, {}
     for name, (kind, source) in methods.items():
-        q, docs = method_queries(kind, source, bank, pairs, device)
-        key = id(docs)
-        if key not in indexes:
-            indexes[key] = build_index(docs, "flat")
-        view = bank if docs is bank.vectors else Bank(
-            docs, bank.article_indices, bank.chunk_indices, path=bank.path)
-        table[name], ranks[name] = evaluate(q, pairs, view, indexes[key], ks)
+        if kind == "oracle":
+            table[name], ranks[name] = evaluate(bank.vectors[pairs.target], pairs, bank,
+                                                build_index(bank.vectors, "flat"), ks)
+        else:
+            table[name], ranks[name] = method_stage1(kind, source, bank, device).evaluate(
+                pairs, ks)
     return table, ranks
 
 

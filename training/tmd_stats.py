@@ -7,11 +7,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from cascade.bank import BankError, atomic_write, load_bank
+from cascade.bank import BankError, load_bank, write_json
 from cascade.tmd import distribution
 
 
@@ -49,9 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     lines += table(f"top {args.top} codes", dist["top_codes"], n)
     print("\n".join(lines))
     if args.json:
-        text = json.dumps(dist, indent=2, allow_nan=False)
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(args.json, lambda f: f.write(text.encode()))
+        write_json(args.json, dist)
         print(f"json {args.json}")
     return 0
 

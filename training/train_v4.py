@@ -42,11 +42,11 @@ from tqdm import tqdm
 from cascade import checkpoint as ck
 from cascade.bank import Bank, BankError, atomic_write, load_bank, write_json
 from cascade.device import autocast, check_amp, resolve_device, rng_state, set_rng_state
-from cascade.encode import encode_docs, encode_queries
-from cascade.evaluation import evaluate
+from cascade.encode import encode_docs
 from cascade.index import build_index
 from cascade.pairs import Pairs, PairsError, context_windows, load_pairs
 from cascade.split import SIDE_NAMES, SplitSpec
+from cascade.stage1 import Stage1
 from cascade.towers import TowerConfig, build_towers
 from training import distributed as ddp
 from training.config import ConfigError, TrainConfig, load_config, to_yaml
@@ -54,7 +54,7 @@ from training.curriculum import ScheduleError, check_covers, parse_schedule, seg
 from training.gates import abort_advice, decide, mid_gate
 from training.losses import contrastive_loss
 from training.memory_bank import MemoryBank
-from training.mining import mine_with_queries
+from training.mining import mine
 from training.report import RANKS_FILE, compare_methods, save_ranks, write_report
 
 EXIT_BAD_INPUT = 2
@@ -578,22 +578,14 @@ def _train(cfg: TrainConfig, resume: bool, init_from: str | None,
         segment = segment_for(segments, epoch)
         negatives, mining = None, {}
         if segment.count:
-            if world.enabled:  # sharded by pairs; encode and search timed together
-                t = time.perf_counter()
-                negs = ddp.mine_sharded(query, bank.vectors, doc_vectors, index,
-                                        bank.article_indices, train_pairs, segment,
-                                        cfg.filter_threshold, cfg.mine_pool)
-                took["mine"] += time.perf_counter() - t
+            t = time.perf_counter()  # encoding the train queries and searching them
+            miner = Stage1(bank, query=query, doc_vectors=doc_vectors, index=index)
+            if world.enabled:  # sharded by pairs, gathered
+                negs = ddp.mine_sharded(miner, train_pairs, segment, cfg.filter_threshold,
+                                        cfg.mine_pool)
             else:
-                t = time.perf_counter()
-                q = encode_queries(query, bank.vectors, train_pairs)
-                took["encode"] += time.perf_counter() - t
-                t = time.perf_counter()
-                negs = mine_with_queries(q, doc_vectors, index, bank.article_indices,
-                                         train_pairs, segment, cfg.filter_threshold,
-                                         cfg.mine_pool)
-                took["mine"] += time.perf_counter() - t
-                del q
+                negs = mine(miner, train_pairs, segment, cfg.filter_threshold, cfg.mine_pool)
+            took["mine"] += time.perf_counter() - t
             negatives = negs.rows
             mining = {"mined_per_pair": float((negs.rows >= 0).sum(1).mean()),
                       "mining_dropped_fraction": negs.dropped_fraction,
@@ -621,12 +613,9 @@ def _train(cfg: TrainConfig, resume: bool, init_from: str | None,
         # Under DDP rank 0 evaluates and every rank takes its record, so all decide alike.
         h = None
         if world.main:
-            t = time.perf_counter()
-            q_val = encode_queries(query, bank.vectors, val)
-            took["encode"] += time.perf_counter() - t
-            t = time.perf_counter()
-            metrics, _ = evaluate(q_val, val, _doc_bank(bank, doc_vectors),
-                                  build_index(doc_vectors, "flat"), tuple(cfg.eval_ks))
+            t = time.perf_counter()  # encoding the val queries, exact search, metrics
+            metrics, _ = Stage1(bank, query=query, doc_vectors=doc_vectors).evaluate(
+                val, tuple(cfg.eval_ks))
             took["eval"] += time.perf_counter() - t
             h = {"epoch": epoch, **losses, **metrics, **mining,
                  "curriculum": (f"{segment.count} hard negatives @ {segment.cos_min:g}-"
@@ -672,13 +661,6 @@ def _train(cfg: TrainConfig, resume: bool, init_from: str | None,
     write_json(paths.gate, result)
     write_report(paths.out / "report.md", cfg, progress.history, result)
     return ddp.broadcast(result) if world.enabled else result
-
-
-def _doc_bank(bank: Bank, doc_vectors: np.ndarray) -> Bank:
-    """The bank as seen by the doc tower (the same object when the doc tower is the identity)."""
-    if doc_vectors is bank.vectors:
-        return bank
-    return dataclasses.replace(bank, vectors=doc_vectors, _fingerprint=bank.fingerprint())
 
 
 def final_gate(cfg: TrainConfig, bank: Bank, test: Pairs, paths: RunPaths, best_epoch: int,

@@ -1,0 +1,310 @@
+"""Serving latency and throughput: the real gRPC set on loopback, vectors as input.
+
+    python -m benchmarks.latency --deploy runs/wikipedia_vital_bank/deploy.json   # (make bench)
+    python -m benchmarks.latency --synthetic 36000     # no trained deploy: a synthetic bank of
+                                                        # the default bank's size, heuristic +
+                                                        # an LVM at initial weights
+    python -m benchmarks.latency --compare              # also: one process per server vs
+                                                        # SO_REUSEPORT processes vs replicas
+
+Measures one Search's p50/p99 (one client, sequential), throughput and latency with 1, 2, 4, 8
+and 16 concurrent clients (each its own connection), and text-input latency (embedding
+included). Targets (issue 11): p50 <= 8 ms, p99 <= 20 ms, >= 200 searches/s at 8 clients with
+zero errors. Timings depend on what else runs on the machine: say so beside every number.
+Writes benchmarks/results/latency.json (strict JSON) beside the printed table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import numpy as np
+import yaml
+
+from cascade.bank import load_bank
+from cascade.deploy import read_deploy, resolve
+from serving.client import CascadeClient
+from serving.config import DEFAULT_CONFIG, STAGES, ServingConfig, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results" / "latency.json"
+TARGETS = {"p50_ms": 8.0, "p99_ms": 20.0, "searches_per_s_at_8": 200.0}
+TEXTS = ["The Moon is Earth's only natural satellite.",
+         "It orbits at an average distance of 384,400 km.",
+         "The Moon's gravity causes the tides on Earth."]
+
+
+# ---------------------------------------------------------------------------------------------
+# the set under test
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def layout_config(base: ServingConfig, layout: str, path: Path) -> Path:
+    """`base` with fresh loopback ports, laid out one way: `single` (one process per server),
+    `reuseport` (two processes per server sharing its port), `replicas` (two servers per
+    stage, balanced per call by gRPC round_robin; the clients balance over two fronts), or
+    `mixed` (two front processes sharing its port, two replicas of each stage)."""
+    data = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    data["deploy"] = base.deploy
+    for name in ("front", *STAGES):
+        shared = layout == "reuseport" or (layout == "mixed" and name == "front")
+        copies = 2 if layout == "replicas" or (layout == "mixed" and name != "front") else 1
+        data[name]["addresses"] = [f"127.0.0.1:{free_port()}" for _ in range(copies)]
+        data[name]["processes"] = 2 if shared else 1
+        data[name]["metrics_port"] = 0
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+class Running:
+    """`python -m serving.server` until stopped."""
+
+    def __init__(self, config: Path):
+        self.cfg = load_config(config)
+        self.proc = subprocess.Popen([sys.executable, "-m", "serving.server", "--config",
+                                      str(config)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        for line in self.proc.stdout:
+            if line.startswith("ready"):
+                break
+        else:
+            raise RuntimeError(f"the serving set exited with {self.proc.wait()} before ready")
+        threading.Thread(target=self.proc.stdout.read, daemon=True).start()
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(60)
+
+
+# ---------------------------------------------------------------------------------------------
+# measurements
+
+
+def percentiles(ms: list[float]) -> dict:
+    if not ms:
+        return {"p50_ms": None, "p99_ms": None, "mean_ms": None}
+    a = np.asarray(ms)
+    return {"p50_ms": round(float(np.percentile(a, 50)), 3),
+            "p99_ms": round(float(np.percentile(a, 99)), 3), "mean_ms": round(float(a.mean()), 3)}
+
+
+def new_client(cfg: ServingConfig) -> CascadeClient:
+    # A connection of its own per client (gRPC shares one per target across a process unless
+    # told not to), so SO_REUSEPORT can spread clients over processes.
+    return CascadeClient.from_config(cfg, timeout=5.0, retries=0,
+                                     extra_options=[("grpc.use_local_subchannel_pool", 1)])
+
+
+def sequential(cfg: ServingConfig, contexts: list[np.ndarray], n: int, texts: bool = False
+               ) -> dict:
+    """One client, one call at a time: latency percentiles."""
+    ms, errors, steps = [], 0, {}
+    with new_client(cfg) as client:
+        for i in range(n + 5):
+            t = time.perf_counter()
+            try:
+                if texts:
+                    r = client.search_texts(TEXTS[: 1 + i % len(TEXTS)])
+                else:
+                    r = client.search_vectors(contexts[i % len(contexts)])
+            except grpc.RpcError:
+                errors += 1
+                continue
+            if i >= 5:  # the first calls warm connections and caches
+                ms.append(1000 * (time.perf_counter() - t))
+                for k, v in r.stage_ms.items():
+                    steps.setdefault(k, []).append(v)
+    # What the front saw per step (a stage's time includes its gRPC round trip).
+    front_ms = {k: round(float(np.median(v)), 3) for k, v in sorted(steps.items())}
+    return {"calls": n, "errors": errors, **percentiles(ms), "front_median_ms": front_ms}
+
+
+def in_process(deploy: str, contexts: list[np.ndarray], n: int) -> dict:
+    """The same searches through the library in this process, one thread: what gRPC adds is
+    the difference (both measured under the same machine load)."""
+    from cascade.pipeline import Cascade, set_threads
+
+    set_threads(1)
+    cascade = Cascade.from_deploy(deploy)
+    ms = []
+    for i in range(n + 5):
+        t = time.perf_counter()
+        cascade.search(contexts[i % len(contexts)])
+        if i >= 5:
+            ms.append(1000 * (time.perf_counter() - t))
+    return {"calls": n, **percentiles(ms)}
+
+
+def concurrent(cfg: ServingConfig, contexts: list[np.ndarray], clients: int, seconds: float
+               ) -> dict:
+    """`clients` threads, each its own connection, calling back to back for `seconds`."""
+    stop = 0.0  # set when every client is connected
+    results: list[tuple[list[float], dict[str, int]]] = []
+
+    def run(c: int) -> None:
+        ms, errors = [], {}
+        with new_client(cfg) as client:
+            client.search_vectors(contexts[c % len(contexts)])  # connect before the clock
+            start.wait()
+            i = c
+            while time.perf_counter() < stop:
+                t = time.perf_counter()
+                try:
+                    client.search_vectors(contexts[i % len(contexts)])
+                    ms.append(1000 * (time.perf_counter() - t))
+                except grpc.RpcError as e:
+                    errors[e.code().name] = errors.get(e.code().name, 0) + 1
+                i += clients
+        results.append((ms, errors))
+
+    start = threading.Event()
+    with ThreadPoolExecutor(clients) as pool:
+        futures = [pool.submit(run, c) for c in range(clients)]
+        time.sleep(0.5)
+        t0 = time.perf_counter()
+        stop = t0 + seconds
+        start.set()
+        for f in futures:
+            f.result()
+    wall = time.perf_counter() - t0
+    ms = [m for r in results for m in r[0]]
+    errors: dict[str, int] = {}
+    for _, e in results:
+        for k, v in e.items():
+            errors[k] = errors.get(k, 0) + v
+    return {"clients": clients, "seconds": round(wall, 2), "searches": len(ms),
+            "searches_per_s": round(len(ms) / wall, 1), "errors": errors, **percentiles(ms)}
+
+
+def bench_contexts(deploy_path: str, n: int = 200, length: int = 8, seed: int = 0
+                   ) -> list[np.ndarray]:
+    """`n` contexts of `length` consecutive chunks of random articles, as raw vectors."""
+    bank = load_bank(resolve(deploy_path, read_deploy(deploy_path)["bank"]))
+    starts, ends = bank.article_bounds()
+    rng = np.random.default_rng(seed)
+    out = []
+    for a in rng.choice(len(starts), size=n):
+        s, e = starts[a], ends[a]
+        lo = max(s, e - 1 - length) if e - s > 1 else s
+        out.append(np.ascontiguousarray(bank.vectors[lo:max(lo + 1, e - 1)][:length]))
+    return out
+
+
+def measure(cfg: ServingConfig, contexts, clients: list[int], seconds: float, n: int,
+            texts: bool) -> dict:
+    out = {"one_search": sequential(cfg, contexts, n)}
+    print(f"  one search (vectors): p50 {out['one_search']['p50_ms']} ms, "
+          f"p99 {out['one_search']['p99_ms']} ms; front's median per step "
+          f"{out['one_search']['front_median_ms']}", flush=True)
+    out["curve"] = []
+    for c in clients:
+        r = concurrent(cfg, contexts, c, seconds)
+        out["curve"].append(r)
+        print(f"  {c:>2} clients: {r['searches_per_s']:>7.1f} searches/s, p50 {r['p50_ms']} ms,"
+              f" p99 {r['p99_ms']} ms, errors {r['errors'] or 0}", flush=True)
+    if texts:
+        out["texts"] = sequential(cfg, contexts, max(n // 5, 20), texts=True)
+        print(f"  one search (1-3 texts, embedding included): p50 {out['texts']['p50_ms']} ms,"
+              f" p99 {out['texts']['p99_ms']} ms", flush=True)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def synthetic_deploy(n: int, root: Path) -> str:
+    """A synthetic bank of n x 384 rows and a deploy.json choosing the heuristic, with an LVM of
+    the default size at its initial weights: the serving cost of the default bank without its
+    data or a training run (latency only; never a quality number)."""
+    import torch
+
+    from cascade.bank import save_bank, sha256_file
+    from cascade.lvm import Lvm, LvmConfig, save_lvm
+    from training.synth_bank import SynthConfig, synth_bank
+
+    bank = synth_bank(SynthConfig(n=n, dim=384, mean_chunks=4, topics=12, seed=0))
+    save_bank(bank, root / "bank.npz")
+    torch.manual_seed(0)
+    save_lvm(root / "lvm.pt", Lvm(LvmConfig(dim=384)), bank.fingerprint())
+    deploy = root / "deploy.json"
+    deploy.write_text(json.dumps({
+        "stage1": "heuristic", "checkpoint": None, "reason": "synthetic benchmark bank",
+        "heuristic": {"kind": "exp_weighted", "alpha": 0.1}, "bank": str(root / "bank.npz"),
+        "bank_fingerprint": bank.fingerprint(),
+        "lvm": {"checkpoint": str(root / "lvm.pt"), "sha256": sha256_file(root / "lvm.pt")}}))
+    return str(deploy)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.latency",
+                                description=__doc__.split("\n")[0])
+    p.add_argument("--deploy", default=None, help="deploy.json (default: the YAML's)")
+    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="serving YAML to start from")
+    p.add_argument("--synthetic", type=int, default=0,
+                   help="bench a synthetic bank of this many rows instead of --deploy")
+    p.add_argument("--clients", default="1,2,4,8,16", help="concurrent clients to measure")
+    p.add_argument("--seconds", type=float, default=5.0, help="per point of the curve")
+    p.add_argument("--n", type=int, default=300, help="sequential searches for p50/p99")
+    p.add_argument("--compare", action="store_true",
+                   help="also measure the SO_REUSEPORT and replica layouts")
+    p.add_argument("--out", default=str(RESULTS))
+    args = p.parse_args(argv)
+    base = load_config(args.config)
+    clients = [int(c) for c in args.clients.split(",")]
+    with tempfile.TemporaryDirectory(prefix="bench_latency_") as tmp:
+        tmp = Path(tmp)
+        if args.synthetic:
+            print(f"a synthetic {args.synthetic} x 384 bank, heuristic + an untrained LVM",
+                  flush=True)
+            base.deploy = synthetic_deploy(args.synthetic, tmp)
+        elif args.deploy:
+            base.deploy = args.deploy
+        if not Path(base.deploy).exists():
+            print(f"latency: no {base.deploy} (make train-v4 and make train-lvm write it; or "
+                  f"--synthetic 36000)", file=sys.stderr)
+            return 2
+        contexts = bench_contexts(base.deploy)
+        layouts = (["single", "reuseport", "replicas", "mixed"] if args.compare else
+                   ["single"])
+        report = {"deploy": base.deploy, "synthetic_rows": args.synthetic or None,
+                  "cpus": os.cpu_count(), "load_avg_at_start": list(os.getloadavg()),
+                  "targets": TARGETS, "layouts": {}}
+        for layout in layouts:
+            print(f"layout {layout}:", flush=True)
+            running = Running(layout_config(base, layout, tmp / f"{layout}.yaml"))
+            try:
+                report["layouts"][layout] = measure(running.cfg, contexts,
+                                                    clients if layout == "single" else [8],
+                                                    args.seconds, args.n,
+                                                    texts=layout == "single")
+            finally:
+                running.stop()
+        report["in_process"] = in_process(base.deploy, contexts, args.n)
+        print(f"in-process cascade (same searches, 1 thread, no gRPC): p50 "
+              f"{report['in_process']['p50_ms']} ms, p99 {report['in_process']['p99_ms']} ms")
+        report["load_avg_at_end"] = list(os.getloadavg())
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2, allow_nan=False))
+    print(f"wrote {args.out} (load average {report['load_avg_at_start'][0]:.1f} at the start: "
+          f"timings on a shared machine are noisy)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,99 @@
+"""deploy.json: what serving runs (stage 1 = v4 or the heuristic, the LVM, TMD's w), pinned.
+
+Every file it names carries a sha256, and the bank its fingerprint, so a server refuses to start
+on a checkpoint or bank that is not the one the gate judged. `CascadeConfig` holds the cascade's
+settings (K per stage, the FAISS index string, the longest context accepted); its defaults are the
+ones below, and deploy.json's "cascade" mapping overrides them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from cascade.bank import sha256_file
+
+
+class DeployError(ValueError):
+    """A deploy.json that is unreadable, incomplete, or names files that do not match it."""
+
+
+@dataclass
+class CascadeConfig:
+    k_stage1: int = 500  # stage 1 (query + FAISS) keeps this many rows
+    k_lvm: int = 50  # the LVM reranker keeps this many
+    k_tmd: int = 10  # the TMD reranker keeps this many: the cascade's answer
+    index_factory: str = "Flat"  # FAISS index_factory string; "Flat" = exact, no copy of the bank
+    index_params: str = ""  # FAISS ParameterSpace string for approximate indexes, e.g. "nprobe=32"
+    max_context: int = 512  # longest context (chunks) a request may send
+    tmd_w: float = 0.0  # stage 3's blend weight, tuned on val by `make train-lvm`
+
+    @classmethod
+    def from_dict(cls, d: dict | None, where: str = "cascade") -> CascadeConfig:
+        d = d or {}
+        known = {f.name: f.type for f in fields(cls)}
+        unknown = sorted(set(d) - set(known))
+        if unknown:
+            raise DeployError(f"{where}: unknown key '{unknown[0]}' (known: {', '.join(known)})")
+        cfg = cls(**d)
+        cfg.validate(where)
+        return cfg
+
+    def validate(self, where: str = "cascade") -> None:
+        for key in ("k_stage1", "k_lvm", "k_tmd", "max_context"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise DeployError(f"{where}.{key} must be an integer >= 1, got {value!r}")
+        if not self.k_stage1 >= self.k_lvm >= self.k_tmd:
+            raise DeployError(f"{where}: need k_stage1 >= k_lvm >= k_tmd, got {self.k_stage1}, "
+                              f"{self.k_lvm}, {self.k_tmd}")
+        if not isinstance(self.tmd_w, int | float) or not 0.0 <= self.tmd_w <= 1.0:
+            raise DeployError(f"{where}.tmd_w must be in [0, 1], got {self.tmd_w!r}")
+        if not isinstance(self.index_factory, str) or not self.index_factory:
+            raise DeployError(f"{where}.index_factory must be a FAISS index_factory string")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def read_deploy(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise DeployError(f"{path}: no such deploy.json (make train-v4 writes it)")
+    try:
+        deploy = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DeployError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(deploy, dict):
+        raise DeployError(f"{path}: expected a JSON object")
+    for key in ("stage1", "bank", "bank_fingerprint"):
+        if key not in deploy:
+            raise DeployError(f"{path}: missing key '{key}'")
+    if deploy["stage1"] not in ("v4", "heuristic"):
+        raise DeployError(f"{path}: key 'stage1' is {deploy['stage1']!r} (v4, heuristic)")
+    return deploy
+
+
+def resolve(deploy_path: str | os.PathLike, file: str) -> Path:
+    """A path named in deploy.json: as written if it exists (relative to the working directory,
+    as `make` writes them), else relative to deploy.json's folder."""
+    p = Path(file)
+    if p.is_absolute() or p.exists():
+        return p
+    return Path(deploy_path).parent / p
+
+
+def check_pinned(deploy_path: str | os.PathLike, what: str, file: str | None,
+                 sha256: str | None) -> Path:
+    """The file `what` names, refused when missing or when its sha256 is not the pinned one."""
+    if not file:
+        raise DeployError(f"{deploy_path}: '{what}' names no file")
+    p = resolve(deploy_path, file)
+    if not p.exists():
+        raise DeployError(f"{deploy_path}: '{what}' names {file}, which does not exist")
+    if sha256 is not None and sha256_file(p) != sha256:
+        raise DeployError(f"{deploy_path}: '{what}' {file} has sha256 {sha256_file(p)[:19]}..., "
+                          f"deploy.json pins {sha256[:19]}... (retrain or rewrite deploy.json)")
+    return p

@@ -1,0 +1,159 @@
+"""The in-process cascade: stage 1 (top k_stage1) -> LVM (top k_lvm) -> TMD (top k_tmd).
+
+Everything serving needs is named in deploy.json (`make train-v4` then `make train-lvm`), each
+file pinned by sha256. One context or a batch goes through every stage as one batch; each stage
+reports its own ids, scores and wall time. The gRPC servers wrap this and add no ranking logic.
+
+Latency depends on threads: for one context, one torch thread and one FAISS (OpenMP) thread are
+fastest (thread start-up costs more than the work); `set_threads` sets both.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import faiss
+import numpy as np
+import torch
+
+from cascade.bank import Bank, load_bank
+from cascade.deploy import CascadeConfig, DeployError, check_pinned, read_deploy, resolve
+from cascade.lvm import LvmReranker
+from cascade.result import StageResult
+from cascade.stage1 import ContextRows, Stage1
+from cascade.tagger import DomainCentroids, bank_centroids, tag_context
+from cascade.tmd_rerank import TmdReranker, context_lanes
+
+__all__ = ["Cascade", "CascadeResult", "ContextRows", "StageResult", "set_threads"]
+
+
+@dataclass
+class CascadeResult:
+    ids: np.ndarray  # (B, k) int64 bank rows, best first
+    scores: np.ndarray  # (B, k) float32, the last stage's scores
+    stages: dict[str, StageResult] = field(default_factory=dict)  # "stage1", "lvm", "tmd"
+    stage1_kind: str = ""  # "v4" | "heuristic"
+    seconds: float = 0.0  # the whole search
+
+
+def set_threads(n: int) -> None:
+    """Torch and FAISS threads (1 is fastest for one context on a shared CPU)."""
+    torch.set_num_threads(n)
+    faiss.omp_set_num_threads(n)
+
+
+class Cascade:
+    """Stage 1, then the LVM (when deploy.json names one), then TMD (when the bank has TMD
+    codes). Stage 3 with w = 0 keeps stage 2's order: it runs, and says so in its scores."""
+
+    def __init__(self, stage1: Stage1, lvm: LvmReranker | None = None,
+                 config: CascadeConfig | None = None, tmd: TmdReranker | None = None,
+                 centroids: DomainCentroids | None = None):
+        self.stage1 = stage1
+        self.lvm = lvm
+        self.tmd = tmd
+        self.centroids = centroids  # tags the domain of contexts sent as raw vectors
+        self.config = config or CascadeConfig()
+        self.config.validate()
+        self._encoder = None
+
+    @property
+    def last_k(self) -> int:
+        """The most rows the last stage keeps: what `search` can return."""
+        cfg = self.config
+        return cfg.k_tmd if self.tmd is not None else cfg.k_lvm if self.lvm is not None \
+            else cfg.k_stage1
+
+    @property
+    def bank(self) -> Bank:
+        return self.stage1.bank
+
+    @classmethod
+    def from_deploy(cls, deploy_path, *, bank: Bank | None = None) -> Cascade:
+        """Stage 1 as deploy.json chose it, and the LVM it names (sha256 checked)."""
+        deploy = read_deploy(deploy_path)
+        cfg = CascadeConfig.from_dict(deploy.get("cascade"), f"{deploy_path}: cascade")
+        if bank is None:
+            path = resolve(deploy_path, deploy["bank"])
+            if not path.exists():
+                raise DeployError(f"{deploy_path}: 'bank' names {deploy['bank']}, which does "
+                                  f"not exist")
+            bank = load_bank(path)
+        stage1 = Stage1.from_deploy(deploy_path, bank=bank, config=cfg)
+        lvm = None
+        if deploy.get("lvm"):
+            entry = deploy["lvm"]
+            if not isinstance(entry, dict) or "sha256" not in entry:
+                raise DeployError(f"{deploy_path}: 'lvm' must name a checkpoint and its sha256")
+            path = check_pinned(deploy_path, "lvm.checkpoint", entry.get("checkpoint"),
+                                entry["sha256"])
+            lvm = LvmReranker.load(path, bank)
+        tmd = centroids = None
+        if bank.tmd_codes is not None:
+            tmd = TmdReranker(bank.tmd_codes, cfg.tmd_w)
+            centroids = bank_centroids(bank.path, bank.meta) if bank.path else None
+        return cls(stage1, lvm, cfg, tmd, centroids)
+
+    def context_lanes(self, vectors: list[np.ndarray], rows: list[np.ndarray] | None,
+                      context_codes) -> np.ndarray:
+        """(B,) query lanes: from the codes given per context chunk, else the bank's codes of
+        the context's rows, else tagged from the vectors (domain by the bank's centroids)."""
+        if context_codes is not None:
+            if len(context_codes) != len(vectors):
+                raise ValueError(f"context_codes: {len(context_codes)} entries for "
+                                 f"{len(vectors)} contexts")
+            codes = [np.asarray(c, np.int64).reshape(-1) for c in context_codes]
+            for b, (c, v) in enumerate(zip(codes, vectors, strict=True)):
+                if len(c) != len(v):
+                    raise ValueError(f"context_codes {b}: {len(c)} codes for {len(v)} chunks")
+        elif rows is not None:
+            codes = [self.bank.tmd_codes[r].astype(np.int64) for r in rows]
+        else:
+            codes = [tag_context(v, centroids=self.centroids) for v in vectors]
+        width = max(len(c) for c in codes)
+        padded = np.zeros((len(codes), width), np.int64)
+        mask = np.zeros((len(codes), width), bool)
+        for b, c in enumerate(codes):
+            padded[b, :len(c)] = c
+            mask[b, :len(c)] = True
+        return context_lanes(padded, mask)
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """(len(texts), D) unit vectors of new text, by the bank's encoder (loaded once)."""
+        from cascade.encoder import encode, encoder_dim, load_encoder
+
+        if self._encoder is None:
+            self._encoder = load_encoder()
+            if encoder_dim(self._encoder) != self.bank.dim:
+                raise ValueError(f"the encoder gives {encoder_dim(self._encoder)}-d vectors, "
+                                 f"the bank holds {self.bank.dim}-d")
+        return encode(list(texts), self._encoder)
+
+    def search(self, contexts, k: int | None = None, *, context_codes=None) -> CascadeResult:
+        """The top-k (default k_tmd, at most the last stage's K) for one context or a batch:
+        (L, D) vectors, a list of them, or ContextRows. `context_codes`: the TMD codes of each
+        context's chunks (a list of (L,)), for stage 3; without them, the bank's codes of the
+        rows, or the domain tagged from the vectors."""
+        t0 = time.perf_counter()
+        cfg = self.config
+        last_k = self.last_k
+        k = min(cfg.k_tmd, last_k) if k is None else k
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= last_k:
+            raise ValueError(f"k must be an integer in [1, {last_k}] (the last stage's K), "
+                             f"got {k!r}")
+        vectors, rows = self.stage1.contexts(contexts)
+        stages = {"stage1": self.stage1.search_checked(vectors, rows, min(cfg.k_stage1,
+                                                                          self.bank.n), t0)}
+        final = stages["stage1"]
+        if self.lvm is not None:
+            keep = min(cfg.k_lvm, final.ids.shape[1])
+            stages["lvm"] = final = self.lvm.rerank(vectors, final.ids, final.scores, keep)
+        if self.tmd is not None:
+            t = time.perf_counter()
+            lanes = self.context_lanes(vectors, rows, context_codes)
+            keep = min(cfg.k_tmd, final.ids.shape[1])
+            ids, scores = self.tmd.rerank(lanes, final.ids, final.scores, keep)
+            stages["tmd"] = final = StageResult(ids, scores, time.perf_counter() - t)
+        return CascadeResult(final.ids[:, :k], final.scores[:, :k], stages, self.stage1.kind,
+                             time.perf_counter() - t0)

@@ -1,0 +1,382 @@
+"""Stage 1 as one object: a query (the v4 tower or a heuristic) and the FAISS index over the bank.
+
+The trainer's evaluation, the gate, the post-mortem, the benchmarks and serving all go through
+`Stage1`, so a stage-1 number is computed one way. It takes contexts three ways:
+
+- `search(vectors)`: raw context vectors, any (L, D) array (new text never seen in the bank), one
+  or a list; bank rows equal to a context vector (cos >= DUP_COS) are left out of the results, so
+  a user who sends the chunks they just read never gets them back;
+- `search(ContextRows(...))`: bank row ids, one context or a list; those rows are left out;
+- `search_pairs(pairs)`: the context windows [ctx_start, ctx_end) of a pairs file, batched, the
+  window left out: what evaluation and mining use.
+
+The index comes from a FAISS `index_factory` string. "Flat" (the default) is exact search by
+FAISS's brute-force kernel over the bank array in place: no copy of the bank and nothing saved.
+Any other string is built once, saved beside the bank with the fingerprint of what it indexes,
+and loaded on the next start; it is rebuilt only when the bank or the string changes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+import torch
+
+from cascade.bank import Bank, atomic_write, load_bank, vectors_fingerprint
+from cascade.checkpoint import load_towers
+from cascade.deploy import CascadeConfig, DeployError, check_pinned, read_deploy, resolve
+from cascade.encode import encode_docs, encode_queries
+from cascade.evaluation import KS, MARGIN_NEGATIVES, evaluate
+from cascade.index import ExactIndex, drop_rows, search_batched
+from cascade.negatives import DUP_THRESHOLD
+from cascade.pairs import Pairs
+from cascade.query import DEFAULT_ALPHA, exp_weighted, heuristic_queries, last_vector
+from cascade.result import StageResult
+from cascade.towers import DocTower, QueryTower
+
+EXACT = "Flat"
+DUP_COS = 0.9999  # a bank row this close to a context vector is that chunk: never returned
+HEURISTICS = ("exp_weighted", "last_vector", "mean")
+
+
+@dataclass
+class ContextRows:
+    """Contexts given as bank row ids: one 1-d sequence of rows, or a list of them (oldest
+    chunk first). The rows themselves are left out of the results."""
+    rows: Sequence
+
+
+def open_index(vectors: np.ndarray, factory: str = EXACT, params: str = "",
+               cache: str | Path | None = None, fingerprint: str | None = None):
+    """The index over unit (N, D) `vectors` that `factory` names, inner product.
+
+    "Flat" is exact over `vectors` in place. Anything else is loaded from `cache` when its
+    sidecar names the same fingerprint and factory string, else built (trained on all rows) and
+    saved there atomically. `params` (e.g. "nprobe=32") is applied after loading."""
+    if factory == EXACT:
+        if params:
+            raise ValueError(f"index_params {params!r}: the exact index takes no parameters")
+        return ExactIndex(vectors)
+    fingerprint = fingerprint or vectors_fingerprint(vectors)
+    meta = {"index_factory": factory, "fingerprint": fingerprint}
+    side = Path(f"{cache}.json") if cache else None
+    index = None
+    if cache and Path(cache).exists() and side.exists():
+        try:
+            if json.loads(side.read_text()) == meta:
+                index = faiss.deserialize_index(np.fromfile(cache, dtype=np.uint8))
+        except (json.JSONDecodeError, RuntimeError):
+            index = None  # a damaged cache is rebuilt, not trusted
+    if index is None:
+        try:
+            index = faiss.index_factory(vectors.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+        except RuntimeError as e:
+            raise ValueError(f"index_factory {factory!r} is not a FAISS index string "
+                             f"({str(e).splitlines()[-1][:160]})") from None
+        if not index.is_trained:
+            index.train(vectors)
+        index.add(vectors)
+        if cache:
+            blob = faiss.serialize_index(index)
+            atomic_write(cache, lambda f: f.write(blob.tobytes()))
+            atomic_write(side, lambda f: f.write(json.dumps(meta).encode()))
+    if params:
+        try:
+            faiss.ParameterSpace().set_index_parameters(index, params)
+        except RuntimeError as e:
+            raise ValueError(f"index_params {params!r} do not apply to {factory!r} "
+                             f"({str(e).splitlines()[-1][:160]})") from None
+    return index
+
+
+def index_cache_path(bank: Bank, factory: str, doc_tag: str = "") -> Path | None:
+    """Beside the bank: <bank stem>.<factory slug>[.<doc tower tag>].faiss; None for an
+    in-memory bank or the exact index (which keeps nothing)."""
+    if factory == EXACT or not bank.path:
+        return None
+    slug = re.sub(r"[^A-Za-z0-9]+", "_", factory).strip("_")
+    path = Path(bank.path)
+    return path.with_name(f"{path.stem}.{slug}{'.' + doc_tag if doc_tag else ''}.faiss")
+
+
+class Stage1:
+    """Query formation + FAISS search, the context's own rows left out."""
+
+    def __init__(self, bank: Bank, *, query: QueryTower | None = None,
+                 doc: DocTower | None = None, doc_vectors: np.ndarray | None = None,
+                 heuristic: str = "exp_weighted",
+                 alpha: float = DEFAULT_ALPHA, kind: str | None = None, reason: str = "",
+                 index_factory: str = EXACT, index_params: str = "", max_context: int = 512,
+                 index=None):
+        if query is None and heuristic not in HEURISTICS:
+            raise ValueError(f"unknown heuristic {heuristic!r} ({', '.join(HEURISTICS)})")
+        self.bank = bank
+        self.query = query  # a training tower stays in its mode: encode_queries sets eval
+        self.heuristic = None if query is not None else heuristic
+        self.alpha = float(alpha)
+        self.kind = kind or ("v4" if query is not None else
+                             "heuristic" if heuristic == "exp_weighted" else heuristic)
+        self.reason = reason
+        self.dim = bank.dim
+        self.max_context = int(max_context)
+        self.index_factory = index_factory
+        if doc_vectors is None:
+            doc_vectors = encode_docs(doc, bank.vectors) if doc is not None else bank.vectors
+        self.doc_vectors = doc_vectors  # what the index holds (the bank itself: identity tower)
+        if index is None:
+            identity = self.doc_vectors is bank.vectors
+            fingerprint = bank.fingerprint() if identity else None
+            index = open_index(self.doc_vectors, index_factory, index_params,
+                               index_cache_path(bank, index_factory,
+                                                "" if identity else "doc"), fingerprint)
+        self.index = index
+
+    # -- construction ----------------------------------------------------------------------
+
+    @classmethod
+    def from_checkpoint(cls, path, bank: Bank, device="cpu", **kw) -> Stage1:
+        """A trained query tower (and its doc tower) from a checkpoint pinned to `bank`, its
+        towers on `device` (batches go there; search stays on the CPU)."""
+        query, doc, _ = load_towers(path, bank.fingerprint(), device)
+        return cls(bank, query=query, doc=None if doc.is_identity else doc, **kw)
+
+    @classmethod
+    def from_deploy(cls, deploy_path, *, bank: Bank | None = None,
+                    config: CascadeConfig | None = None) -> Stage1:
+        """What deploy.json chose: v4 (its checkpoint, sha256 checked) or the heuristic."""
+        deploy = read_deploy(deploy_path)
+        cfg = config or CascadeConfig.from_dict(deploy.get("cascade"), f"{deploy_path}: cascade")
+        if bank is None:
+            bank_path = resolve(deploy_path, deploy["bank"])
+            if not bank_path.exists():
+                raise DeployError(f"{deploy_path}: 'bank' names {deploy['bank']}, which does "
+                                  f"not exist")
+            bank = load_bank(bank_path)
+        if bank.fingerprint() != deploy["bank_fingerprint"]:
+            raise DeployError(f"{deploy_path}: bank {bank.path} has fingerprint "
+                              f"{bank.fingerprint()[:19]}..., deploy.json pins "
+                              f"{str(deploy['bank_fingerprint'])[:19]}...")
+        common = {"kind": deploy["stage1"], "reason": deploy.get("reason", ""),
+                  "index_factory": cfg.index_factory, "index_params": cfg.index_params,
+                  "max_context": cfg.max_context}
+        if deploy["stage1"] == "v4":
+            if "checkpoint_sha256" not in deploy:
+                raise DeployError(f"{deploy_path}: missing key 'checkpoint_sha256'")
+            ckpt = check_pinned(deploy_path, "checkpoint", deploy.get("checkpoint"),
+                                deploy["checkpoint_sha256"])
+            return cls.from_checkpoint(ckpt, bank, **common)
+        h = deploy.get("heuristic") or {}
+        return cls(bank, heuristic=h.get("kind", "exp_weighted"),
+                   alpha=h.get("alpha", DEFAULT_ALPHA), **common)
+
+    # -- pairs: evaluation and mining -------------------------------------------------------
+
+    def pair_queries(self, pairs: Pairs) -> np.ndarray:
+        """(P, D) unit queries for the context windows of `pairs`."""
+        if self.query is not None:
+            return encode_queries(self.query, self.bank.vectors, pairs)
+        return heuristic_queries(self.bank.vectors, pairs, self.heuristic, self.alpha)
+
+    def search_pairs(self, pairs: Pairs, k: int, q: np.ndarray | None = None,
+                     exclude: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(queries, D, I) top-k for every pair, its context window left out (`exclude`)."""
+        q = self.pair_queries(pairs) if q is None else q
+        if not exclude:
+            D, I = self.index.search(np.ascontiguousarray(q, dtype=np.float32), k)
+            return q, np.where(I < 0, -np.inf, D).astype(np.float32), I
+        D, I = search_batched(self.index, q, k, pairs.ctx_start, pairs.ctx_end)
+        return q, D, I
+
+    def evaluate(self, pairs: Pairs, ks: tuple[int, ...] = KS,
+                 margin_negatives: int = MARGIN_NEGATIVES,
+                 dup_threshold: float = DUP_THRESHOLD) -> tuple[dict, np.ndarray]:
+        """Recalls, MRR, CIs and the margin Δ on `pairs` -> (metrics, ranks (P,))."""
+        return evaluate(self.pair_queries(pairs), pairs, self.doc_bank, self.index, ks,
+                        margin_negatives, dup_threshold)
+
+    @property
+    def doc_bank(self) -> Bank:
+        """The bank as the index sees it (the bank itself when the doc tower is the identity)."""
+        if self.doc_vectors is self.bank.vectors:
+            return self.bank
+        return Bank(self.doc_vectors, self.bank.article_indices, self.bank.chunk_indices,
+                    path=self.bank.path, _fingerprint=self.bank.fingerprint())
+
+    # -- serving ----------------------------------------------------------------------------
+
+    def check_k(self, k: int) -> int:
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= self.bank.n:
+            raise ValueError(f"k must be an integer in [1, {self.bank.n}] (the bank's rows), "
+                             f"got {k!r}")
+        return int(k)
+
+    def contexts(self, contexts) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+        """Validated contexts -> (unit vectors per context, bank rows per context or None)."""
+        if isinstance(contexts, ContextRows):
+            rows = check_rows(contexts.rows, self.bank.n, self.max_context)
+            return [self.bank.vectors[r] for r in rows], rows
+        return check_vectors(contexts, self.dim, self.max_context), None
+
+    def queries(self, vectors: list[np.ndarray]) -> np.ndarray:
+        """(B, D) unit queries for a list of (L, D) unit contexts."""
+        keep = self.query.cfg.max_len if self.query is not None else None
+        ctx, mask = pad_left_aligned(vectors, keep)
+        if self.query is not None:
+            with torch.inference_mode():
+                return self.query(torch.from_numpy(ctx), torch.from_numpy(mask)).numpy()
+        if self.heuristic == "exp_weighted":
+            return exp_weighted(ctx, mask, self.alpha)
+        return last_vector(ctx, mask)
+
+    def search(self, contexts, k: int = 500) -> StageResult:
+        """Top-k bank rows for one context or a batch (see the module doc), context left out."""
+        t0 = time.perf_counter()
+        k = self.check_k(k)
+        vectors, rows = self.contexts(contexts)
+        return self.search_checked(vectors, rows, k, t0)
+
+    def search_checked(self, vectors: list[np.ndarray], rows: list[np.ndarray] | None, k: int,
+                       t0: float | None = None) -> StageResult:
+        """`search` on contexts `contexts()` already checked (the cascade checks once)."""
+        t0 = time.perf_counter() if t0 is None else t0
+        q = self.queries(vectors)
+        D, I = self.search_excluding(q, vectors, rows, k)
+        return StageResult(I, D, time.perf_counter() - t0)
+
+    def search_excluding(self, q: np.ndarray, vectors: list[np.ndarray],
+                         rows: list[np.ndarray] | None, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Search k + margin and drop the context's rows (given) or its duplicates (vectors);
+        widen the search for a query that lost more rows than the margin allowed."""
+        n = self.bank.n
+        extra = max(len(v) for v in vectors) + 8
+        while True:
+            fetch = min(k + extra, n)
+            D, I = self.index.search(np.ascontiguousarray(q, dtype=np.float32), fetch)
+            drop = (context_row_mask(I, rows) if rows is not None
+                    else duplicate_mask(I, D, q, self.bank.vectors, vectors,
+                                        self.doc_vectors is self.bank.vectors))
+            if fetch == n or ((~drop & (I >= 0)).sum(axis=1) >= k).all():
+                return drop_rows(D, I, drop, k)
+            extra *= 4
+
+
+def context_row_mask(I: np.ndarray, rows: list[np.ndarray]) -> np.ndarray:
+    """(B, K) True where I[b, j] is one of context b's rows."""
+    width = max(len(r) for r in rows)
+    padded = np.full((len(rows), width), -2, np.int64)
+    for b, r in enumerate(rows):
+        padded[b, :len(r)] = r
+    return (I[:, :, None] == padded[:, None, :]).any(axis=2)
+
+
+def duplicate_mask(I: np.ndarray, D: np.ndarray, q: np.ndarray, bank_vectors: np.ndarray,
+                   vectors: list[np.ndarray], scores_are_bank_cos: bool,
+                   threshold: float = DUP_COS) -> np.ndarray:
+    """(B, K) True where bank row I[b, j] equals a vector of context b (cos >= threshold).
+
+    A bank row u with cos(u, v) >= threshold lies within r = sqrt(2 (1 - threshold)) of v, so
+    its score q.u is within r of q.v: when the scores are cosines to the bank rows themselves
+    (identity doc tower), only candidates scored that close to some q.v are checked."""
+    radius = float(np.sqrt(2 * (1 - threshold))) + 1e-4
+    drop = np.zeros(I.shape, bool)
+    for b, v in enumerate(vectors):
+        valid = I[b] >= 0
+        if scores_are_bank_cos:
+            near = np.abs(D[b][:, None] - (v @ q[b])[None, :]).min(axis=1) <= radius
+            cols = np.flatnonzero(near & valid)
+        else:
+            cols = np.flatnonzero(valid)
+        if len(cols):
+            drop[b, cols] = (bank_vectors[I[b, cols]] @ v.T).max(axis=1) >= threshold
+    return drop
+
+
+def pad_left_aligned(vectors: list[np.ndarray], keep: int | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """The last `keep` chunks of each context, left-aligned: (B, L, D) float32, (B, L) mask."""
+    vectors = [v[-keep:] if keep else v for v in vectors]
+    width = max(len(v) for v in vectors)
+    ctx = np.zeros((len(vectors), width, vectors[0].shape[1]), np.float32)
+    mask = np.zeros((len(vectors), width), bool)
+    for b, v in enumerate(vectors):
+        ctx[b, :len(v)] = v
+        mask[b, :len(v)] = True
+    return ctx, mask
+
+
+def check_vectors(contexts, dim: int, max_context: int) -> list[np.ndarray]:
+    """One (L, D) context, a (B, L, D) array or a list of (L, D) -> list of unit float32 (L, D);
+    ValueError naming the context and row that is wrong."""
+    if isinstance(contexts, np.ndarray | torch.Tensor):
+        arr = np.asarray(contexts)
+        if arr.ndim == 2:
+            contexts = [arr]
+        elif arr.ndim == 3:
+            contexts = list(arr)
+        else:
+            raise ValueError(f"contexts: expected an (L, {dim}) array or a list of them, got "
+                             f"shape {arr.shape}")
+    if not isinstance(contexts, list | tuple):
+        raise ValueError(f"contexts: expected an (L, {dim}) array, a list of them, or "
+                         f"ContextRows, got {type(contexts).__name__}")
+    if not contexts:
+        raise ValueError("contexts: an empty batch (no context given)")
+    out = []
+    for b, c in enumerate(contexts):
+        try:
+            v = np.asarray(c, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise ValueError(f"context {b}: not an array of numbers") from None
+        if v.ndim != 2:
+            raise ValueError(f"context {b}: expected shape (L, {dim}), got {v.shape}")
+        if v.shape[0] == 0:
+            raise ValueError(f"context {b} is empty (0 chunks)")
+        if v.shape[1] != dim:
+            raise ValueError(f"context {b}: dimension {v.shape[1]}, the bank's is {dim}")
+        if v.shape[0] > max_context:
+            raise ValueError(f"context {b}: {v.shape[0]} chunks, longer than the configured "
+                             f"maximum {max_context} (cascade.max_context)")
+        bad = ~np.isfinite(v).all(axis=1)
+        if bad.any():
+            raise ValueError(f"context {b} row {int(np.flatnonzero(bad)[0])}: NaN or inf")
+        norms = np.linalg.norm(v, axis=1, keepdims=True)
+        if (norms == 0).any():
+            raise ValueError(f"context {b} row {int(np.flatnonzero(norms[:, 0] == 0)[0])}: "
+                             f"an all-zero vector")
+        out.append(v / norms)
+    return out
+
+
+def check_rows(rows, n: int, max_context: int) -> list[np.ndarray]:
+    """One 1-d sequence of bank rows or a list of them -> list of int64 arrays; ValueError
+    naming the context and position that is wrong."""
+    if isinstance(rows, np.ndarray) and rows.ndim == 1 or (
+            isinstance(rows, list | tuple) and rows and np.isscalar(rows[0])):
+        rows = [rows]
+    if not isinstance(rows, list | tuple | np.ndarray) or len(rows) == 0:
+        raise ValueError("ContextRows: an empty batch (no context given)")
+    out = []
+    for b, r in enumerate(rows):
+        r = np.asarray(r)
+        if r.ndim != 1:
+            raise ValueError(f"context {b}: row ids must be a 1-d sequence, got shape {r.shape}")
+        if len(r) == 0:
+            raise ValueError(f"context {b} is empty (0 row ids)")
+        if not np.issubdtype(r.dtype, np.integer):
+            raise ValueError(f"context {b}: row ids must be integers, got dtype {r.dtype}")
+        if len(r) > max_context:
+            raise ValueError(f"context {b}: {len(r)} chunks, longer than the configured "
+                             f"maximum {max_context} (cascade.max_context)")
+        bad = np.flatnonzero((r < 0) | (r >= n))
+        if len(bad):
+            raise ValueError(f"context {b} position {int(bad[0])}: row id {int(r[bad[0]])} is "
+                             f"out of range [0, {n})")
+        out.append(r.astype(np.int64))
+    return out

@@ -1,0 +1,146 @@
+"""The serving config: one dataclass per server, loaded strictly from YAML (`serving/serving.yaml`
+shows every default). Unknown keys and wrong types are errors naming the file and the key."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+DEFAULT_CONFIG = Path(__file__).parent / "serving.yaml"
+STAGES = ("stage1", "lvm", "tmd")
+
+
+class ConfigError(ValueError):
+    """A serving config with an unknown key, a wrong type or an impossible value."""
+
+
+@dataclass
+class ServerConfig:
+    # host:port of each replica; the front balances over them with gRPC round_robin.
+    addresses: list[str]
+    metrics_port: int  # prometheus on 127.0.0.1:<port + process number>; 0 = off
+    # Processes per address sharing its port (SO_REUSEPORT): 2 gave more searches/s than one
+    # process or two round_robin replicas (python -m benchmarks.latency --compare).
+    processes: int = 2
+    workers: int = 8  # threads per process serving calls
+    max_concurrent_rpcs: int = 32  # beyond this, callers get RESOURCE_EXHAUSTED at once
+    threads: int = 1  # torch / FAISS (OpenMP) threads per process
+
+
+@dataclass
+class FrontConfig(ServerConfig):
+    addresses: list[str] = field(default_factory=lambda: ["127.0.0.1:50051"])
+    metrics_port: int = 9400
+    workers: int = 16
+    max_concurrent_rpcs: int = 64
+    deadline_ms: float = 1000.0  # deadline of a call that brings none
+    lvm_share: float = 0.3  # the LVM stage's share of the call's deadline
+    tmd_share: float = 0.2  # the TMD stage's share of the call's deadline
+    max_texts: int = 64  # most chunk texts in one context
+    max_text_chars: int = 4000  # longest chunk text
+
+
+def _stage(port: int, metrics_port: int) -> ServerConfig:
+    return ServerConfig(addresses=[f"127.0.0.1:{port}"], metrics_port=metrics_port)
+
+
+@dataclass
+class TlsConfig:
+    cert: str | None = None  # PEM certificate chain; with key: every server speaks TLS
+    key: str | None = None  # PEM private key
+    client_ca: str | None = None  # PEM CA of client certificates: set -> mutual TLS
+    ca: str | None = None  # PEM CA the front (and clients) trust; default: cert itself
+    client_cert: str | None = None  # the front's own certificate toward the stages (mutual TLS)
+    client_key: str | None = None
+
+
+@dataclass
+class ServingConfig:
+    deploy: str = "runs/wikipedia_vital_bank/deploy.json"  # what stage 1 serves, and from what
+    max_message_mb: int = 16  # largest request or response a server accepts or sends
+    grace_seconds: float = 10.0  # on SIGTERM, calls in flight get this long to finish
+    front: FrontConfig = field(default_factory=FrontConfig)
+    stage1: ServerConfig = field(default_factory=lambda: _stage(50061, 9410))
+    lvm: ServerConfig = field(default_factory=lambda: _stage(50062, 9420))
+    tmd: ServerConfig = field(default_factory=lambda: _stage(50063, 9430))
+    tls: TlsConfig = field(default_factory=TlsConfig)
+
+    def server(self, name: str) -> ServerConfig:
+        return getattr(self, name)
+
+    @property
+    def tls_on(self) -> bool:
+        return self.tls.cert is not None
+
+
+def _convert(value, tp, default, where: str):
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_convert(v, args[0], None, f"{where}[{i}]") for i, v in enumerate(value)]
+    if type(None) in args:  # X | None
+        return None if value is None else _convert(value, args[0], default, where)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(default, value, where)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def from_dict(base, data, where: str):
+    """`base` (a dataclass instance, the defaults) with the keys of `data` replaced, recursing
+    into nested dataclasses; unknown keys and wrong types are errors."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(type(base))
+    unknown = sorted(set(data) - set(hints))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key '{unknown[0]}' (known: {', '.join(hints)})")
+    return dataclasses.replace(base, **{k: _convert(v, hints[k], getattr(base, k), f"{where}.{k}")
+                                        for k, v in data.items()})
+
+
+def validate(cfg: ServingConfig, where: str) -> None:
+    for name in ("front", *STAGES):
+        s = cfg.server(name)
+        if not s.addresses:
+            raise ConfigError(f"{where}: {name}.addresses is empty")
+        for a in s.addresses:
+            host, _, port = a.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ConfigError(f"{where}: {name}.addresses: {a!r} is not host:port "
+                                  f"(a fixed port: the front and the clients must know it)")
+        for key in ("processes", "workers", "max_concurrent_rpcs", "threads"):
+            if getattr(s, key) < 1:
+                raise ConfigError(f"{where}: {name}.{key} must be >= 1, got {getattr(s, key)}")
+    f = cfg.front
+    if f.lvm_share <= 0 or f.tmd_share <= 0 or f.lvm_share + f.tmd_share >= 1:
+        raise ConfigError(f"{where}: front.lvm_share and front.tmd_share must be > 0 with a "
+                          f"sum < 1 (stage 1 needs the rest), got {f.lvm_share}, {f.tmd_share}")
+    if (cfg.tls.cert is None) != (cfg.tls.key is None):
+        raise ConfigError(f"{where}: tls.cert and tls.key go together")
+    for key in ("cert", "key", "client_ca", "ca", "client_cert", "client_key"):
+        path = getattr(cfg.tls, key)
+        if path is not None and not Path(path).is_file():
+            raise ConfigError(f"{where}: tls.{key}: no file {path}")
+
+
+def load_config(path: str | os.PathLike = DEFAULT_CONFIG) -> ServingConfig:
+    where = str(path)
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as e:
+        raise ConfigError(f"{where}: cannot read ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: not valid YAML ({e})") from None
+    cfg = from_dict(ServingConfig(), data, where)
+    validate(cfg, where)
+    return cfg

@@ -1,0 +1,204 @@
+"""The cascade front: `Cascade.Search` chains the stage servers as the in-process cascade chains
+its stages, and adds the hits' bank data (text, cpe id, article, position).
+
+Stage 1 is required: when it is down the call fails with UNAVAILABLE. A reranker that is down,
+overloaded or past its share of the deadline is skipped: the answer is the best ranking so far,
+flagged `degraded` with the reason, instead of an error.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import grpc
+import numpy as np
+
+from serving import metrics
+from serving.config import ServingConfig
+from serving.convert import context_kind, vectors_from_proto, vectors_to_proto
+from serving.protos import pb, rpc
+from serving.stages import guarded
+
+log = logging.getLogger("serving")
+
+# Stage-1 errors passed on as they are: the caller's input, or the caller's own deadline.
+_PASS_ON = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.DEADLINE_EXCEEDED,
+            grpc.StatusCode.CANCELLED)
+
+
+def stage_channel(cfg: ServingConfig, name: str) -> grpc.Channel:
+    """One channel over all of a stage's replicas, balanced per call (gRPC round_robin)."""
+    from serving.server import channel_credentials, message_options
+
+    target = "ipv4:" + ",".join(cfg.server(name).addresses)
+    options = message_options(cfg) + [("grpc.lb_policy_name", "round_robin")]
+    creds = channel_credentials(cfg.tls)
+    if creds is None:
+        return grpc.insecure_channel(target, options=options)
+    return grpc.secure_channel(target, creds, options=options)
+
+
+def _why(stage: str, err: grpc.RpcError, share_ms: float) -> str:
+    code = err.code()
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return f"{stage} missed its deadline share ({share_ms:.3g} ms)"
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return f"{stage} overloaded ({err.details()})"
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return f"{stage} unavailable ({err.details()})"
+    return f"{stage} failed: {code.name} {err.details()}"
+
+
+class CascadeServicer(rpc.CascadeServicer):
+    name = "front"
+
+    def __init__(self, cfg: ServingConfig):
+        self.cfg = cfg
+        self.cascade = None
+
+    @property
+    def loaded(self) -> bool:
+        return self.cascade is not None
+
+    def load(self) -> None:
+        from cascade.pipeline import Cascade
+
+        # The front checks contexts with the library before any stage sees them, computes the
+        # TMD lanes of contexts, embeds texts, and holds the bank's texts and ids for the hits.
+        self.cascade = Cascade.from_deploy(self.cfg.deploy)
+        self.cascade.embed(["load the encoder before reporting SERVING"])
+        self.stage1 = rpc.Stage1Stub(stage_channel(self.cfg, "stage1"))
+        self.lvm = (rpc.LvmRerankerStub(stage_channel(self.cfg, "lvm"))
+                    if self.cascade.lvm is not None else None)
+        self.tmd = (rpc.TmdRerankerStub(stage_channel(self.cfg, "tmd"))
+                    if self.cascade.tmd is not None else None)
+
+    def describe(self) -> str:
+        s1 = self.cascade.stage1
+        return f" stage 1 = {s1.kind}" + (f" ({s1.reason})" if s1.kind != "v4" else "")
+
+    # -- the call ------------------------------------------------------------------------------
+
+    @guarded
+    def Search(self, request, context):
+        t0 = time.perf_counter()
+        deadline_s = context.time_remaining()
+        if deadline_s is None or deadline_s > 1e6:  # the caller set none
+            deadline_s = self.cfg.front.deadline_ms / 1000
+        end = t0 + deadline_s
+        k = self.check_k(request.k)
+        stage_ms: dict[str, float] = {}
+        ctx, vectors, rows = self.stage_context(request.context, stage_ms)
+
+        ranking, kind, reason = self.call_stage1(ctx, end, stage_ms, context)
+        degraded: list[str] = []
+        cfg, share = self.cascade.config, self.cfg.front
+        if self.lvm is not None:
+            ranking = self.rerank("lvm", self.lvm.Rerank, pb.LvmRequest(
+                contexts=[ctx], candidates=ranking, keep=min(cfg.k_lvm, len(ranking[0].ids))),
+                end, deadline_s * share.lvm_share, stage_ms, degraded) or ranking
+        if self.tmd is not None:
+            lanes = self.cascade.context_lanes(vectors, rows, None)
+            ranking = self.rerank("tmd", self.tmd.Rerank, pb.TmdRequest(
+                query_codes=lanes.tolist(), candidates=ranking,
+                keep=min(cfg.k_tmd, len(ranking[0].ids))),
+                end, deadline_s * share.tmd_share, stage_ms, degraded) or ranking
+        stage_ms["total"] = 1000 * (time.perf_counter() - t0)
+        return pb.SearchResponse(hits=self.hits(ranking[0], k), stage1=kind,
+                                 stage1_reason=reason, stage_ms=stage_ms,
+                                 degraded=bool(degraded), degraded_reason="; ".join(degraded))
+
+    def check_k(self, k: int) -> int:
+        """As Cascade.search: 0 (proto3's unset) is its default, min(k_tmd, last_k)."""
+        last_k = self.cascade.last_k
+        k = k or min(self.cascade.config.k_tmd, last_k)
+        if not 1 <= k <= last_k:
+            raise ValueError(f"k must be an integer in [1, {last_k}] (the last stage's K), "
+                             f"got {k}")
+        return k
+
+    def stage_context(self, msg, stage_ms: dict):
+        """The request's context as the stages take it (texts embedded here), and the library's
+        checked (vectors, rows) of it: a bad input is refused before any stage works on it."""
+        from cascade.stage1 import ContextRows
+
+        kind = context_kind(msg, "context", ("vectors", "texts", "rows"))
+        if kind == "texts":
+            texts = list(msg.texts.texts)
+            self.check_texts(texts)
+            t = time.perf_counter()
+            embedded = self.cascade.embed(texts)
+            stage_ms["embed"] = 1000 * (time.perf_counter() - t)
+            metrics.STAGE.labels("embed").observe(stage_ms["embed"] / 1000)
+            msg = pb.Context(vectors=vectors_to_proto(embedded))
+        if msg.WhichOneof("kind") == "rows":
+            vectors, rows = self.cascade.stage1.contexts(
+                ContextRows(np.asarray(msg.rows.rows, np.int64)))
+        else:
+            vectors, rows = self.cascade.stage1.contexts(
+                vectors_from_proto(msg.vectors, "context.vectors"))
+        return msg, vectors, rows
+
+    def check_texts(self, texts: list[str]) -> None:
+        f = self.cfg.front
+        if not texts:
+            raise ValueError("context.texts: empty (no text given)")
+        if len(texts) > f.max_texts:
+            raise ValueError(f"context.texts: {len(texts)} texts, more than the maximum "
+                             f"{f.max_texts} (front.max_texts)")
+        most = self.cascade.stage1.max_context  # checked again after embedding; fail cheap
+        if len(texts) > most:
+            raise ValueError(f"context.texts: {len(texts)} chunks, longer than the configured "
+                             f"maximum {most} (cascade.max_context)")
+        for i, t in enumerate(texts):
+            if not t.strip():
+                raise ValueError(f"context.texts[{i}]: empty text")
+            if len(t) > f.max_text_chars:
+                raise ValueError(f"context.texts[{i}]: {len(t)} characters, more than the "
+                                 f"maximum {f.max_text_chars} (front.max_text_chars)")
+
+    def call_stage1(self, ctx: pb.Context, end: float, stage_ms: dict, context):
+        k1 = min(self.cascade.config.k_stage1, self.cascade.bank.n)
+        t = time.perf_counter()
+        try:
+            resp = self.stage1.Search(pb.Stage1Request(contexts=[ctx], k=k1),
+                                      timeout=max(end - t, 0.001))
+        except grpc.RpcError as e:
+            if e.code() in _PASS_ON:
+                context.abort(e.code(), f"stage 1: {e.details()}")
+            context.abort(grpc.StatusCode.UNAVAILABLE,
+                          f"stage 1 ({', '.join(self.cfg.stage1.addresses)}) cannot answer: "
+                          f"{e.code().name} {e.details()}")
+        stage_ms["stage1"] = 1000 * (time.perf_counter() - t)
+        metrics.STAGE.labels("stage1").observe(stage_ms["stage1"] / 1000)
+        return resp.results, resp.kind, resp.reason
+
+    def rerank(self, stage: str, call, request, end: float, share_s: float, stage_ms: dict,
+               degraded: list[str]):
+        """The reranker's candidates, or None (and a reason in `degraded`) when it failed."""
+        t = time.perf_counter()
+        timeout = min(share_s, end - t)
+        try:
+            resp = call(request, timeout=max(timeout, 0.001))
+        except grpc.RpcError as e:
+            why = _why(stage, e, 1000 * timeout)
+            degraded.append(why)
+            metrics.DEGRADED.labels(stage, e.code().name).inc()
+            log.warning("degraded: %s", why)
+            return None
+        stage_ms[stage] = 1000 * (time.perf_counter() - t)
+        metrics.STAGE.labels(stage).observe(stage_ms[stage] / 1000)
+        return resp.results
+
+    def hits(self, cands: pb.Candidates, k: int) -> list[pb.Hit]:
+        bank = self.cascade.bank
+        out = []
+        for row, score in zip(list(cands.ids)[:k], list(cands.scores)[:k], strict=True):
+            if row < 0:  # padding: fewer candidates than k
+                break
+            out.append(pb.Hit(
+                row=row, score=score, text=bank.text(row) or "",
+                cpe_id="" if bank.cpe_ids is None else str(bank.cpe_ids[row]),
+                article=int(bank.article_indices[row]), position=int(bank.chunk_indices[row])))
+        return out

@@ -1,0 +1,81 @@
+"""The in-process cascade from deploy.json: stage by stage, one context or a batch, its pins,
+and cascade_eval's table and strict JSON."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cascade.deploy import DeployError
+from cascade.pipeline import Cascade, ContextRows
+from tests.test_lvm import cfg_for, setup  # noqa: F401  (the fixture)
+from training.train_lvm import train
+
+
+@pytest.fixture(scope="module")
+def cascade_dir(setup):  # noqa: F811
+    root, bank, pairs = setup
+    train(cfg_for(root, "pipe", epochs=1))
+    return root, bank, pairs
+
+
+def test_cascade_chains_the_stages(cascade_dir):
+    root, bank, pairs = cascade_dir
+    cascade = Cascade.from_deploy(root / "deploy.json")
+    assert cascade.config.k_stage1 == 60
+    rows = [np.arange(s, e) for s, e in zip(pairs.ctx_start[:5], pairs.ctx_end[:5], strict=True)]
+    res = cascade.search(ContextRows(rows))
+    assert res.stage1_kind == "heuristic" and set(res.stages) == {"stage1", "lvm", "tmd"}
+    assert res.ids.shape == (5, 10) and res.stages["stage1"].ids.shape == (5, 60)
+    assert res.stages["lvm"].ids.shape == (5, 50) and res.stages["tmd"].ids.shape == (5, 10)
+    for b in range(5):
+        assert set(res.stages["lvm"].ids[b]) <= set(res.stages["stage1"].ids[b])
+        assert set(res.ids[b]) <= set(res.stages["lvm"].ids[b])
+        assert not np.isin(res.ids[b], rows[b]).any()
+    assert all(st.seconds > 0 for st in res.stages.values())
+    # Raw vectors, one context, with the chunks' codes given: the same answer as by rows.
+    one = cascade.search(bank.vectors[rows[2]], k=5, context_codes=[bank.tmd_codes[rows[2]]])
+    assert np.array_equal(one.ids[0], res.ids[2, :5])
+    tagged = cascade.search(bank.vectors[rows[2]])  # codes tagged from the vectors instead
+    assert tagged.ids.shape == (1, 10)
+    n = len(rows[2])
+    with pytest.raises(ValueError, match=f"context_codes 0: {n + 1} codes for {n} chunks"):
+        cascade.search(bank.vectors[rows[2]], context_codes=[np.zeros(n + 1, np.int64)])
+    with pytest.raises(ValueError, match=r"k must be an integer in \[1, 10\]"):
+        cascade.search(bank.vectors[rows[0]], k=11)
+
+
+def test_a_tampered_lvm_is_refused(cascade_dir, tmp_path):
+    root, _, _ = cascade_dir
+    deploy = json.loads((root / "deploy.json").read_text())
+    deploy["lvm"]["sha256"] = "sha256:" + "2" * 64
+    path = tmp_path / "deploy.json"
+    path.write_text(json.dumps(deploy))
+    with pytest.raises(DeployError, match="lvm.checkpoint.*deploy.json pins sha256:2222"):
+        Cascade.from_deploy(path)
+
+
+def test_cascade_eval_writes_a_table_and_strict_json(cascade_dir, capsys):
+    from benchmarks import cascade_eval
+
+    root, _, pairs = cascade_dir
+    out = root / "cascade_eval.json"
+    assert cascade_eval.main(["--deploy", str(root / "deploy.json"), "--pairs",
+                              str(root / "pairs.npz"), "--split", "test",
+                              "--latency-contexts", "20", "--batch", "8",
+                              "--out", str(out)]) == 0
+    report = json.loads(out.read_text(), parse_constant=pytest.fail)  # strict: no NaN
+    q = report["quality"]
+    assert set(q) == {"stage1", "lvm", "tmd"} and report["n"] == len(pairs.test())
+    assert q["stage1"]["recall@60"]["value"] >= q["stage1"]["hit@10"]["value"]
+    for stage in ("lvm", "tmd"):
+        d = q[stage]["vs_stage1"]["hit@10"]
+        assert d["diff"] == pytest.approx(q[stage]["hit@10"]["value"]
+                                          - q["stage1"]["hit@10"]["value"], abs=1e-6)
+        lo, hi = q[stage]["hit@10"]["ci95"]
+        assert lo <= q[stage]["hit@10"]["value"] <= hi
+    lat = report["latency"]
+    assert lat["single"]["stage1"]["calls"] == 20 and lat["batch"]["total"]["calls"] == 2
+    assert "Hit@10" in capsys.readouterr().out

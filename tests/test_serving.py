@@ -1,0 +1,470 @@
+"""The gRPC serving set, started for real on 127.0.0.1 free ports (`python -m serving.server`):
+answers equal to the in-process cascade, status codes of bad input, health, the heuristic
+fallback, degradation when a stage dies, backpressure, SIGTERM with calls in flight, TLS."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from cascade.bank import save_bank
+from cascade.pipeline import Cascade, ContextRows
+from serving.client import CascadeClient
+from serving.config import DEFAULT_CONFIG, ServingConfig, TlsConfig, load_config
+from serving.protos import pb, rpc
+from serving.server import channel_credentials
+from tests.test_lvm import cfg_for
+from training.expand_pairs import ExpandConfig, expand_pairs
+from training.synth_bank import SynthConfig, synth_bank
+from training.train_lvm import train
+
+ROOT = Path(__file__).resolve().parent.parent
+DIM = 384  # the encoder's, so text contexts fit the bank
+MAX_CONTEXT = 12
+# Texts that take the encoder a while (it truncates at 256 tokens): calls that stay in flight.
+SLOW_TEXTS = [" ".join(f"word{i}x{j} of a long sentence about rivers" for j in range(40))
+              for i in range(MAX_CONTEXT)]
+READY_S = 240  # four processes importing torch and loading, on a shared 2-core machine
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory):
+    """A 1,500-row 384-d bank with texts and cpe ids, its pairs, a tiny trained LVM, and a
+    deploy.json that chose the heuristic because v4 missed its gate."""
+    from training.expand_pairs import save_pairs
+
+    root = tmp_path_factory.mktemp("serving")
+    bank = synth_bank(SynthConfig(n=1500, dim=DIM, mean_chunks=8, topics=3, seed=7))
+    bank.concept_texts = np.array([f"chunk {c} of article {a}" for a, c in
+                                   zip(bank.article_indices, bank.chunk_indices, strict=True)])
+    bank.cpe_ids = np.array([f"cpe-{r:05d}" for r in range(bank.n)])
+    save_bank(bank, root / "bank.npz")
+    pairs = expand_pairs(bank, ExpandConfig(context_len=5, stride=1, max_per_seq=100,
+                                            train_split=0.8, seed=1))
+    save_pairs(pairs, root / "pairs.npz")
+    (root / "deploy.json").write_text(json.dumps({
+        "stage1": "heuristic", "checkpoint": None,
+        "reason": "v4 missed its gate (recall@500 41.0% < 55.0%)",
+        "heuristic": {"kind": "exp_weighted", "alpha": 0.1}, "bank": str(root / "bank.npz"),
+        "bank_fingerprint": bank.fingerprint(), "cascade": {"k_stage1": 100,
+                                                            "max_context": MAX_CONTEXT}}))
+    train(cfg_for(root, "lvm", epochs=1))
+    return root, bank
+
+
+def write_config(root: Path, name: str, tls: dict | None = None, grace: float = 10.0,
+                 **front) -> Path:
+    data = {"deploy": str(root / "deploy.json"), "grace_seconds": grace,
+            "front": {"addresses": [f"127.0.0.1:{free_port()}"], "metrics_port": free_port(),
+                      "processes": 1, **front}}
+    for stage in ("stage1", "lvm", "tmd"):  # one process each keeps the tests light
+        data[stage] = {"addresses": [f"127.0.0.1:{free_port()}"], "metrics_port": 0,
+                       "processes": 1}
+    if tls:
+        data["tls"] = tls
+    path = root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+class ServingSet:
+    """`python -m serving.server` in a subprocess; its printed lines name pids and addresses."""
+
+    def __init__(self, config: Path, *extra: str, wait: bool = True):
+        self.config = config
+        self.cfg = load_config(config)
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen([sys.executable, "-m", "serving.server", "--config",
+                                      str(config), *extra], cwd=ROOT, stdout=subprocess.PIPE,
+                                     text=True)
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        end = time.monotonic() + READY_S
+        while time.monotonic() < end:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"serving set exited with {self.proc.wait()} before ready")
+            self.lines.append(line.strip())
+            if line.startswith("ready"):
+                break
+        else:
+            self.stop()
+            raise TimeoutError("serving set not ready")
+        threading.Thread(target=self.proc.stdout.read, daemon=True).start()  # drain
+
+    def pid(self, name: str) -> int:
+        line = next(x for x in self.lines if x.split()[0] == name)
+        return int(line.split("(pid ")[1].split(")")[0])
+
+    def client(self, **kw) -> CascadeClient:
+        return CascadeClient.from_config(self.cfg, **kw)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(60)
+
+
+@pytest.fixture(scope="module")
+def serving(deployed):
+    root, _ = deployed
+    s = ServingSet(write_config(root, "plain", max_concurrent_rpcs=3))
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def in_process(deployed):
+    root, _ = deployed
+    return Cascade.from_deploy(root / "deploy.json")
+
+
+def contexts(bank, n: int = 6) -> list[np.ndarray]:
+    starts, ends = bank.article_bounds()
+    return [np.arange(s, min(e - 1, s + 2 + i)) for i, (s, e) in
+            enumerate(zip(starts[:n], ends[:n], strict=True))]
+
+
+# ---------------------------------------------------------------------------------------------
+# answers
+
+
+def assert_same(response, expected, b: int = 0) -> None:
+    assert [h.row for h in response.hits] == expected.ids[b].tolist()
+    np.testing.assert_allclose([h.score for h in response.hits], expected.scores[b], rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_vectors_and_rows_answer_as_the_in_process_cascade(serving, in_process, deployed):
+    _, bank = deployed
+    with serving.client() as client:
+        for rows in contexts(bank):
+            expected = in_process.search(ContextRows(rows))
+            assert_same(client.search_rows(rows.tolist()), expected)
+            by_vectors = client.search_vectors(bank.vectors[rows], k=4)
+            assert_same(by_vectors, in_process.search(bank.vectors[rows], k=4))
+            assert not by_vectors.degraded and by_vectors.degraded_reason == ""
+            assert set(by_vectors.stage_ms) == {"stage1", "lvm", "tmd", "total"}
+    hit = by_vectors.hits[0]
+    assert hit.text == bank.text(hit.row) and hit.cpe_id == f"cpe-{hit.row:05d}"
+    assert (hit.article, hit.position) == (bank.article_indices[hit.row],
+                                           bank.chunk_indices[hit.row])
+
+
+def test_texts_answer_as_the_in_process_cascade_on_their_embeddings(serving, in_process):
+    texts = ["The Moon is Earth's only natural satellite.",
+             "It orbits at an average distance of 384,400 km."]
+    with serving.client(timeout=30) as client:
+        response = client.search_texts(texts)
+    assert_same(response, in_process.search(in_process.embed(texts)))
+    assert response.stage_ms["embed"] > 0
+
+
+def test_every_answer_says_stage1_served_the_heuristic_and_why(serving, deployed):
+    _, bank = deployed
+    with serving.client() as client:
+        for rows in contexts(bank, 3):
+            r = client.search_rows(rows.tolist())
+            assert r.stage1 == "heuristic" and "v4 missed its gate" in r.stage1_reason
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input
+
+
+def _vectors(x) -> pb.Context:
+    x = np.asarray(x, dtype="<f4")
+    return pb.Context(vectors=pb.Vectors(data=x.tobytes(), dim=x.shape[1]))
+
+
+def _bad_requests():
+    good = np.ones((3, DIM), np.float32)
+    nan = good.copy()
+    nan[1, 5] = np.nan
+    inf = good.copy()
+    inf[2, 0] = np.inf
+    return [
+        ("nan", pb.SearchRequest(context=_vectors(nan)), "row 1: NaN or inf"),
+        ("inf", pb.SearchRequest(context=_vectors(inf)), "row 2: NaN or inf"),
+        ("dimension", pb.SearchRequest(context=_vectors(np.ones((2, 16)))), "dimension 16"),
+        ("ragged bytes", pb.SearchRequest(context=pb.Context(vectors=pb.Vectors(
+            data=b"\0" * 10, dim=DIM))), "context.vectors.data"),
+        ("zero dim", pb.SearchRequest(context=pb.Context(vectors=pb.Vectors())),
+         "context.vectors.dim"),
+        ("empty vectors", pb.SearchRequest(context=pb.Context(vectors=pb.Vectors(dim=DIM))),
+         "empty"),
+        ("no context", pb.SearchRequest(), "context: empty"),
+        ("too long", pb.SearchRequest(context=_vectors(np.ones((MAX_CONTEXT + 1, DIM)))),
+         f"longer than the configured maximum {MAX_CONTEXT}"),
+        ("k", pb.SearchRequest(context=_vectors(good), k=11), "k must be"),
+        ("unknown row", pb.SearchRequest(context=pb.Context(rows=pb.Rows(rows=[3, 10**6]))),
+         "row id 1000000 is out of range"),
+        ("negative row", pb.SearchRequest(context=pb.Context(rows=pb.Rows(rows=[-1]))),
+         "row id -1"),
+        ("empty rows", pb.SearchRequest(context=pb.Context(rows=pb.Rows())), "empty"),
+        ("empty texts", pb.SearchRequest(context=pb.Context(texts=pb.Texts())),
+         "context.texts: empty"),
+        ("blank text", pb.SearchRequest(context=pb.Context(texts=pb.Texts(texts=["a", " "]))),
+         "context.texts[1]: empty"),
+        ("long text", pb.SearchRequest(context=pb.Context(texts=pb.Texts(texts=["x" * 5000]))),
+         "context.texts[0]: 5000 characters"),
+        ("many texts", pb.SearchRequest(context=pb.Context(texts=pb.Texts(texts=["a"] * 65))),
+         "65 texts"),
+        ("texts too long", pb.SearchRequest(context=pb.Context(texts=pb.Texts(
+            texts=["a"] * (MAX_CONTEXT + 1)))), "longer than the configured maximum"),
+    ]
+
+
+BAD = _bad_requests()
+
+
+@pytest.mark.parametrize("name,request_,message", BAD, ids=[b[0] for b in BAD])
+def test_bad_input_is_invalid_argument_naming_the_field(serving, name, request_, message):
+    with serving.client() as client:
+        with pytest.raises(grpc.RpcError) as e:
+            client.stub.Search(request_, timeout=10)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value.details()
+        assert message in e.value.details()
+        assert client.search_rows([5, 6]).hits  # the server still answers
+
+
+def test_an_oversized_message_is_refused(serving):
+    huge = pb.SearchRequest(context=_vectors(np.ones((12_000, DIM))))  # ~18 MB > 16 MB
+    unlimited = [("grpc.max_send_message_length", -1)]
+    with grpc.insecure_channel(serving.cfg.front.addresses[0], options=unlimited) as ch:
+        with pytest.raises(grpc.RpcError) as e:
+            rpc.CascadeStub(ch).Search(huge, timeout=10)
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+# ---------------------------------------------------------------------------------------------
+# operations
+
+
+def test_health_per_service_and_reflection(serving):
+    for name, service in (("front", "cascade.v1.Cascade"), ("stage1", "cascade.v1.Stage1"),
+                          ("lvm", "cascade.v1.LvmReranker"), ("tmd", "cascade.v1.TmdReranker")):
+        with grpc.insecure_channel(serving.cfg.server(name).addresses[0]) as ch:
+            health = health_pb2_grpc.HealthStub(ch)
+            for svc in ("", service):
+                r = health.Check(health_pb2.HealthCheckRequest(service=svc), timeout=5)
+                assert r.status == health_pb2.HealthCheckResponse.SERVING
+            with pytest.raises(grpc.RpcError) as e:
+                health.Check(health_pb2.HealthCheckRequest(service="nope"), timeout=5)
+            assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+    with grpc.insecure_channel(serving.cfg.front.addresses[0]) as ch:
+        stub = reflection_pb2_grpc.ServerReflectionStub(ch)
+        answer = next(stub.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5))
+    names = {s.name for s in answer.list_services_response.service}
+    assert "cascade.v1.Cascade" in names and "grpc.health.v1.Health" in names
+
+
+def test_metrics_count_requests_and_errors(serving, deployed):
+    with serving.client() as client:
+        client.search_rows([1, 2])
+        with pytest.raises(grpc.RpcError):
+            client.search_rows([10**7])
+    url = f"http://127.0.0.1:{serving.cfg.front.metrics_port}/metrics"
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    assert 'cascade_requests_total{method="Cascade.Search"}' in text
+    assert 'cascade_errors_total{code="INVALID_ARGUMENT",method="Cascade.Search"}' in text
+    assert 'cascade_stage_seconds_count{stage="stage1"}' in text
+
+
+def test_backpressure_is_resource_exhausted_beyond_the_limit(serving):
+    """max_concurrent_rpcs is 3 on this front: 24 slow calls at once cannot all be taken."""
+    with serving.client(timeout=60, retries=0) as client:
+        def call(_):
+            try:
+                client.search_texts(SLOW_TEXTS)
+                return "OK"
+            except grpc.RpcError as e:
+                return e.code().name
+        with ThreadPoolExecutor(24) as pool:
+            codes = list(pool.map(call, range(24)))
+    assert codes.count("OK") >= 3 and codes.count("RESOURCE_EXHAUSTED") >= 1, codes
+    assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}, codes
+
+
+def test_shipped_yaml_shows_every_default():
+    assert load_config(DEFAULT_CONFIG) == ServingConfig()
+    shown = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    for section in ("front", "stage1", "lvm", "tmd", "tls"):
+        import dataclasses
+        names = {f.name for f in dataclasses.fields(getattr(ServingConfig(), section))}
+        assert set(shown[section]) == names, section
+
+
+# ---------------------------------------------------------------------------------------------
+# failures: a stage killed, stage 1 down, SIGTERM, TLS
+
+
+def make_certs(root: Path) -> dict:
+    """A throwaway CA and one certificate (127.0.0.1, localhost) for servers and clients."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def name(cn):
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (x509.CertificateBuilder().subject_name(name("test ca")).issuer_name(name("test ca"))
+          .public_key(ca_key.public_key()).serial_number(1).not_valid_before(now)
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder().subject_name(name("localhost")).issuer_name(ca.subject)
+            .public_key(key.public_key()).serial_number(2).not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    pem = serialization.Encoding.PEM
+    files = {"ca": ca.public_bytes(pem), "cert": cert.public_bytes(pem),
+             "key": key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption())}
+    for k, data in files.items():
+        (root / f"{k}.pem").write_bytes(data)
+    return {"cert": str(root / "cert.pem"), "key": str(root / "key.pem"),
+            "ca": str(root / "ca.pem"), "client_ca": str(root / "ca.pem")}
+
+
+def test_mutual_tls_then_a_dead_reranker_degrades_then_sigterm_drains(deployed, tmp_path):
+    root, bank = deployed
+    # A grace long enough for the calls in flight on a busy machine: they must finish, not be
+    # cancelled when it runs out.
+    s = ServingSet(write_config(root, "tls", tls=make_certs(tmp_path), grace=120.0))
+    try:
+        address = s.cfg.front.addresses[0]
+        rows = contexts(bank, 1)[0].tolist()
+        with s.client() as client:  # mutual TLS: CA-checked both ways
+            assert client.search_rows(rows).hits
+        with CascadeClient(address, retries=0) as plain, pytest.raises(grpc.RpcError):
+            plain.search_rows(rows, timeout=3)
+        no_cert = channel_credentials(TlsConfig(cert=s.cfg.tls.cert, key=s.cfg.tls.key,
+                                                ca=s.cfg.tls.ca))
+        with CascadeClient(address, credentials=no_cert, retries=0) as anonymous, \
+                pytest.raises(grpc.RpcError):
+            anonymous.search_rows(rows, timeout=3)
+
+        # The LVM dies while calls run: answers keep coming, degraded, none fails.
+        with s.client(timeout=10) as client, ThreadPoolExecutor(4) as pool:
+            def loop(_):
+                out = []
+                for _ in range(15):
+                    out.append(client.search_rows(rows))
+                    time.sleep(0.02)
+                return out
+            running = [pool.submit(loop, i) for i in range(4)]
+            time.sleep(0.2)
+            os.kill(s.pid("lvm"), signal.SIGKILL)
+            answers = [r for f in running for r in f.result()]
+        assert all(a.hits for a in answers)
+        for late in answers[14::15]:  # each thread's last answer came after the kill
+            assert late.degraded and "lvm unavailable" in late.degraded_reason
+
+        # SIGTERM with calls in flight: every one of them finishes.
+        with s.client(timeout=60, retries=0) as client, ThreadPoolExecutor(6) as pool:
+            flying = [pool.submit(client.search_texts, SLOW_TEXTS[:4]) for _ in range(6)]
+            time.sleep(0.3)
+            s.proc.send_signal(signal.SIGTERM)
+            assert all(f.result().hits for f in flying)
+        assert s.proc.wait(60) == 0
+    finally:
+        s.stop()
+
+
+def test_v4_a_late_reranker_and_stage1_down(deployed, serving, tmp_path):
+    """A front and a stage 1 started alone on a deploy.json that chose v4, using the LVM and
+    TMD of the running set, the LVM with a deadline share (10 us of 10 s) no call can meet;
+    then stage 1 is killed."""
+    import torch
+
+    from cascade import checkpoint as ck
+    from cascade.bank import sha256_file
+    from cascade.towers import TowerConfig, build_towers
+
+    root, bank = deployed
+    torch.manual_seed(0)
+    cfg = TowerConfig(dim=DIM, hidden=16, max_len=4)
+    query, doc = build_towers(cfg)
+    with torch.no_grad():  # move it away from the heuristic it starts as
+        query.out.weight.normal_(0, 0.05)
+    path = tmp_path / "best.pt"
+    ck.save_checkpoint(path, {ck.QUERY_TOWER: query.state_dict(), ck.DOC_TOWER: doc.state_dict(),
+                              ck.MODEL_CONFIG: cfg.to_dict(), ck.EPOCH: 1,
+                              ck.BANK_FINGERPRINT: bank.fingerprint()})
+    deploy = json.loads((root / "deploy.json").read_text())
+    deploy.update(stage1="v4", checkpoint=str(path), checkpoint_sha256=sha256_file(path),
+                  reason="v4 passed its gate")
+    (tmp_path / "deploy.json").write_text(json.dumps(deploy))
+    config = write_config(root, "v4", lvm_share=1e-6)
+    data = yaml.safe_load(config.read_text())
+    data["lvm"]["addresses"] = serving.cfg.lvm.addresses
+    data["tmd"]["addresses"] = serving.cfg.tmd.addresses
+    config.write_text(yaml.safe_dump(data))
+    v4 = ("--deploy", str(tmp_path / "deploy.json"))
+    stage1 = ServingSet(config, "--only", "stage1", *v4, wait=False)
+    front = ServingSet(config, "--only", "front", *v4, wait=False)
+    try:
+        stage1.wait_ready()
+        front.wait_ready()
+        rows = [4, 5, 6]
+        with grpc.insecure_channel(stage1.cfg.stage1.addresses[0]) as ch:
+            r = rpc.Stage1Stub(ch).Search(pb.Stage1Request(
+                contexts=[pb.Context(rows=pb.Rows(rows=rows))], k=7), timeout=10)
+        cascade = Cascade.from_deploy(tmp_path / "deploy.json")
+        expected = cascade.stage1.search(ContextRows(np.array(rows)), k=7)
+        assert r.kind == "v4" and list(r.results[0].ids) == expected.ids[0].tolist()
+
+        with front.client(retries=0) as client:
+            answer = client.search_rows(rows, timeout=10)
+            assert answer.stage1 == "v4" and answer.degraded
+            assert answer.degraded_reason.startswith("lvm missed its deadline share")
+            assert "tmd" not in answer.degraded_reason
+            # The cascade without its LVM: stage 1's candidates straight to TMD.
+            without = Cascade(cascade.stage1, None, cascade.config, cascade.tmd,
+                              cascade.centroids).search(ContextRows(np.array(rows)))
+            assert_same(answer, without)
+
+            os.kill(stage1.pid("stage1"), signal.SIGKILL)
+            with pytest.raises(grpc.RpcError) as e:
+                client.search_rows(rows, timeout=10)
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "stage 1 (127.0.0.1:" in e.value.details() and "cannot answer" in e.value.details()
+    finally:
+        front.stop()
+        stage1.stop()

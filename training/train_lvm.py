@@ -1,0 +1,478 @@
+"""Stage 2: train the LVM reranker on stage 1's own candidates (`make train-lvm`).
+
+    python -m training.train_lvm --config lvm_default.yaml \
+        --deploy runs/wikipedia_vital_bank/deploy.json \
+        --pairs artifacts/twotower/wikipedia_vital_bank/pairs_v4.npz \
+        --out runs/wikipedia_vital_bank/lvm
+
+1. Stage 1 as deploy.json chose it retrieves the top-K (500) of every train and val context,
+   context rows left out (the distribution stage 2 will rerank).
+2. The predictor (a GRU over the context) learns the next vector with cosine + InfoNCE against
+   negatives drawn from that top-K, cleaned like v4's mined negatives (never the positive, a
+   near-duplicate of it, or a context row). Every epoch: val Hit@10 of the predictor's own
+   ranking of the candidates, history.json, last.pt (exact --resume), best.pt.
+3. The head is fitted on the candidates of val contexts: stage 1 and the predictor never
+   trained on them, so the head learns how far to trust stage 1 on contexts it did not see (on
+   its own train contexts stage 1 is too good). Its val estimate comes from 2-fold cross-fitting
+   by article; the final head is then fitted on all of val. The test split is never read here.
+4. The LVM checkpoint (predictor + head) is written to <out>/lvm.pt and named, with its sha256,
+   in deploy.json; so is stage 3's w when a TMD reranker is available.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from cascade.bank import Bank, BankError, atomic_write, load_bank, sha256_file
+from cascade.deploy import CascadeConfig, DeployError, read_deploy
+from cascade.lvm import (
+    BankStructure,
+    Lvm,
+    LvmConfig,
+    LvmError,
+    build_lvm,
+    load_lvm_state,
+    save_lvm,
+)
+from cascade.metrics import target_ranks
+from cascade.negatives import clean_negatives
+from cascade.pairs import TRAIN, Pairs, PairsError, context_windows, load_pairs
+from cascade.stage1 import Stage1
+from cascade.tmd_rerank import TmdReranker, pair_lanes
+from training.config import ConfigError, merge, to_yaml
+
+EXIT_BAD_INPUT = 2
+log = logging.getLogger("train_lvm")
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass
+class LvmTrainConfig:
+    deploy: str = "runs/wikipedia_vital_bank/deploy.json"  # stage 1 (and the bank) to rerank
+    pairs: str = "artifacts/twotower/wikipedia_vital_bank/pairs_v4.npz"
+    out: str = "runs/wikipedia_vital_bank/lvm"
+    name: str = "lvm"  # log file prefix
+    log_dir: str = "logs"
+    k: int = 500  # stage-1 candidates per context (the cascade's k_stage1)
+    epochs: int = 4
+    bs: int = 128
+    lr: float = 1.0e-3
+    lr_min: float = 1.0e-5
+    wd: float = 0.01
+    tau: float = 0.05  # InfoNCE temperature
+    cos_weight: float = 1.0  # weight of (1 - cos(prediction, target)) beside InfoNCE
+    negatives: int = 64  # negatives per context, drawn from its cleaned stage-1 top-k
+    filter_threshold: float = 0.98  # drop candidates with cos > this to the positive
+    head_steps: int = 300  # full-batch Adam steps fitting the head
+    head_lr: float = 1.0e-2
+    head_wd: float = 1.0e-3
+    folds: int = 2  # cross-fitting folds (by article) for the head's val estimate
+    grad_clip: float = 1.0
+    seed: int = 42
+    threads: int = 0  # torch threads; 0 = torch's default
+    model: LvmConfig = field(default_factory=LvmConfig)
+
+
+def load_train_config(path: str | None, overrides: dict) -> LvmTrainConfig:
+    cfg = LvmTrainConfig()
+    if path:
+        p = Path(path)
+        if not p.exists() and (CONFIG_DIR / p).exists():
+            p = CONFIG_DIR / p
+        if not p.exists():
+            raise ConfigError(f"{path}: no such config file")
+        import yaml
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+        cfg = merge(cfg, data, str(p))
+    if overrides:
+        cfg = merge(cfg, overrides, "flags")
+    for key in ("k", "epochs", "bs", "lr", "tau", "negatives", "head_steps", "folds"):
+        if getattr(cfg, key) <= 0:
+            raise ConfigError(f"config: '{key}' must be > 0, got {getattr(cfg, key)}")
+    if cfg.negatives >= cfg.k:
+        raise ConfigError(f"config: 'negatives' ({cfg.negatives}) must be < 'k' ({cfg.k})")
+    try:
+        cfg.model.validate()
+    except ValueError as e:
+        raise ConfigError(f"config: {e}") from None
+    return cfg
+
+
+def setup_logging(cfg: LvmTrainConfig) -> Path:
+    Path(cfg.log_dir).mkdir(parents=True, exist_ok=True)
+    path = Path(cfg.log_dir) / f"{cfg.name}_{datetime.now().strftime('%Y%m%d_%H%M%S')}.log"
+    log.handlers.clear()
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    for handler in (logging.FileHandler(path), logging.StreamHandler(sys.stdout)):
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# candidates and features
+
+
+@dataclass
+class Candidates:
+    """Stage 1's top-k for a set of pairs."""
+    pairs: Pairs
+    ids: np.ndarray  # (P, k) int64
+    scores: np.ndarray  # (P, k) float32
+    queries: np.ndarray | None = None  # (P, D) stage 1's queries
+
+    @property
+    def ranks(self) -> np.ndarray:
+        return target_ranks(self.ids, self.pairs.target)
+
+
+def stage1_candidates(stage1: Stage1, pairs: Pairs, k: int) -> Candidates:
+    q, D, I = stage1.search_pairs(pairs, k)
+    return Candidates(pairs, I, D, q)
+
+
+def batch_tensors(bank: Bank, pairs: Pairs, max_len: int | None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    rows, mask = context_windows(pairs, max_len)
+    return torch.from_numpy(bank.vectors[rows]), torch.from_numpy(mask)
+
+
+@torch.no_grad()
+def all_features(model: Lvm, bs: BankStructure, bank: Bank, cands: Candidates,
+                 batch: int = 128) -> torch.Tensor:
+    """(P, k, F) raw features of every pair's candidates, in batches."""
+    out = []
+    model.eval()
+    for lo in range(0, len(cands.pairs), batch):
+        idx = np.arange(lo, min(lo + batch, len(cands.pairs)))
+        ctx, mask = batch_tensors(bank, cands.pairs.subset(idx), None)
+        out.append(model.features(bs, ctx, mask, torch.from_numpy(cands.ids[idx]),
+                                  torch.from_numpy(cands.scores[idx])))
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+@torch.no_grad()
+def predictor_ranks(model: Lvm, bank: Bank, cands: Candidates, batch: int = 256) -> np.ndarray:
+    """Rank of the target when the candidates are ordered by cos(prediction, candidate)."""
+    ranks = np.empty(len(cands.pairs), np.int64)
+    model.eval()
+    V = torch.from_numpy(bank.vectors)
+    for lo in range(0, len(cands.pairs), batch):
+        idx = np.arange(lo, min(lo + batch, len(cands.pairs)))
+        sub = cands.pairs.subset(idx)
+        ctx, mask = batch_tensors(bank, sub, model.cfg.max_len)
+        pred = model.predict(ctx, mask)
+        ids = torch.from_numpy(cands.ids[idx])
+        s = torch.einsum("bkd,bd->bk", V[ids.clamp(min=0)], pred).masked_fill(ids < 0, -np.inf)
+        order = torch.argsort(s, dim=1, descending=True, stable=True).numpy()
+        ranks[idx] = target_ranks(np.take_along_axis(cands.ids[idx], order, 1), sub.target)
+    return ranks
+
+
+def hits(ranks: np.ndarray, k: int) -> float:
+    return float(100 * ((ranks >= 0) & (ranks < k)).mean()) if len(ranks) else 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# the predictor
+
+
+def lr_at(step: int, total: int, lr: float, lr_min: float) -> float:
+    return lr_min + 0.5 * (lr - lr_min) * (1 + math.cos(math.pi * min(1.0, step / max(1, total))))
+
+
+def train_epoch(model: Lvm, opt, bank: Bank, cands: Candidates, negs: np.ndarray,
+                cfg: LvmTrainConfig, epoch: int, step: int, total: int) -> tuple[dict, int]:
+    """One seeded pass; negatives: `cfg.negatives` drawn per pair from its cleaned top-k."""
+    model.train()
+    rng = np.random.default_rng([cfg.seed, epoch])
+    order = rng.permutation(len(cands.pairs))
+    V = torch.from_numpy(bank.vectors)
+    sums = {"loss": 0.0, "nce": 0.0, "cos": 0.0}
+    bar = tqdm(range(0, len(order), cfg.bs), desc=f"lvm epoch {epoch}", leave=False,
+               disable=not sys.stderr.isatty())
+    for lo in bar:
+        idx = order[lo:lo + cfg.bs]
+        sub = cands.pairs.subset(idx)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, total, cfg.lr, cfg.lr_min)
+        # Random draw among the valid cleaned negatives of each pair (padding -1 sorts last).
+        pool = negs[idx]
+        keys = np.where(pool >= 0, rng.random(pool.shape), 2.0)
+        pick = np.take_along_axis(pool, np.argsort(keys, axis=1)[:, :cfg.negatives], 1)
+        ctx, mask = batch_tensors(bank, sub, cfg.model.max_len)
+        pred = model.predict(ctx, mask)
+        pos = V[torch.from_numpy(sub.target)]
+        neg_ids = torch.from_numpy(pick)
+        neg = V[neg_ids.clamp(min=0)]
+        logits = torch.cat([(pred * pos).sum(1, keepdim=True),
+                            torch.einsum("bd,bnd->bn", pred, neg).masked_fill(neg_ids < 0,
+                                                                              -np.inf)], 1)
+        nce = F.cross_entropy(logits / cfg.tau, torch.zeros(len(idx), dtype=torch.long))
+        cos = (1 - (pred * pos).sum(1)).mean()
+        loss = nce + cfg.cos_weight * cos
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.predictor.parameters(), cfg.grad_clip)
+        opt.step()
+        step += 1
+        for key, v in (("loss", loss), ("nce", nce), ("cos", cos)):
+            sums[key] += float(v.detach()) * len(idx)
+    return {k: v / len(order) for k, v in sums.items()}, step
+
+
+# ---------------------------------------------------------------------------------------------
+# the head
+
+
+def fit_head(model: Lvm, feats: torch.Tensor, ids: np.ndarray, ranks: np.ndarray,
+             cfg: LvmTrainConfig, seed: int) -> None:
+    """Fit the standardization and the head on (P, k, F) features of candidates `ids` (P, k),
+    listwise softmax CE on the contexts whose target stage 1 found (the others carry no
+    signal)."""
+    keep = ranks >= 0
+    x = feats[torch.from_numpy(keep)]
+    y = torch.from_numpy(ranks[keep])
+    valid = torch.from_numpy(ids[keep] >= 0)
+    flat = x[valid]
+    model.feat_mean.copy_(flat.mean(0))
+    model.feat_std.copy_(flat.std(0).clamp(min=1e-6))
+    torch.manual_seed(seed)
+    for layer in model.head:
+        if hasattr(layer, "reset_parameters"):
+            layer.reset_parameters()
+    opt = torch.optim.Adam(model.head.parameters(), lr=cfg.head_lr, weight_decay=cfg.head_wd)
+    model.head.train()
+    for _ in range(cfg.head_steps):
+        loss = F.cross_entropy(model.score(x, valid), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    model.eval()
+
+
+def article_folds(bank: Bank, pairs: Pairs, folds: int, seed: int) -> np.ndarray:
+    """(P,) fold of each pair, a pure function of its article."""
+    art = bank.article_indices[pairs.target]
+    uniq = np.unique(art)
+    fold_of = np.random.default_rng(seed).permutation(len(uniq)) % folds
+    return fold_of[np.searchsorted(uniq, art)]
+
+
+def cross_fit(model: Lvm, feats: torch.Tensor, cands: Candidates, bank: Bank,
+              cfg: LvmTrainConfig) -> torch.Tensor:
+    """(P, k) head logits on val where each fold's head was fitted on the other folds only."""
+    fold = article_folds(bank, cands.pairs, cfg.folds, cfg.seed)
+    ranks = cands.ranks
+    out = torch.empty(feats.shape[:2])
+    for f in range(cfg.folds):
+        fit, held = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
+        fit_head(model, feats[torch.from_numpy(fit)], cands.ids[fit], ranks[fit], cfg,
+                 cfg.seed + f)
+        with torch.no_grad():
+            out[torch.from_numpy(held)] = model.score(feats[torch.from_numpy(held)],
+                                                      torch.from_numpy(cands.ids[held] >= 0))
+    return out
+
+
+def ranks_by(logits: torch.Tensor, cands: Candidates, keep: int | None = None
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Candidates reordered by `logits` -> (target ranks, ids (P, keep), scores (P, keep))."""
+    order = torch.argsort(logits, dim=1, descending=True, stable=True)[:, :keep].numpy()
+    ids = np.take_along_axis(cands.ids, order, 1)
+    scores = np.take_along_axis(logits.numpy(), order, 1).astype(np.float32)
+    return target_ranks(ids, cands.pairs.target), ids, scores
+
+
+def tune_tmd_w(bank: Bank, cands: Candidates, ids: np.ndarray, scores: np.ndarray,
+               keep: int) -> dict | None:
+    """Stage 3's w on val (grid search for Hit@keep, ties to the smaller w) over stage 2's
+    cross-fitted top candidates; None for a bank without TMD codes."""
+    if bank.tmd_codes is None:
+        return None
+    lanes = pair_lanes(bank.tmd_codes, cands.pairs)
+    w, table = TmdReranker(bank.tmd_codes, 0.0).fit_w(lanes, ids, scores, cands.pairs.target,
+                                                      keep=keep)
+    return {"w": w, "grid": table}
+
+
+# ---------------------------------------------------------------------------------------------
+# the run
+
+
+def train(cfg: LvmTrainConfig, resume: bool = False, stop_after: int = 0) -> dict | None:
+    """The whole stage-2 training; `stop_after` > 0 ends this invocation after that many
+    epochs (continue with resume=True); returns result.json's content, None when stopped."""
+    out = Path(cfg.out)
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    log_path = setup_logging(cfg)
+    torch.manual_seed(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+
+    deploy = read_deploy(cfg.deploy)
+    cascade = CascadeConfig.from_dict({**(deploy.get("cascade") or {}), "k_stage1": cfg.k},
+                                      f"{cfg.deploy}: cascade")
+    bank = load_bank(deploy["bank"])
+    pairs = load_pairs(cfg.pairs, bank)
+    stage1 = Stage1.from_deploy(cfg.deploy, bank=bank)
+    train_pairs, val = pairs.subset(np.flatnonzero(pairs.split == TRAIN)), pairs.val()
+    if not len(train_pairs) or not len(val):
+        raise PairsError(f"{cfg.pairs}: needs train and val pairs (train {len(train_pairs)}, "
+                         f"val {len(val)})")
+    cfg.model.dim = bank.dim
+    log.info(f"{cfg.name}: stage 1 = {stage1.kind} ({deploy.get('reason', '')}); bank "
+             f"{deploy['bank']} ({bank.n:,} x {bank.dim}); train {len(train_pairs):,}, val "
+             f"{len(val):,} pairs; top-{cfg.k} candidates; log {log_path}")
+
+    t0 = time.perf_counter()
+    tr = stage1_candidates(stage1, train_pairs, cfg.k)
+    va = stage1_candidates(stage1, val, cfg.k)
+    negs = clean_negatives(tr.queries, tr.scores, tr.ids,
+                           bank.vectors, tr.pairs.target, bank.article_indices, cfg.k,
+                           threshold=cfg.filter_threshold)
+    s1_val = va.ranks
+    log.info(f"stage-1 candidates in {time.perf_counter() - t0:.0f}s: Recall@{cfg.k} train "
+             f"{hits(tr.ranks, cfg.k):.2f}%, val {hits(s1_val, cfg.k):.2f}%; val Hit@10 "
+             f"{hits(s1_val, 10):.2f}%; negatives cleaned away: {negs.dropped_fraction:.2%}")
+
+    model = Lvm(cfg.model)
+    opt = torch.optim.AdamW(model.predictor.parameters(), lr=cfg.lr, weight_decay=cfg.wd)
+    total = cfg.epochs * math.ceil(len(tr.pairs) / cfg.bs)
+    history, step, start, best = [], 0, 1, (-1.0, -1.0)
+    last = out / "checkpoints" / "last.pt"
+    if resume and last.exists():
+        state = load_lvm_state(last, bank.fingerprint())
+        saved = state["train_config"]
+        now = dataclasses.asdict(cfg)
+        for key in sorted(set(saved) | set(now)):
+            if key not in ("log_dir", "threads") and saved.get(key) != now.get(key):
+                raise ConfigError(f"--resume with other settings than the interrupted run "
+                                  f"({key}: {saved.get(key)!r} in {last}, {now.get(key)!r} now)")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        history, step, best = state["history"], state["step"], tuple(state["best"])
+        start = state["epoch"] + 1
+        log.info(f"Resumed from {last} after epoch {state['epoch']}")
+    atomic_write(out / "config.yaml", lambda f: f.write(to_yaml(cfg).encode()))
+
+    for epoch in range(start, cfg.epochs + 1):
+        if stop_after and epoch - start >= stop_after:
+            log.info(f"stopping after {stop_after} epoch(s); continue with --resume")
+            return None
+        t = time.perf_counter()
+        losses, step = train_epoch(model, opt, bank, tr, negs.rows, cfg, epoch, step, total)
+        pr = predictor_ranks(model, bank, va)
+        h = {"epoch": epoch, **losses, "val_pred_hit@10": hits(pr, 10),
+             "val_pred_hit@50": hits(pr, 50), "val_stage1_hit@10": hits(s1_val, 10),
+             "val_stage1_hit@50": hits(s1_val, 50), "seconds": time.perf_counter() - t}
+        history.append(h)
+        log.info(f"Epoch {epoch}/{cfg.epochs} | loss {h['loss']:.4f} (nce {h['nce']:.4f}, cos "
+                 f"{h['cos']:.4f}) | val Hit@10 by prediction {h['val_pred_hit@10']:.2f}% "
+                 f"(stage 1 {h['val_stage1_hit@10']:.2f}%), Hit@50 {h['val_pred_hit@50']:.2f}% "
+                 f"| {h['seconds']:.0f}s")
+        key = (round(h["val_pred_hit@50"], 6), h["val_pred_hit@10"])
+        extra = {"epoch": epoch, "train_config": dataclasses.asdict(cfg), "history": history}
+        if key > best:
+            best = key
+            save_lvm(out / "checkpoints" / "best.pt", model, bank.fingerprint(), extra)
+        save_lvm(last, model, bank.fingerprint(),
+                 {**extra, "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(),
+                  "step": step, "best": list(best)})
+        atomic_write(out / "history.json", lambda f: f.write(json.dumps(history, indent=1)
+                                                             .encode()))
+
+    # The head, on val contexts (never trained on by stage 1 or the predictor).
+    model = build_lvm(load_lvm_state(out / "checkpoints" / "best.pt", bank.fingerprint()))
+    bs = BankStructure(bank)
+    t = time.perf_counter()
+    feats = all_features(model, bs, bank, va)
+    crossed_logits = cross_fit(model, feats, va, bank, cfg)
+    fit_head(model, feats, va.ids, s1_val, cfg, cfg.seed)
+    crossed, top_ids, top_scores = ranks_by(crossed_logits, va, cascade.k_lvm)
+    tmd = tune_tmd_w(bank, va, top_ids, top_scores, cascade.k_tmd)
+    result = {"val_pairs": len(val), "features": cfg.model.features,
+              "stage1": {f"hit@{k}": hits(s1_val, k) for k in (1, 5, 10, 50)},
+              "lvm_cross_fitted": {f"hit@{k}": hits(crossed, k) for k in (1, 5, 10, 50)},
+              f"stage1_recall@{cfg.k}": hits(s1_val, cfg.k), "folds": cfg.folds,
+              "tmd": tmd, "head_seconds": time.perf_counter() - t, "history": history}
+    log.info(f"Head ({len(cfg.model.features)} features, {cfg.folds}-fold cross-fitted on val "
+             f"by article): val Hit@10 {result['lvm_cross_fitted']['hit@10']:.2f}% vs stage 1 "
+             f"{result['stage1']['hit@10']:.2f}%; Hit@50 "
+             f"{result['lvm_cross_fitted']['hit@50']:.2f}% vs {result['stage1']['hit@50']:.2f}%")
+    if tmd is not None:
+        at0 = tmd["grid"][0][f"hit@{cascade.k_tmd}"]
+        best = max(g[f"hit@{cascade.k_tmd}"] for g in tmd["grid"])
+        log.info(f"TMD w on val: {tmd['w']} (Hit@{cascade.k_tmd} {best:.2f}% vs {at0:.2f}% at "
+                 f"w = 0)")
+    lvm_path = out / "lvm.pt"
+    save_lvm(lvm_path, model, bank.fingerprint(), {"val": {k: v for k, v in result.items()
+                                                           if k != "history"}})
+    atomic_write(out / "result.json", lambda f: f.write(json.dumps(result, indent=2).encode()))
+    update_deploy(cfg.deploy, lvm_path, cfg, tmd["w"] if tmd else 0.0)
+    log.info(f"wrote {lvm_path} and named it in {cfg.deploy}")
+    return result
+
+
+def update_deploy(deploy_path: str, lvm_path: Path, cfg: LvmTrainConfig, tmd_w: float) -> None:
+    """Name the LVM (with its sha256) and stage 3's w in deploy.json; keep everything else."""
+    deploy = read_deploy(deploy_path)
+    deploy["lvm"] = {"checkpoint": str(lvm_path), "sha256": sha256_file(lvm_path)}
+    cascade = dict(deploy.get("cascade") or {})
+    cascade["k_stage1"] = cfg.k
+    cascade["tmd_w"] = tmd_w
+    deploy["cascade"] = cascade
+    atomic_write(deploy_path, lambda f: f.write(json.dumps(deploy, indent=2).encode()))
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m training.train_lvm",
+                                description=__doc__.split("\n")[0])
+    p.add_argument("--config", help="YAML config (a path, or a name under training/configs/)")
+    flags = {"deploy": str, "pairs": str, "out": str, "epochs": int, "bs": int, "lr": float,
+             "tau": float, "negatives": int, "seed": int, "threads": int, "log_dir": str}
+    for name, tp in flags.items():
+        p.add_argument(f"--{name.replace('_', '-')}", type=tp, default=None, dest=name,
+                       help=f"overrides the config's '{name}' "
+                            f"(default {getattr(LvmTrainConfig(), name)})")
+    p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoints/last.pt")
+    p.add_argument("--stop-after", type=int, default=0, metavar="N",
+                   help="end after N epochs of this invocation (time-boxed runs; then --resume)")
+    args = p.parse_args(argv)
+    args.overrides = {k: getattr(args, k) for k in flags if getattr(args, k) is not None}
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_train_config(args.config, args.overrides)
+        train(cfg, resume=args.resume, stop_after=args.stop_after)
+    except (ConfigError, BankError, PairsError, DeployError, LvmError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
