@@ -105,7 +105,7 @@ for setting in $DEVICES; do
   say "epoch on $setting: ${flags[*]}, $TRAIN_PAIRS train pairs"
   timeout $(t 90) $PY -m training.train_v4 --config "$WORK/v4_checklist_flat.yaml" --bank "$WORK/bank.npz" \
     --pairs "$WORK/pairs.npz" --out "$WORK/run_$setting" --log-dir "$WORK/logs" --epochs 1 \
-    --mine-schedule "1-1:16@0.84-0.96" --max-train-pairs "$TRAIN_PAIRS" \
+    --mine-schedule "1-1:16@0-1" --max-train-pairs "$TRAIN_PAIRS" \
     "${flags[@]}" > "$OUT/epoch_$setting.txt" 2>&1
   say "epoch on $setting exit $?"
   cp "$WORK/run_$setting/history.json" "$OUT/history_$setting.json" 2>/dev/null
