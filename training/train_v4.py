@@ -533,6 +533,9 @@ def _train(cfg: TrainConfig, resume: bool, init_from: str | None,
     torch.manual_seed(cfg.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = False  # cuDNN's autotuner picks kernels by timing
+    # cuDNN runs float32 convolutions/RNNs in TF32 by default (10-bit mantissa): keep float32
+    # float32, so a cuda run matches the CPU's; --amp bf16 is the flag that trades precision.
+    torch.backends.cudnn.allow_tf32 = False
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
 
