@@ -15,7 +15,6 @@ count; re-measure on a quiet machine before quoting them as targets.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cascade.bank import BankError
+from cascade.bank import BankError, write_json
 from cascade.deploy import DeployError
 from cascade.lvm import LvmError
 from cascade.metrics import cluster_bootstrap_ci, paired_difference, target_ranks
@@ -176,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         "config": cascade.config.to_dict(), "threads": args.threads, "cpus": os.cpu_count(),
         "quality": q, "latency": lat}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2, allow_nan=False))
+    write_json(args.out, report)
     print(f"wrote {args.out}")
     return 0
 

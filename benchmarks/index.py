@@ -17,7 +17,6 @@ printed beside it (test split, 95% CIs resampled by article). Prints a table, wr
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from datetime import UTC, datetime
@@ -26,7 +25,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from cascade.bank import BankError, load_bank
+from cascade.bank import BankError, load_bank, write_json
 from cascade.index import build_index, search, search_batched
 from cascade.metrics import recall_report, target_ranks
 from cascade.pairs import PairsError, load_pairs
@@ -180,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
               "omp_default_threads": faiss.omp_get_max_threads(),
               "seconds": time.perf_counter() - t0, "indexes": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2, allow_nan=False))
+    write_json(args.out, report)
     print(f"wrote {args.out}")
     return 0
 

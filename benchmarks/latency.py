@@ -33,7 +33,7 @@ import grpc
 import numpy as np
 import yaml
 
-from cascade.bank import load_bank
+from cascade.bank import load_bank, write_json
 from cascade.deploy import read_deploy, resolve
 from serving.client import CascadeClient
 from serving.config import DEFAULT_CONFIG, STAGES, ServingConfig, load_config
@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{report['in_process']['p50_ms']} ms, p99 {report['in_process']['p99_ms']} ms")
         report["load_avg_at_end"] = list(os.getloadavg())
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2, allow_nan=False))
+    write_json(args.out, report)
     print(f"wrote {args.out} (load average {report['load_avg_at_start'][0]:.1f} at the start: "
           f"timings on a shared machine are noisy)")
     return 0

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from cascade.bank import load_bank
+from cascade.bank import load_bank, write_json
 from cascade.deploy import read_deploy
 from cascade.lvm import (
     ADJACENCY,
@@ -97,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         "stage1_kind": stage1.kind, "k": cfg.k, "sets": SETS, "results": rows,
         "train_config": dataclasses.asdict(cfg)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2, allow_nan=False))
+    write_json(args.out, report)
     print(f"wrote {args.out}")
     return 0
 
