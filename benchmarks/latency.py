@@ -66,7 +66,11 @@ def layout_config(base: ServingConfig, layout: str, path: Path) -> Path:
     for name in ("front", *STAGES):
         shared = layout == "reuseport" or (layout == "mixed" and name == "front")
         copies = 2 if layout == "replicas" or (layout == "mixed" and name != "front") else 1
-        data[name]["addresses"] = [f"127.0.0.1:{free_port()}" for _ in range(copies)]
+        addresses = [f"127.0.0.1:{free_port()}" for _ in range(copies)]
+        if name == "stage1":
+            data[name]["shards"] = [addresses]  # one shard, its replicas
+        else:
+            data[name]["addresses"] = addresses
         data[name]["processes"] = 2 if shared else 1
         data[name]["metrics_port"] = 0
     path.write_text(yaml.safe_dump(data))
@@ -78,9 +82,11 @@ class Running:
 
     def __init__(self, config: Path):
         self.cfg = load_config(config)
+        self.lines: list[str] = []  # "<server> listening on <address> (pid N) ..."
         self.proc = subprocess.Popen([sys.executable, "-m", "serving.server", "--config",
                                       str(config)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
         for line in self.proc.stdout:
+            self.lines.append(line.strip())
             if line.startswith("ready"):
                 break
         else:

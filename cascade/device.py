@@ -27,10 +27,17 @@ _NAME = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """`name` -> a usable torch.device; ValueError (one line naming it) if it is not one here."""
+def check_device_name(name: str) -> str:
+    """`name` when it names a device (whether this machine has it or not), else ValueError:
+    what a config file is checked with on a machine that may not be the one it runs on."""
     if not isinstance(name, str) or not _NAME.match(name):
         raise ValueError(f"--device {name!r}: expected {DEVICES}")
+    return name
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """`name` -> a usable torch.device; ValueError (one line naming it) if it is not one here."""
+    check_device_name(name)
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

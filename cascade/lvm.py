@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cascade.bank import Bank, atomic_write, sha256_file
+from cascade.device import to_cpu
 from cascade.result import StageResult
 from cascade.towers import TowerConfig, age_weighted, build_towers
 
@@ -105,6 +106,12 @@ class BankStructure:
         self.n = n
         self.fingerprint = bank.fingerprint()
 
+    def to(self, device) -> BankStructure:
+        """Moves its tensors to `device` (no copy when they are there already); returns it."""
+        for key in ("vectors", "article", "is_first", "prev", "next"):
+            setattr(self, key, getattr(self, key).to(device))
+        return self
+
 
 class Lvm(nn.Module):
     """Predictor + head. `forward` scores (B, K) candidates -> (B, K) logits (-inf at padding)."""
@@ -148,7 +155,7 @@ class Lvm(nn.Module):
         if "pred" in want:
             refs.append((self.predict(ctx, mask) if pred is None else pred)[:, None])
         if "heur" in want:
-            age_w = -self.cfg.alpha * torch.arange(length, dtype=ctx.dtype)
+            age_w = -self.cfg.alpha * torch.arange(length, dtype=ctx.dtype, device=ctx.device)
             refs.append(age_weighted(ctx, mask, age_w)[:, None])
         if "top_centroid" in want:
             top = cand[:, :TOP_CENTROID] * valid[:, :TOP_CENTROID, None].to(ctx.dtype)
@@ -157,7 +164,8 @@ class Lvm(nn.Module):
         cc = sims[:, :, :length]
         extra = iter(range(length, sims.shape[2]))
         out: dict[str, torch.Tensor] = {"s1": s1}
-        out["log_rank"] = torch.log1p(torch.arange(k, dtype=ctx.dtype)).expand(b, k)
+        out["log_rank"] = torch.log1p(torch.arange(k, dtype=ctx.dtype, device=ctx.device)
+                                      ).expand(b, k)
         out["last"] = torch.gather(cc, 2, (lengths - 1)[:, None, None].expand(b, k, 1))[..., 0]
         out["ctx_max"] = cc.masked_fill(~mask[:, None, :], -2.0).max(2).values
         out["ctx_mean"] = (cc * fm[:, None, :]).sum(2) / lengths[:, None].to(ctx.dtype)
@@ -166,13 +174,15 @@ class Lvm(nn.Module):
                 out[name] = sims[:, :, next(extra)]
         if {"same_article", "article_mass", "succ_s1"} & want:
             # Groups by sorting (B, K) keys, not by (B, K, K) comparisons: O(BK log BK).
-            row = torch.arange(b)[:, None]
-            art = torch.where(valid, bs.article[safe], -1 - torch.arange(k)[None, :])
+            row = torch.arange(b, device=ctx.device)[:, None]
+            art = torch.where(valid, bs.article[safe],
+                              -1 - torch.arange(k, device=ctx.device)[None, :])
             _, group, count = torch.unique(row * (bs.n + k + 1) + art + k + 1,
                                            return_inverse=True, return_counts=True)
             out["same_article"] = torch.log(count[group].to(ctx.dtype))
             w = torch.softmax((s1 / MASS_TAU).masked_fill(~valid, float("-inf")), dim=1)
-            mass = torch.zeros(len(count), dtype=ctx.dtype).index_add_(0, group.ravel(),
+            mass = torch.zeros(len(count), dtype=ctx.dtype,
+                               device=ctx.device).index_add_(0, group.ravel(),
                                                                        w.ravel())
             out["article_mass"] = mass[group]
             # succ_s1: the stage-1 score of the candidate's successor row, 0 if not a candidate.
@@ -208,7 +218,7 @@ def keep_last(ctx: torch.Tensor, mask: torch.Tensor, n: int) -> tuple[torch.Tens
         return ctx, mask
     lengths = mask.sum(1)
     start = (lengths - n).clamp(min=0)
-    idx = start[:, None] + torch.arange(n)[None, :]
+    idx = start[:, None] + torch.arange(n, device=ctx.device)[None, :]
     keep = idx < lengths[:, None]
     idx = idx.clamp(max=ctx.shape[1] - 1)
     return torch.gather(ctx, 1, idx[..., None].expand(-1, -1, ctx.shape[2])), keep
@@ -227,7 +237,8 @@ FORMAT = "format_version"
 
 
 def save_lvm(path, model: Lvm, fingerprint: str, extra: dict | None = None) -> None:
-    state = {FORMAT: FORMAT_VERSION, MODEL: model.state_dict(), CONFIG: model.cfg.to_dict(),
+    # CPU tensors, so a checkpoint written on a GPU loads anywhere (weights_only=True).
+    state = {FORMAT: FORMAT_VERSION, MODEL: to_cpu(model.state_dict()), CONFIG: model.cfg.to_dict(),
              BANK_FINGERPRINT: fingerprint, **(extra or {})}
     atomic_write(path, lambda f: torch.save(state, f))
 
@@ -264,26 +275,29 @@ def build_lvm(state: dict, where: str = "checkpoint") -> Lvm:
 class LvmReranker:
     """Stage 2 for serving: load once, rerank batches of stage-1 candidates."""
 
-    def __init__(self, model: Lvm, bank: Bank):
+    def __init__(self, model: Lvm, bank: Bank, device="cpu"):
         if model.cfg.dim != bank.dim:
             raise LvmError(f"LVM dimension {model.cfg.dim} is not the bank's {bank.dim}")
-        self.model = model.eval()
+        self.device = torch.device(device)
+        self.model = model.eval().to(self.device)
         self.bank = bank
-        self.structure = BankStructure(bank)
+        self.structure = BankStructure(bank).to(self.device)  # the bank's vectors go along
 
     @classmethod
-    def load(cls, ckpt_path, bank: Bank, *, sha256: str | None = None) -> LvmReranker:
+    def load(cls, ckpt_path, bank: Bank, *, sha256: str | None = None,
+             device="cpu") -> LvmReranker:
         state = load_lvm_state(ckpt_path, bank.fingerprint(), sha256)
-        return cls(build_lvm(state, str(ckpt_path)), bank)
+        return cls(build_lvm(state, str(ckpt_path)), bank, device)
 
     @torch.inference_mode()
     def logits(self, contexts: list[np.ndarray], cand_ids: np.ndarray,
                cand_scores: np.ndarray) -> torch.Tensor:
         from cascade.stage1 import pad_left_aligned  # a helper; stage1 does not import lvm
         ctx, mask = pad_left_aligned(contexts)
-        return rerank_logits(self.model, self.structure, torch.from_numpy(ctx),
-                             torch.from_numpy(mask), torch.from_numpy(cand_ids),
-                             torch.from_numpy(cand_scores))
+        d = self.device
+        return rerank_logits(self.model, self.structure, torch.from_numpy(ctx).to(d),
+                             torch.from_numpy(mask).to(d), torch.from_numpy(cand_ids).to(d),
+                             torch.from_numpy(cand_scores).to(d)).cpu()
 
     def rerank(self, contexts: list[np.ndarray], cand_ids: np.ndarray, cand_scores: np.ndarray,
                keep: int = 50) -> StageResult:

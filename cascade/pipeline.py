@@ -56,6 +56,7 @@ class Cascade:
         self.centroids = centroids  # tags the domain of contexts sent as raw vectors
         self.config = config or CascadeConfig()
         self.config.validate()
+        self.device = torch.device("cpu")  # where embed() runs the encoder
         self._encoder = None
 
     @property
@@ -70,8 +71,9 @@ class Cascade:
         return self.stage1.bank
 
     @classmethod
-    def from_deploy(cls, deploy_path, *, bank: Bank | None = None) -> Cascade:
-        """Stage 1 as deploy.json chose it, and the LVM it names (sha256 checked)."""
+    def from_deploy(cls, deploy_path, *, bank: Bank | None = None, device="cpu") -> Cascade:
+        """Stage 1 as deploy.json chose it, and the LVM it names (sha256 checked); the query
+        tower, the LVM and the encoder on `device` (FAISS and TMD stay on the CPU)."""
         deploy = read_deploy(deploy_path)
         cfg = CascadeConfig.from_dict(deploy.get("cascade"), f"{deploy_path}: cascade")
         if bank is None:
@@ -80,7 +82,7 @@ class Cascade:
                 raise DeployError(f"{deploy_path}: 'bank' names {deploy['bank']}, which does "
                                   f"not exist")
             bank = load_bank(path)
-        stage1 = Stage1.from_deploy(deploy_path, bank=bank, config=cfg)
+        stage1 = Stage1.from_deploy(deploy_path, bank=bank, config=cfg, device=device)
         lvm = None
         if deploy.get("lvm"):
             entry = deploy["lvm"]
@@ -88,12 +90,14 @@ class Cascade:
                 raise DeployError(f"{deploy_path}: 'lvm' must name a checkpoint and its sha256")
             path = check_pinned(deploy_path, "lvm.checkpoint", entry.get("checkpoint"),
                                 entry["sha256"])
-            lvm = LvmReranker.load(path, bank)
+            lvm = LvmReranker.load(path, bank, device=device)
         tmd = centroids = None
         if bank.tmd_codes is not None:
             tmd = TmdReranker(bank.tmd_codes, cfg.tmd_w)
             centroids = bank_centroids(bank.path, bank.meta) if bank.path else None
-        return cls(stage1, lvm, cfg, tmd, centroids)
+        cascade = cls(stage1, lvm, cfg, tmd, centroids)
+        cascade.device = torch.device(device)
+        return cascade
 
     def context_lanes(self, vectors: list[np.ndarray], rows: list[np.ndarray] | None,
                       context_codes) -> np.ndarray:
@@ -124,7 +128,7 @@ class Cascade:
         from cascade.encoder import encode, encoder_dim, load_encoder
 
         if self._encoder is None:
-            self._encoder = load_encoder()
+            self._encoder = load_encoder(self.device)
             if encoder_dim(self._encoder) != self.bank.dim:
                 raise ValueError(f"the encoder gives {encoder_dim(self._encoder)}-d vectors, "
                                  f"the bank holds {self.bank.dim}-d")

@@ -10,6 +10,11 @@ The trainer's evaluation, the gate, the post-mortem, the benchmarks and serving 
 - `search_pairs(pairs)`: the context windows [ctx_start, ctx_end) of a pairs file, batched, the
   window left out: what evaluation and mining use.
 
+A shard of a bank split across servers is a Stage1 over a row range (`rows=(lo, hi, n)`, the
+bank holding rows [lo, hi) only; see `cascade/shard.py`): it answers in global row ids, takes the
+queries from its caller (`search(contexts, k, queries=...)`, since it cannot form a query from
+rows it does not hold), and leaves out the context's rows and duplicates among its own rows.
+
 The index comes from a FAISS `index_factory` string. "Flat" (the default) is exact search by
 FAISS's brute-force kernel over the bank array in place: no copy of the bank and nothing saved.
 Any other string is built once, saved beside the bank with the fingerprint of what it indexes,
@@ -32,6 +37,7 @@ import torch
 from cascade.bank import Bank, atomic_write, load_bank, vectors_fingerprint
 from cascade.checkpoint import load_towers
 from cascade.deploy import CascadeConfig, DeployError, check_pinned, read_deploy, resolve
+from cascade.device import module_device
 from cascade.encode import encode_docs, encode_queries
 from cascade.evaluation import KS, MARGIN_NEGATIVES, evaluate
 from cascade.index import ExactIndex, drop_rows, search_batched
@@ -114,9 +120,15 @@ class Stage1:
                  heuristic: str = "exp_weighted",
                  alpha: float = DEFAULT_ALPHA, kind: str | None = None, reason: str = "",
                  index_factory: str = EXACT, index_params: str = "", max_context: int = 512,
-                 index=None):
+                 index=None, rows: tuple[int, int, int] | None = None):
         if query is None and heuristic not in HEURISTICS:
             raise ValueError(f"unknown heuristic {heuristic!r} ({', '.join(HEURISTICS)})")
+        # The bank's rows are rows [row_start, row_end) of a bank of total_rows (a shard).
+        self.row_start, self.row_end, self.total_rows = rows or (0, bank.n, bank.n)
+        if self.row_end - self.row_start != bank.n or not \
+                0 <= self.row_start < self.row_end <= self.total_rows:
+            raise ValueError(f"rows {rows}: a bank of {bank.n} rows cannot be rows [lo, hi) of "
+                             f"{self.total_rows}")
         self.bank = bank
         self.query = query  # a training tower stays in its mode: encode_queries sets eval
         self.heuristic = None if query is not None else heuristic
@@ -132,11 +144,19 @@ class Stage1:
         self.doc_vectors = doc_vectors  # what the index holds (the bank itself: identity tower)
         if index is None:
             identity = self.doc_vectors is bank.vectors
-            fingerprint = bank.fingerprint() if identity else None
+            tag = ("" if identity else "doc") + (f"rows{self.row_start}-{self.row_end}"
+                                                  if self.sharded else "")
+            # A shard's bank carries the whole bank's fingerprint: its cache names its rows.
+            fingerprint = (bank.fingerprint() + (f"[{self.row_start}:{self.row_end}]"
+                                                 if self.sharded else "")) if identity else None
             index = open_index(self.doc_vectors, index_factory, index_params,
-                               index_cache_path(bank, index_factory,
-                                                "" if identity else "doc"), fingerprint)
+                               index_cache_path(bank, index_factory, tag), fingerprint)
         self.index = index
+
+    @property
+    def sharded(self) -> bool:
+        """True for a shard: this Stage1 holds part of the bank's rows."""
+        return self.bank.n != self.total_rows
 
     # -- construction ----------------------------------------------------------------------
 
@@ -149,29 +169,39 @@ class Stage1:
 
     @classmethod
     def from_deploy(cls, deploy_path, *, bank: Bank | None = None,
-                    config: CascadeConfig | None = None) -> Stage1:
-        """What deploy.json chose: v4 (its checkpoint, sha256 checked) or the heuristic."""
+                    config: CascadeConfig | None = None, shard: tuple[int, int] | None = None,
+                    device="cpu") -> Stage1:
+        """What deploy.json chose: v4 (its checkpoint, sha256 checked) or the heuristic; its
+        towers on `device`. `shard=(s, S)`: shard s of S, reading only its rows of the bank."""
+        from cascade.shard import bank_rows, load_bank_rows, shard_bounds
+
         deploy = read_deploy(deploy_path)
         cfg = config or CascadeConfig.from_dict(deploy.get("cascade"), f"{deploy_path}: cascade")
+        rows = None
         if bank is None:
             bank_path = resolve(deploy_path, deploy["bank"])
             if not bank_path.exists():
                 raise DeployError(f"{deploy_path}: 'bank' names {deploy['bank']}, which does "
                                   f"not exist")
-            bank = load_bank(bank_path)
+            if shard is None:
+                bank = load_bank(bank_path)
+            else:
+                n = bank_rows(bank_path)
+                lo, hi = shard_bounds(n, shard[1])[shard[0]]
+                bank, rows = load_bank_rows(bank_path, lo, hi), (lo, hi, n)
         if bank.fingerprint() != deploy["bank_fingerprint"]:
             raise DeployError(f"{deploy_path}: bank {bank.path} has fingerprint "
                               f"{bank.fingerprint()[:19]}..., deploy.json pins "
                               f"{str(deploy['bank_fingerprint'])[:19]}...")
         common = {"kind": deploy["stage1"], "reason": deploy.get("reason", ""),
                   "index_factory": cfg.index_factory, "index_params": cfg.index_params,
-                  "max_context": cfg.max_context}
+                  "max_context": cfg.max_context, "rows": rows}
         if deploy["stage1"] == "v4":
             if "checkpoint_sha256" not in deploy:
                 raise DeployError(f"{deploy_path}: missing key 'checkpoint_sha256'")
             ckpt = check_pinned(deploy_path, "checkpoint", deploy.get("checkpoint"),
                                 deploy["checkpoint_sha256"])
-            return cls.from_checkpoint(ckpt, bank, **common)
+            return cls.from_checkpoint(ckpt, bank, device, **common)
         h = deploy.get("heuristic") or {}
         return cls(bank, heuristic=h.get("kind", "exp_weighted"),
                    alpha=h.get("alpha", DEFAULT_ALPHA), **common)
@@ -180,6 +210,7 @@ class Stage1:
 
     def pair_queries(self, pairs: Pairs) -> np.ndarray:
         """(P, D) unit queries for the context windows of `pairs`."""
+        self.check_whole("pairs")
         if self.query is not None:
             return encode_queries(self.query, self.bank.vectors, pairs)
         return heuristic_queries(self.bank.vectors, pairs, self.heuristic, self.alpha)
@@ -187,6 +218,7 @@ class Stage1:
     def search_pairs(self, pairs: Pairs, k: int, q: np.ndarray | None = None,
                      exclude: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(queries, D, I) top-k for every pair, its context window left out (`exclude`)."""
+        self.check_whole("pairs")
         q = self.pair_queries(pairs) if q is None else q
         if not exclude:
             D, I = self.index.search(np.ascontiguousarray(q, dtype=np.float32), k)
@@ -209,18 +241,33 @@ class Stage1:
         return Bank(self.doc_vectors, self.bank.article_indices, self.bank.chunk_indices,
                     path=self.bank.path, _fingerprint=self.bank.fingerprint())
 
+    def check_whole(self, what: str) -> None:
+        if self.sharded:
+            raise ValueError(f"{what}: this Stage1 is a shard (rows [{self.row_start}, "
+                             f"{self.row_end}) of {self.total_rows}); evaluation and mining "
+                             f"need the whole bank")
+
     # -- serving ----------------------------------------------------------------------------
 
     def check_k(self, k: int) -> int:
-        if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= self.bank.n:
-            raise ValueError(f"k must be an integer in [1, {self.bank.n}] (the bank's rows), "
-                             f"got {k!r}")
+        n = self.total_rows
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= n:
+            raise ValueError(f"k must be an integer in [1, {n}] (the bank's rows), got {k!r}")
         return int(k)
 
-    def contexts(self, contexts) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
-        """Validated contexts -> (unit vectors per context, bank rows per context or None)."""
+    def contexts(self, contexts, need_vectors: bool = True
+                 ) -> tuple[list[np.ndarray] | None, list[np.ndarray] | None]:
+        """Validated contexts -> (unit vectors per context, bank rows per context or None).
+        Rows come with their vectors unless `need_vectors` is False (then None): a shard holds
+        only its own rows' vectors."""
         if isinstance(contexts, ContextRows):
-            rows = check_rows(contexts.rows, self.bank.n, self.max_context)
+            rows = check_rows(contexts.rows, self.total_rows, self.max_context)
+            if not need_vectors:
+                return None, rows
+            if self.sharded:
+                raise ValueError(f"contexts given as rows: this shard holds rows "
+                                 f"[{self.row_start}, {self.row_end}) of {self.total_rows} "
+                                 f"only and cannot form their query; send the queries too")
             return [self.bank.vectors[r] for r in rows], rows
         return check_vectors(contexts, self.dim, self.max_context), None
 
@@ -229,18 +276,26 @@ class Stage1:
         keep = self.query.cfg.max_len if self.query is not None else None
         ctx, mask = pad_left_aligned(vectors, keep)
         if self.query is not None:
+            device = module_device(self.query)
             with torch.inference_mode():
-                return self.query(torch.from_numpy(ctx), torch.from_numpy(mask)).numpy()
+                return self.query(torch.from_numpy(ctx).to(device),
+                                  torch.from_numpy(mask).to(device)).cpu().numpy()
         if self.heuristic == "exp_weighted":
             return exp_weighted(ctx, mask, self.alpha)
         return last_vector(ctx, mask)
 
-    def search(self, contexts, k: int = 500) -> StageResult:
-        """Top-k bank rows for one context or a batch (see the module doc), context left out."""
+    def search(self, contexts, k: int = 500, queries: np.ndarray | None = None) -> StageResult:
+        """Top-k bank rows for one context or a batch (see the module doc), context left out.
+        `queries` (B, D): the contexts' queries formed by the caller (what a shard is sent)."""
         t0 = time.perf_counter()
         k = self.check_k(k)
-        vectors, rows = self.contexts(contexts)
-        return self.search_checked(vectors, rows, k, t0)
+        if queries is None:
+            vectors, rows = self.contexts(contexts)
+            return self.search_checked(vectors, rows, k, t0)
+        vectors, rows = self.contexts(contexts, need_vectors=False)
+        q = check_queries(queries, len(rows if rows is not None else vectors), self.dim)
+        D, I = self.search_excluding(q, vectors, rows, k)
+        return StageResult(I, D, time.perf_counter() - t0)
 
     def search_checked(self, vectors: list[np.ndarray], rows: list[np.ndarray] | None, k: int,
                        t0: float | None = None) -> StageResult:
@@ -250,20 +305,22 @@ class Stage1:
         D, I = self.search_excluding(q, vectors, rows, k)
         return StageResult(I, D, time.perf_counter() - t0)
 
-    def search_excluding(self, q: np.ndarray, vectors: list[np.ndarray],
+    def search_excluding(self, q: np.ndarray, vectors: list[np.ndarray] | None,
                          rows: list[np.ndarray] | None, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Search k + margin and drop the context's rows (given) or its duplicates (vectors);
-        widen the search for a query that lost more rows than the margin allowed."""
+        widen the search for a query that lost more rows than the margin allowed. Ids are the
+        bank's global rows (a shard's local ids + row_start)."""
         n = self.bank.n
-        extra = max(len(v) for v in vectors) + 8
+        extra = max(len(c) for c in (rows if rows is not None else vectors)) + 8
         while True:
             fetch = min(k + extra, n)
             D, I = self.index.search(np.ascontiguousarray(q, dtype=np.float32), fetch)
-            drop = (context_row_mask(I, rows) if rows is not None
+            G = np.where(I >= 0, I + self.row_start, -1) if self.row_start else I
+            drop = (context_row_mask(G, rows) if rows is not None
                     else duplicate_mask(I, D, q, self.bank.vectors, vectors,
                                         self.doc_vectors is self.bank.vectors))
             if fetch == n or ((~drop & (I >= 0)).sum(axis=1) >= k).all():
-                return drop_rows(D, I, drop, k)
+                return drop_rows(D, G, drop, k)
             extra *= 4
 
 
@@ -352,6 +409,18 @@ def check_vectors(contexts, dim: int, max_context: int) -> list[np.ndarray]:
                              f"an all-zero vector")
         out.append(v / norms)
     return out
+
+
+def check_queries(queries, batch: int, dim: int) -> np.ndarray:
+    """(B, D) finite float32 queries for B contexts; ValueError naming what is wrong."""
+    q = np.asarray(queries, dtype=np.float32)
+    if q.shape != (batch, dim):
+        raise ValueError(f"queries: expected shape ({batch}, {dim}) (one per context), got "
+                         f"{q.shape}")
+    if not np.isfinite(q).all():
+        raise ValueError(f"queries row {int(np.flatnonzero(~np.isfinite(q).all(1))[0])}: NaN "
+                         f"or inf")
+    return q
 
 
 def check_rows(rows, n: int, max_context: int) -> list[np.ndarray]:

@@ -20,9 +20,7 @@ class ConfigError(ValueError):
 
 
 @dataclass
-class ServerConfig:
-    # host:port of each replica; the front balances over them with gRPC round_robin.
-    addresses: list[str]
+class ProcessConfig:
     metrics_port: int  # prometheus on 127.0.0.1:<port + process number>; 0 = off
     # Processes per address sharing its port (SO_REUSEPORT): 2 gave more searches/s than one
     # process or two round_robin replicas (python -m benchmarks.latency --compare).
@@ -30,6 +28,25 @@ class ServerConfig:
     workers: int = 8  # threads per process serving calls
     max_concurrent_rpcs: int = 32  # beyond this, callers get RESOURCE_EXHAUSTED at once
     threads: int = 1  # torch / FAISS (OpenMP) threads per process
+
+
+@dataclass
+class ServerConfig(ProcessConfig):
+    # host:port of each replica; the front balances over them with gRPC round_robin.
+    addresses: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Stage1Config(ProcessConfig):
+    # The bank split by rows into len(shards) contiguous ranges, in order (cascade.shard
+    # .shard_bounds); each shard is a list of replica addresses (round_robin). The front sends
+    # every query to all shards and merges their top-K exactly. One shard = the whole bank.
+    shards: list[list[str]] = field(default_factory=lambda: [["127.0.0.1:50061"]])
+
+    @property
+    def addresses(self) -> list[str]:
+        """Every stage-1 address, shard after shard."""
+        return [a for shard in self.shards for a in shard]
 
 
 @dataclass
@@ -62,10 +79,13 @@ class TlsConfig:
 @dataclass
 class ServingConfig:
     deploy: str = "runs/wikipedia_vital_bank/deploy.json"  # what stage 1 serves, and from what
+    # Torch device of the models in every server process (encoder, towers, LVM): auto, cpu,
+    # cuda, cuda:N or mps (cascade.device). FAISS search stays on the CPU.
+    device: str = "cpu"
     max_message_mb: int = 16  # largest request or response a server accepts or sends
     grace_seconds: float = 10.0  # on SIGTERM, calls in flight get this long to finish
     front: FrontConfig = field(default_factory=FrontConfig)
-    stage1: ServerConfig = field(default_factory=lambda: _stage(50061, 9410))
+    stage1: Stage1Config = field(default_factory=lambda: Stage1Config(metrics_port=9410))
     lvm: ServerConfig = field(default_factory=lambda: _stage(50062, 9420))
     tmd: ServerConfig = field(default_factory=lambda: _stage(50063, 9430))
     tls: TlsConfig = field(default_factory=TlsConfig)
@@ -109,6 +129,9 @@ def from_dict(base, data, where: str):
 
 
 def validate(cfg: ServingConfig, where: str) -> None:
+    if not cfg.stage1.shards or not all(cfg.stage1.shards):
+        raise ConfigError(f"{where}: stage1.shards needs at least one shard, each with at least "
+                          f"one address, got {cfg.stage1.shards}")
     for name in ("front", *STAGES):
         s = cfg.server(name)
         if not s.addresses:

@@ -1,9 +1,16 @@
 """The cascade front: `Cascade.Search` chains the stage servers as the in-process cascade chains
 its stages, and adds the hits' bank data (text, cpe id, article, position).
 
-Stage 1 is required: when it is down the call fails with UNAVAILABLE. A reranker that is down,
-overloaded or past its share of the deadline is skipped: the answer is the best ranking so far,
-flagged `degraded` with the reason, instead of an error.
+Stage 1 may be split by rows across shard servers (`stage1.shards`): the front forms each query
+once, sends it to every shard in parallel and merges their top-K exactly (cascade.shard). Forming
+the query here, not on each shard, costs one tower pass instead of S, lets a shard answer a
+context given as rows it does not hold, and has every shard score the very same vector, so the
+merge compares like with like even when the shards run on different hardware.
+
+Stage 1 is required: when every shard is down the call fails with UNAVAILABLE. A shard that is
+down or overloaded while others answer leaves its rows unsearched: the answer is the merge of the
+shards that answered, flagged `degraded` with the shard and its rows, as a reranker that is down,
+overloaded or past its share of the deadline is skipped and flagged instead of failing the call.
 """
 
 from __future__ import annotations
@@ -16,7 +23,13 @@ import numpy as np
 
 from serving import metrics
 from serving.config import ServingConfig
-from serving.convert import context_kind, vectors_from_proto, vectors_to_proto
+from serving.convert import (
+    candidates_from_proto,
+    candidates_to_proto,
+    context_kind,
+    vectors_from_proto,
+    vectors_to_proto,
+)
 from serving.protos import pb, rpc
 from serving.stages import guarded
 
@@ -27,11 +40,13 @@ _PASS_ON = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.DEADLINE_EXCEEDED,
             grpc.StatusCode.CANCELLED)
 
 
-def stage_channel(cfg: ServingConfig, name: str) -> grpc.Channel:
-    """One channel over all of a stage's replicas, balanced per call (gRPC round_robin)."""
+def stage_channel(cfg: ServingConfig, name: str, addresses: list[str] | None = None
+                  ) -> grpc.Channel:
+    """One channel over all of a stage's replicas (or the given ones: a stage-1 shard's),
+    balanced per call (gRPC round_robin)."""
     from serving.server import channel_credentials, message_options
 
-    target = "ipv4:" + ",".join(cfg.server(name).addresses)
+    target = "ipv4:" + ",".join(addresses or cfg.server(name).addresses)
     options = message_options(cfg) + [("grpc.lb_policy_name", "round_robin")]
     creds = channel_credentials(cfg.tls)
     if creds is None:
@@ -62,13 +77,18 @@ class CascadeServicer(rpc.CascadeServicer):
         return self.cascade is not None
 
     def load(self) -> None:
+        from cascade.device import resolve_device
         from cascade.pipeline import Cascade
+        from cascade.shard import shard_bounds
 
-        # The front checks contexts with the library before any stage sees them, computes the
-        # TMD lanes of contexts, embeds texts, and holds the bank's texts and ids for the hits.
-        self.cascade = Cascade.from_deploy(self.cfg.deploy)
+        # The front checks contexts with the library before any stage sees them, forms stage
+        # 1's queries, computes the TMD lanes of contexts, embeds texts, and holds the bank's
+        # texts and ids for the hits.
+        self.cascade = Cascade.from_deploy(self.cfg.deploy, device=resolve_device(self.cfg.device))
         self.cascade.embed(["load the encoder before reporting SERVING"])
-        self.stage1 = rpc.Stage1Stub(stage_channel(self.cfg, "stage1"))
+        shards = self.cfg.stage1.shards
+        self.shards = [rpc.Stage1Stub(stage_channel(self.cfg, "stage1", a)) for a in shards]
+        self.bounds = shard_bounds(self.cascade.bank.n, len(shards))
         self.lvm = (rpc.LvmRerankerStub(stage_channel(self.cfg, "lvm"))
                     if self.cascade.lvm is not None else None)
         self.tmd = (rpc.TmdRerankerStub(stage_channel(self.cfg, "tmd"))
@@ -91,8 +111,8 @@ class CascadeServicer(rpc.CascadeServicer):
         stage_ms: dict[str, float] = {}
         ctx, vectors, rows = self.stage_context(request.context, stage_ms)
 
-        ranking, kind, reason = self.call_stage1(ctx, end, stage_ms, context)
         degraded: list[str] = []
+        ranking, kind, reason = self.call_stage1(ctx, vectors, end, stage_ms, degraded, context)
         cfg, share = self.cascade.config, self.cfg.front
         if self.lvm is not None:
             ranking = self.rerank("lvm", self.lvm.Rerank, pb.LvmRequest(
@@ -158,21 +178,59 @@ class CascadeServicer(rpc.CascadeServicer):
                 raise ValueError(f"context.texts[{i}]: {len(t)} characters, more than the "
                                  f"maximum {f.max_text_chars} (front.max_text_chars)")
 
-    def call_stage1(self, ctx: pb.Context, end: float, stage_ms: dict, context):
+    def call_stage1(self, ctx: pb.Context, vectors: list[np.ndarray], end: float,
+                    stage_ms: dict, degraded: list[str], context):
+        """Stage 1's top k_stage1: the query formed here, every shard searched in parallel,
+        their answers merged; a shard that fails while others answer is named in `degraded`."""
+        from cascade.shard import merge_topk
+
         k1 = min(self.cascade.config.k_stage1, self.cascade.bank.n)
         t = time.perf_counter()
-        try:
-            resp = self.stage1.Search(pb.Stage1Request(contexts=[ctx], k=k1),
-                                      timeout=max(end - t, 0.001))
-        except grpc.RpcError as e:
-            if e.code() in _PASS_ON:
-                context.abort(e.code(), f"stage 1: {e.details()}")
-            context.abort(grpc.StatusCode.UNAVAILABLE,
-                          f"stage 1 ({', '.join(self.cfg.stage1.addresses)}) cannot answer: "
-                          f"{e.code().name} {e.details()}")
+        queries = vectors_to_proto(self.cascade.stage1.queries(vectors))
+        request = pb.Stage1Request(contexts=[ctx], k=k1, queries=queries)
+        calls = [stub.Search.future(request, timeout=max(end - time.perf_counter(), 0.001))
+                 for stub in self.shards]
+        parts, failed, answer = [], [], None
+        for s, call in enumerate(calls):
+            try:
+                resp = call.result()
+            except grpc.RpcError as e:
+                if e.code() in _PASS_ON:
+                    context.abort(e.code(), f"stage 1: {e.details()}")
+                failed.append((s, e))
+                continue
+            if (resp.row_start, resp.row_end) != self.bounds[s]:
+                failed.append((s, f"holds rows [{resp.row_start}, {resp.row_end}), the config's "
+                                  f"{len(self.shards)} shards give it {list(self.bounds[s])}"))
+                continue
+            ids, scores = candidates_from_proto(resp.results, "stage 1 results")
+            parts.append((scores, ids))
+            answer = resp
+        if answer is None:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "stage 1 cannot answer: " + "; ".join(
+                self.shard_failure(s, e) for s, e in failed))
+        for s, e in failed:
+            why = self.shard_failure(s, e) + (f": rows [{self.bounds[s][0]}, "
+                                              f"{self.bounds[s][1]}) not searched")
+            degraded.append(why)
+            metrics.DEGRADED.labels("stage1", e.code().name if isinstance(e, grpc.RpcError)
+                                    else "MISCONFIGURED").inc()
+            log.warning("degraded: %s", why)
+        D, I = merge_topk(parts, k1)
         stage_ms["stage1"] = 1000 * (time.perf_counter() - t)
         metrics.STAGE.labels("stage1").observe(stage_ms["stage1"] / 1000)
-        return resp.results, resp.kind, resp.reason
+        return candidates_to_proto(I, D), answer.kind, answer.reason
+
+    def shard_failure(self, s: int, e) -> str:
+        """'stage1 shard s of S (addresses) <why>'; one shard is just 'stage 1 (addresses)'."""
+        shards = self.cfg.stage1.shards
+        where = (f"stage 1 ({', '.join(shards[s])})" if len(shards) == 1 else
+                 f"stage1 shard {s} of {len(shards)} ({', '.join(shards[s])})")
+        if isinstance(e, str):
+            return f"{where} {e}"
+        if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            return f"{where} overloaded ({e.details()})"
+        return f"{where} unavailable: {e.code().name} {e.details()}"
 
     def rerank(self, stage: str, call, request, end: float, share_s: float, stage_ms: dict,
                degraded: list[str]):

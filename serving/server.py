@@ -72,14 +72,16 @@ def message_options(cfg: ServingConfig) -> list[tuple[str, int]]:
     return [("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)]
 
 
-def make_servicer(cfg: ServingConfig, name: str):
-    """The servicer of `name`; its models load in `.load()`, after the port is open."""
+def make_servicer(cfg: ServingConfig, name: str, shard: int = 0):
+    """The servicer of `name` (of stage-1 shard `shard`); its models load in `.load()`, after
+    the port is open."""
     if name == "front":
         from serving.front import CascadeServicer
         return CascadeServicer(cfg)
     from serving import stages
-    return {"stage1": stages.Stage1Servicer, "lvm": stages.LvmServicer,
-            "tmd": stages.TmdServicer}[name](cfg)
+    if name == "stage1":
+        return stages.Stage1Servicer(cfg, shard)
+    return {"lvm": stages.LvmServicer, "tmd": stages.TmdServicer}[name](cfg)
 
 
 _ADD = {"front": rpc.add_CascadeServicer_to_server, "stage1": rpc.add_Stage1Servicer_to_server,
@@ -124,13 +126,13 @@ def set_threads(n: int) -> None:
 
 
 def serve(cfg: ServingConfig, name: str, address: str, process: int = 0,
-          ready_fd: int | None = None) -> int:
+          ready_fd: int | None = None, shard: int = 0) -> int:
     """Run one server until SIGTERM/SIGINT: listen, load, report SERVING, drain on signal."""
     sc = cfg.server(name)
     set_threads(sc.threads)
     if sc.metrics_port:
         metrics.start(sc.metrics_port + process, host=address.rpartition(":")[0] or "127.0.0.1")
-    servicer = make_servicer(cfg, name)
+    servicer = make_servicer(cfg, name, shard)
     server, health_servicer = build_server(cfg, name, address, servicer)
     stopped = threading.Event()
 
@@ -177,14 +179,21 @@ def deployed(cfg: ServingConfig) -> list[str]:
     return [name for name in STAGES if present[name]]
 
 
-def plan(cfg: ServingConfig, only: str | None) -> list[tuple[str, str, int]]:
-    """(name, address, process number) of every process to start, stages before the front."""
+def plan(cfg: ServingConfig, only: str | None, shard: int | None = None
+         ) -> list[tuple[str, str, int, int]]:
+    """(name, address, process number, stage-1 shard) of every process to start, stages before
+    the front; `shard` keeps one stage-1 shard's (a shard on its own host)."""
     names = [only] if only else [*deployed(cfg), "front"]
     out = []
     for name in names:
         sc = cfg.server(name)
-        for r, address in enumerate(sc.addresses):
-            out += [(name, address, r * sc.processes + p) for p in range(sc.processes)]
+        shards = cfg.stage1.shards if name == "stage1" else [sc.addresses]
+        r = 0
+        for s, addresses in enumerate(shards):
+            for address in addresses:
+                if shard is None or s == shard:
+                    out += [(name, address, r * sc.processes + p, s) for p in range(sc.processes)]
+                r += 1
     return out
 
 
@@ -222,7 +231,8 @@ def _wait_ready(procs: list[subprocess.Popen], read_fd: int, timeout: float) -> 
     return lines
 
 
-def run_set(cfg: ServingConfig, config_path: str, only: str | None) -> int:
+def run_set(cfg: ServingConfig, config_path: str, only: str | None, shard: int | None = None
+            ) -> int:
     """Start every server process, print where they listen, stop them in order on a signal."""
     read_fd, write_fd = os.pipe()
     env = dict(os.environ)
@@ -231,14 +241,14 @@ def run_set(cfg: ServingConfig, config_path: str, only: str | None) -> int:
     signal.signal(signal.SIGTERM, lambda s, f: stop.set())
     signal.signal(signal.SIGINT, lambda s, f: stop.set())
     try:
-        todo = plan(cfg, only)
-        check_free([address for _, address, _ in todo])
-        for name, address, process in todo:
+        todo = plan(cfg, only, shard)
+        check_free([address for _, address, _, _ in todo])
+        for name, address, process, s in todo:
             threads = str(cfg.server(name).threads)
             env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
             cmd = [sys.executable, "-m", "serving.server", "--config", config_path,
                    "--deploy", cfg.deploy, "--serve", name, "--address", address,
-                   "--process", str(process), "--ready-fd", str(write_fd)]
+                   "--process", str(process), "--ready-fd", str(write_fd), "--shard", str(s)]
             procs.append((name, subprocess.Popen(cmd, env=env, pass_fds=(write_fd,))))
         os.close(write_fd)
         for line in _wait_ready([p for _, p in procs], read_fd, READY_TIMEOUT_S):
@@ -282,6 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--deploy", help="deploy.json to serve (default: the YAML's 'deploy')")
     p.add_argument("--only", choices=("front", *STAGES),
                    help="start this server's processes only (a stage on its own host)")
+    p.add_argument("--shard", type=int, default=None,
+                   help="with --only stage1: start this shard's processes only (0-based, as "
+                        "listed in stage1.shards)")
     # Internal: what the supervisor passes to each server process it starts.
     p.add_argument("--serve", choices=("front", *STAGES), help=argparse.SUPPRESS)
     p.add_argument("--address", help=argparse.SUPPRESS)
@@ -296,9 +309,21 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_CONFIG
     if args.deploy:
         cfg.deploy = args.deploy
+    from cascade.device import check_device_name
+    try:
+        check_device_name(cfg.device)
+    except ValueError as e:
+        print(f"serving: {args.config}: device: {e}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    if args.shard is not None and not (args.serve or args.only == "stage1") or \
+            not 0 <= (args.shard or 0) < len(cfg.stage1.shards):
+        print(f"serving: --shard {args.shard}: needs --only stage1 and a shard in [0, "
+              f"{len(cfg.stage1.shards)})", file=sys.stderr)
+        return EXIT_BAD_CONFIG
     if args.serve:
         try:
-            rc = serve(cfg, args.serve, args.address, args.process, args.ready_fd)
+            rc = serve(cfg, args.serve, args.address, args.process, args.ready_fd,
+                       args.shard or 0)
         except (ValueError, OSError) as e:  # a deploy.json or checkpoint that does not load
             print(f"serving {args.serve}: {e}", file=sys.stderr)
             rc = EXIT_BAD_CONFIG
@@ -309,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.flush()
         os._exit(rc)
     try:
-        return run_set(cfg, args.config, args.only)
+        return run_set(cfg, args.config, args.only, args.shard)
     except ValueError as e:  # deploy.json unreadable
         print(f"serving: {e}", file=sys.stderr)
         return EXIT_BAD_CONFIG

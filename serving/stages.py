@@ -66,29 +66,55 @@ class _Stage:
         return self.cascade is not None
 
     def load(self) -> None:
-        # Every stage loads the cascade deploy.json names (sha256s checked) and serves its part:
-        # the bank, stage 1's exact index (no copy of the bank) and the models are small beside
-        # the process itself, and the stages cannot disagree on what was deployed.
+        # Every reranker loads the cascade deploy.json names (sha256s checked) and serves its
+        # part: the bank, stage 1's exact index (no copy of the bank) and the models are small
+        # beside the process itself, and the stages cannot disagree on what was deployed.
+        from cascade.device import resolve_device
         from cascade.pipeline import Cascade
-        self.cascade = Cascade.from_deploy(self.cfg.deploy)
+        self.cascade = Cascade.from_deploy(self.cfg.deploy, device=resolve_device(self.cfg.device))
 
     def describe(self) -> str:
         return ""
 
 
 class Stage1Servicer(_Stage, rpc.Stage1Servicer):
+    """Stage 1 over the whole bank, or shard `shard` of the config's stage1.shards: that shard's
+    rows only (cascade.shard), answering in the bank's row ids."""
     name = "stage1"
 
+    def __init__(self, cfg: ServingConfig, shard: int = 0):
+        super().__init__(cfg)
+        self.shard = shard
+        self.stage1 = None
+
+    @property
+    def loaded(self) -> bool:
+        return self.stage1 is not None
+
+    def load(self) -> None:
+        from cascade.device import resolve_device
+        from cascade.stage1 import Stage1
+
+        shards = len(self.cfg.stage1.shards)
+        self.stage1 = Stage1.from_deploy(self.cfg.deploy,
+                                         shard=(self.shard, shards) if shards > 1 else None,
+                                         device=resolve_device(self.cfg.device))
+
     def describe(self) -> str:
-        s1 = self.cascade.stage1
-        return f" stage 1 = {s1.kind}" + (f" ({s1.reason})" if s1.kind != "v4" else "")
+        s1 = self.stage1
+        shard = (f", shard {self.shard} of {len(self.cfg.stage1.shards)}: rows "
+                 f"[{s1.row_start}, {s1.row_end})" if s1.sharded else "")
+        return f" stage 1 = {s1.kind}" + (f" ({s1.reason})" if s1.kind != "v4" else "") + shard
 
     @guarded
     def Search(self, request, context):
-        s1 = self.cascade.stage1
-        result = s1.search(stage_contexts(request.contexts), k=request.k)
+        s1 = self.stage1
+        queries = (vectors_from_proto(request.queries, "queries")
+                   if request.HasField("queries") else None)
+        result = s1.search(stage_contexts(request.contexts), k=request.k, queries=queries)
         return pb.Stage1Response(results=candidates_to_proto(result.ids, result.scores),
-                                 kind=s1.kind, reason=s1.reason, seconds=result.seconds)
+                                 kind=s1.kind, reason=s1.reason, seconds=result.seconds,
+                                 row_start=s1.row_start, row_end=s1.row_end)
 
 
 class LvmServicer(_Stage, rpc.LvmRerankerServicer):

@@ -4,6 +4,7 @@ fallback, degradation when a stage dies, backpressure, SIGTERM with calls in fli
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -81,6 +82,7 @@ def write_config(root: Path, name: str, tls: dict | None = None, grace: float = 
     for stage in ("stage1", "lvm", "tmd"):  # one process each keeps the tests light
         data[stage] = {"addresses": [f"127.0.0.1:{free_port()}"], "metrics_port": 0,
                        "processes": 1}
+    data["stage1"]["shards"] = [data["stage1"].pop("addresses")]
     if tls:
         data["tls"] = tls
     path = root / f"{name}.yaml"
@@ -314,8 +316,8 @@ def test_backpressure_is_resource_exhausted_beyond_the_limit(serving):
 def test_shipped_yaml_shows_every_default():
     assert load_config(DEFAULT_CONFIG) == ServingConfig()
     shown = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    assert set(shown) == {f.name for f in dataclasses.fields(ServingConfig)}
     for section in ("front", "stage1", "lvm", "tmd", "tls"):
-        import dataclasses
         names = {f.name for f in dataclasses.fields(getattr(ServingConfig(), section))}
         assert set(shown[section]) == names, section
 
