@@ -17,6 +17,8 @@ CORPUS ?=
 LIMIT ?=
 RESUME ?=
 NPROC ?=
+# make train-lvm DEVICE=cuda (auto, cpu, cuda, cuda:N, mps): where the LVM trains (default cpu)
+DEVICE ?=
 BANK_STEM = $(basename $(notdir $(BANK)))
 RUN ?= runs/$(BANK_STEM)/twotower_v4
 DEPLOY ?= runs/$(BANK_STEM)/deploy.json
@@ -89,7 +91,7 @@ train-v4-bg: $(STAMP)  ## the same in the background (as the checklist's overnig
 
 train-lvm: $(STAMP)  ## stage 2 after train-v4: the LVM reranker on stage 1's own top-500; names it in deploy.json
 	$(PY) -m training.train_lvm --config lvm_default.yaml --deploy runs/$(BANK_STEM)/deploy.json \
-		--pairs artifacts/twotower/$(BANK_STEM)/pairs_v4.npz --out runs/$(BANK_STEM)/lvm $(if $(RESUME),--resume)
+		--pairs artifacts/twotower/$(BANK_STEM)/pairs_v4.npz --out runs/$(BANK_STEM)/lvm $(if $(RESUME),--resume) $(if $(DEVICE),--device $(DEVICE))
 
 monitor: $(STAMP)  ## latest epoch, Recall@500, separation margin and whether the run is alive (RUN=...)
 	@$(PY) -m training.monitor $(if $(filter command line,$(origin RUN)),--run $(RUN),$(if $(PROFILE),--profile $(PROFILE)) $(if $(filter command line,$(origin BANK)),--bank $(BANK)))

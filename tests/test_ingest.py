@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from cascade.bank import load_bank
 from cascade.encoder import load_encoder
@@ -297,6 +298,24 @@ def test_jsonl_refusal_cli(tmp_path, bad, message):
 def test_missing_corpus_file(tmp_path):
     r = run_cli("--corpus", tmp_path / "nope.jsonl", "--out", tmp_path / "b.npz")
     assert r.returncode == 2 and "no such file" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_bad_device_is_refused_before_any_work(tmp_path):
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"id": "a", "title": "A", "text": "One. Two."}\n')
+    r = run_cli("--corpus", corpus, "--out", tmp_path / "b.npz", "--device", "gpu")
+    assert r.returncode == 2 and "--device 'gpu': expected" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "b.npz").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.gpu
+def test_the_encoder_on_cuda_gives_the_cpu_vectors(encoder):
+    from cascade.encoder import encode
+
+    texts = ["The Moon is Earth's only natural satellite.", "Rivers flow to the sea."]
+    on_gpu = encode(texts, load_encoder("cuda"))
+    np.testing.assert_allclose(on_gpu, encode(texts, encoder), atol=1e-4)
 
 
 def test_a_bank_of_another_corpus_is_not_replaced(tmp_path):

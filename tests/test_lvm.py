@@ -25,6 +25,7 @@ from training.expand_pairs import ExpandConfig, expand_pairs
 from training.synth_bank import SynthConfig, synth_bank
 from training.train_lvm import load_train_config, train
 
+CUDA = torch.cuda.is_available()
 TINY = {"k": 60, "epochs": 2, "bs": 64, "negatives": 16, "head_steps": 40, "threads": 1,
         "model": {"hidden": 16, "max_len": 4, "head_hidden": 8}}
 
@@ -156,3 +157,38 @@ def test_rerank_keeps_the_best_and_refuses_bad_candidates(setup):
             call()
     with pytest.raises(ValueError, match="does not match the pinned"):
         LvmReranker.load(root / "rr" / "lvm.pt", bank, sha256="sha256:" + "0" * 64)
+
+
+def test_a_bad_device_is_refused_in_one_line(setup, capsys):
+    from training.train_lvm import main
+
+    root, _, _ = setup
+    assert main(["--deploy", str(root / "deploy.json"), "--pairs", str(root / "pairs.npz"),
+                 "--out", str(root / "nodevice"), "--log-dir", str(root / "logs"),
+                 "--device", "gpu"]) == 2
+    assert "--device 'gpu': expected auto, cpu, cuda, cuda:N or mps" in capsys.readouterr().err
+    assert not (root / "nodevice" / "checkpoints" / "last.pt").exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def test_cuda_training_saves_cpu_tensors_resumes_exactly_and_reranks_as_on_cpu(setup):
+    root, bank, pairs = setup
+    train(cfg_for(root, "cuda_full", device="cuda"))
+    assert train(cfg_for(root, "cuda_cut", device="cuda"), stop_after=1) is None
+    last = torch.load(root / "cuda_cut" / "checkpoints" / "last.pt", weights_only=True)
+    for part in (last["model"], last["optimizer"]["state"][0]):
+        assert all(v.device.type == "cpu" for v in part.values() if isinstance(v, torch.Tensor))
+    train(cfg_for(root, "cuda_cut", device="cuda"), resume=True)
+    a = load_lvm_state(root / "cuda_full" / "lvm.pt")["model"]
+    b = load_lvm_state(root / "cuda_cut" / "lvm.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)  # exact resume on the same device
+    rows = [np.arange(40, 46), np.arange(101, 103)]
+    res = Stage1(bank).search(ContextRows(rows), k=50)
+    ctx = [bank.vectors[r] for r in rows]
+    on_gpu = LvmReranker.load(root / "cuda_full" / "lvm.pt", bank, device="cuda")
+    on_cpu = LvmReranker.load(root / "cuda_full" / "lvm.pt", bank)
+    g, c = on_gpu.rerank(ctx, res.ids, res.scores, 10), on_cpu.rerank(ctx, res.ids, res.scores, 10)
+    # float32 on both, summed in other orders: scores within 1e-4, so the order only differs
+    # between candidates closer than that.
+    np.testing.assert_allclose(g.scores, c.scores, atol=1e-4)

@@ -20,6 +20,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+import torch
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -320,6 +321,31 @@ def test_shipped_yaml_shows_every_default():
     for section in ("front", "stage1", "lvm", "tmd", "tls"):
         names = {f.name for f in dataclasses.fields(getattr(ServingConfig(), section))}
         assert set(shown[section]) == names, section
+
+
+def test_a_bad_device_in_the_config_is_refused_in_one_line(deployed, tmp_path):
+    root, _ = deployed
+    data = yaml.safe_load(write_config(root, "device").read_text())
+    data["device"] = "gpu"
+    config = tmp_path / "device.yaml"
+    config.write_text(yaml.safe_dump(data))
+    r = subprocess.run([sys.executable, "-m", "serving.server", "--config", str(config)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "device: --device 'gpu': expected" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_cascade_on_cuda_answers_as_on_cpu(deployed, in_process):
+    _, bank = deployed
+    on_gpu = Cascade.from_deploy(deployed[0] / "deploy.json", device="cuda")
+    assert on_gpu.lvm.device.type == "cuda"
+    for rows in contexts(bank):
+        a, b = on_gpu.search(ContextRows(rows)), in_process.search(ContextRows(rows))
+        np.testing.assert_allclose(a.scores, b.scores, atol=1e-4)  # float32, other sum orders
+    texts = ["The Moon is Earth's only natural satellite."]
+    np.testing.assert_allclose(on_gpu.embed(texts), in_process.embed(texts), atol=1e-4)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from cascade.bank import BankError, load_bank, save_bank
 from cascade.shard import bank_rows, load_bank_rows, merge_topk, shard_bounds, whole_fingerprint
 from cascade.stage1 import ContextRows, Stage1
+from serving.config import ConfigError, ServingConfig, load_config
 from serving.protos import pb, rpc
 from tests.test_serving import ServingSet, free_port
 from training.synth_bank import SynthConfig, synth_bank
@@ -129,6 +130,18 @@ def test_a_shard_refuses_what_needs_the_whole_bank(banked):
     from cascade.pairs import Pairs
     with pytest.raises(ValueError, match="evaluation and mining need the whole bank"):
         shard.search_pairs(Pairs.__new__(Pairs), k=5)
+
+
+def test_the_config_lists_shards_of_replicas(tmp_path):
+    assert ServingConfig().stage1.shards == [["127.0.0.1:50061"]]  # default: one shard
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"stage1": {"shards": [["h:1", "h:2"], ["h:3"]]}}))
+    assert load_config(path).stage1.addresses == ["h:1", "h:2", "h:3"]
+    for bad, message in (([], "at least one shard"), ([["h:1"], []], "at least one shard"),
+                         ([["h"]], "is not host:port"), (["h:1"], r"shards\[0\]: expected")):
+        path.write_text(yaml.safe_dump({"stage1": {"shards": bad}}))
+        with pytest.raises(ConfigError, match=message):
+            load_config(path)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from cascade.bank import Bank, BankError, save_bank, sha256_file
+from cascade.device import resolve_device
 from cascade.encoder import (
     ENCODE_BATCH,
     SHARD_SENTENCES,
@@ -391,6 +392,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--replace", action="store_true",
                    help="replace a bank at --out that was built from another corpus")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--device", default="cpu",
+                   help="where the encoder runs: auto (cuda, else mps, else cpu), cpu, cuda, "
+                        "cuda:N, mps (default cpu; the vectors come back as float32 numpy)")
     args = p.parse_args(argv)
     if args.limit_articles is not None and args.limit_articles < 1:
         p.error("--limit-articles must be >= 1")
@@ -416,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
         centroids = None
         if args.tmd_centroids:
             centroids = DomainCentroids.load(args.tmd_centroids)
+        device = resolve_device(args.device)
     except (CorpusError, ValueError) as e:
         print(f"ingest: error: {e}", file=sys.stderr)
         return 2
@@ -463,8 +468,8 @@ def main(argv: list[str] | None = None) -> int:
     log.info("%d articles in the corpus, ingesting %d", n_corpus, len(articles))
 
     t_model = time.perf_counter()
-    model = load_encoder()
-    log.info("encoder %s loaded in %.1f s (dim %d)", encoder["name"],
+    model = load_encoder(device)
+    log.info("encoder %s loaded on %s in %.1f s (dim %d)", encoder["name"], device,
              time.perf_counter() - t_model, encoder_dim(model))
     stats: dict[str, Any] = {}
     try:

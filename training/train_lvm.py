@@ -17,6 +17,11 @@
    by article; the final head is then fitted on all of val. The test split is never read here.
 4. The LVM checkpoint (predictor + head) is written to <out>/lvm.pt and named, with its sha256,
    in deploy.json; so is stage 3's w when a TMD reranker is available.
+
+--device (auto, cpu, cuda, cuda:N, mps) is where the query tower and the predictor run; FAISS,
+the cleaning of negatives and the head (a few hundred full-batch steps on val features) stay on
+the CPU. Checkpoints hold CPU tensors. --resume is exact on the same device; on another it
+continues from the same weights without being bit-identical (it says so in the log).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from tqdm import tqdm
 
 from cascade.bank import Bank, BankError, atomic_write, load_bank, sha256_file
 from cascade.deploy import CascadeConfig, DeployError, read_deploy
+from cascade.device import module_device, resolve_device, rng_state, set_rng_state, to_cpu
 from cascade.lvm import (
     BankStructure,
     Lvm,
@@ -84,6 +90,7 @@ class LvmTrainConfig:
     grad_clip: float = 1.0
     seed: int = 42
     threads: int = 0  # torch threads; 0 = torch's default
+    device: str = "cpu"  # where the towers run: auto, cpu, cuda, cuda:N, mps (FAISS: CPU)
     model: LvmConfig = field(default_factory=LvmConfig)
 
 
@@ -149,10 +156,11 @@ def stage1_candidates(stage1: Stage1, pairs: Pairs, k: int) -> Candidates:
     return Candidates(pairs, I, D, q)
 
 
-def batch_tensors(bank: Bank, pairs: Pairs, max_len: int | None
+def batch_tensors(bank: Bank, pairs: Pairs, max_len: int | None, device=None
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     rows, mask = context_windows(pairs, max_len)
-    return torch.from_numpy(bank.vectors[rows]), torch.from_numpy(mask)
+    return (torch.from_numpy(bank.vectors[rows]).to(device),
+            torch.from_numpy(mask).to(device))
 
 
 @torch.no_grad()
@@ -174,15 +182,16 @@ def predictor_ranks(model: Lvm, bank: Bank, cands: Candidates, batch: int = 256)
     """Rank of the target when the candidates are ordered by cos(prediction, candidate)."""
     ranks = np.empty(len(cands.pairs), np.int64)
     model.eval()
-    V = torch.from_numpy(bank.vectors)
+    device = module_device(model)
+    V = torch.from_numpy(bank.vectors).to(device)
     for lo in range(0, len(cands.pairs), batch):
         idx = np.arange(lo, min(lo + batch, len(cands.pairs)))
         sub = cands.pairs.subset(idx)
-        ctx, mask = batch_tensors(bank, sub, model.cfg.max_len)
+        ctx, mask = batch_tensors(bank, sub, model.cfg.max_len, device)
         pred = model.predict(ctx, mask)
-        ids = torch.from_numpy(cands.ids[idx])
+        ids = torch.from_numpy(cands.ids[idx]).to(device)
         s = torch.einsum("bkd,bd->bk", V[ids.clamp(min=0)], pred).masked_fill(ids < 0, -np.inf)
-        order = torch.argsort(s, dim=1, descending=True, stable=True).numpy()
+        order = torch.argsort(s, dim=1, descending=True, stable=True).cpu().numpy()
         ranks[idx] = target_ranks(np.take_along_axis(cands.ids[idx], order, 1), sub.target)
     return ranks
 
@@ -205,7 +214,8 @@ def train_epoch(model: Lvm, opt, bank: Bank, cands: Candidates, negs: np.ndarray
     model.train()
     rng = np.random.default_rng([cfg.seed, epoch])
     order = rng.permutation(len(cands.pairs))
-    V = torch.from_numpy(bank.vectors)
+    device = module_device(model)
+    V = torch.from_numpy(bank.vectors).to(device)  # on the CPU a view, elsewhere one copy
     sums = {"loss": 0.0, "nce": 0.0, "cos": 0.0}
     bar = tqdm(range(0, len(order), cfg.bs), desc=f"lvm epoch {epoch}", leave=False,
                disable=not sys.stderr.isatty())
@@ -218,15 +228,16 @@ def train_epoch(model: Lvm, opt, bank: Bank, cands: Candidates, negs: np.ndarray
         pool = negs[idx]
         keys = np.where(pool >= 0, rng.random(pool.shape), 2.0)
         pick = np.take_along_axis(pool, np.argsort(keys, axis=1)[:, :cfg.negatives], 1)
-        ctx, mask = batch_tensors(bank, sub, cfg.model.max_len)
+        ctx, mask = batch_tensors(bank, sub, cfg.model.max_len, device)
         pred = model.predict(ctx, mask)
-        pos = V[torch.from_numpy(sub.target)]
-        neg_ids = torch.from_numpy(pick)
+        pos = V[torch.from_numpy(sub.target).to(device)]
+        neg_ids = torch.from_numpy(pick).to(device)
         neg = V[neg_ids.clamp(min=0)]
         logits = torch.cat([(pred * pos).sum(1, keepdim=True),
                             torch.einsum("bd,bnd->bn", pred, neg).masked_fill(neg_ids < 0,
                                                                               -np.inf)], 1)
-        nce = F.cross_entropy(logits / cfg.tau, torch.zeros(len(idx), dtype=torch.long))
+        nce = F.cross_entropy(logits / cfg.tau, torch.zeros(len(idx), dtype=torch.long,
+                                                            device=device))
         cos = (1 - (pred * pos).sum(1)).mean()
         loss = nce + cfg.cos_weight * cos
         opt.zero_grad(set_to_none=True)
@@ -324,7 +335,13 @@ def train(cfg: LvmTrainConfig, resume: bool = False, stop_after: int = 0) -> dic
     out = Path(cfg.out)
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     log_path = setup_logging(cfg)
+    device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
+    # As train_v4: deterministic kernels and float32 kept float32 in cuDNN's GRU (no TF32), so
+    # --resume on cuda is exact and a cuda run stays close to the CPU's.
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.allow_tf32 = False
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
 
@@ -333,13 +350,13 @@ def train(cfg: LvmTrainConfig, resume: bool = False, stop_after: int = 0) -> dic
                                       f"{cfg.deploy}: cascade")
     bank = load_bank(deploy["bank"])
     pairs = load_pairs(cfg.pairs, bank)
-    stage1 = Stage1.from_deploy(cfg.deploy, bank=bank)
+    stage1 = Stage1.from_deploy(cfg.deploy, bank=bank, device=device)
     train_pairs, val = pairs.subset(np.flatnonzero(pairs.split == TRAIN)), pairs.val()
     if not len(train_pairs) or not len(val):
         raise PairsError(f"{cfg.pairs}: needs train and val pairs (train {len(train_pairs)}, "
                          f"val {len(val)})")
     cfg.model.dim = bank.dim
-    log.info(f"{cfg.name}: stage 1 = {stage1.kind} ({deploy.get('reason', '')}); bank "
+    log.info(f"{cfg.name}: stage 1 = {stage1.kind} ({deploy.get('reason', '')}) on {device}; bank "
              f"{deploy['bank']} ({bank.n:,} x {bank.dim}); train {len(train_pairs):,}, val "
              f"{len(val):,} pairs; top-{cfg.k} candidates; log {log_path}")
 
@@ -354,7 +371,7 @@ def train(cfg: LvmTrainConfig, resume: bool = False, stop_after: int = 0) -> dic
              f"{hits(tr.ranks, cfg.k):.2f}%, val {hits(s1_val, cfg.k):.2f}%; val Hit@10 "
              f"{hits(s1_val, 10):.2f}%; negatives cleaned away: {negs.dropped_fraction:.2%}")
 
-    model = Lvm(cfg.model)
+    model = Lvm(cfg.model).to(device)
     opt = torch.optim.AdamW(model.predictor.parameters(), lr=cfg.lr, weight_decay=cfg.wd)
     total = cfg.epochs * math.ceil(len(tr.pairs) / cfg.bs)
     history, step, start, best = [], 0, 1, (-1.0, -1.0)
@@ -364,15 +381,19 @@ def train(cfg: LvmTrainConfig, resume: bool = False, stop_after: int = 0) -> dic
         saved = state["train_config"]
         now = dataclasses.asdict(cfg)
         for key in sorted(set(saved) | set(now)):
-            if key not in ("log_dir", "threads") and saved.get(key) != now.get(key):
+            if key not in ("log_dir", "threads", "device") and saved.get(key) != now.get(key):
                 raise ConfigError(f"--resume with other settings than the interrupted run "
                                   f"({key}: {saved.get(key)!r} in {last}, {now.get(key)!r} now)")
         model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
+        opt.load_state_dict(state["optimizer"])  # moves its state to the parameters' device
+        set_rng_state({"cpu": state["torch_rng"], **state.get("device_rng", {})}, device)
         history, step, best = state["history"], state["step"], tuple(state["best"])
         start = state["epoch"] + 1
-        log.info(f"Resumed from {last} after epoch {state['epoch']}")
+        trained_on = state.get("device", "cpu")
+        log.info(f"Resumed from {last} after epoch {state['epoch']}" + (
+            f" (it trained on {trained_on}, this run is on {device}: it continues from the "
+            f"same weights, not bit-identical to an uninterrupted run)"
+            if trained_on != str(device) else ""))
     atomic_write(out / "config.yaml", lambda f: f.write(to_yaml(cfg).encode()))
 
     for epoch in range(start, cfg.epochs + 1):
@@ -395,9 +416,10 @@ def train(cfg: LvmTrainConfig, resume: bool = False, stop_after: int = 0) -> dic
         if key > best:
             best = key
             save_lvm(out / "checkpoints" / "best.pt", model, bank.fingerprint(), extra)
+        rngs = rng_state(device)
         save_lvm(last, model, bank.fingerprint(),
-                 {**extra, "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(),
-                  "step": step, "best": list(best)})
+                 {**extra, "optimizer": to_cpu(opt.state_dict()), "torch_rng": rngs.pop("cpu"),
+                  "device_rng": rngs, "device": str(device), "step": step, "best": list(best)})
         atomic_write(out / "history.json", lambda f: f.write(json.dumps(history, indent=1)
                                                              .encode()))
 
@@ -449,7 +471,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                 description=__doc__.split("\n")[0])
     p.add_argument("--config", help="YAML config (a path, or a name under training/configs/)")
     flags = {"deploy": str, "pairs": str, "out": str, "epochs": int, "bs": int, "lr": float,
-             "tau": float, "negatives": int, "seed": int, "threads": int, "log_dir": str}
+             "tau": float, "negatives": int, "seed": int, "threads": int, "log_dir": str,
+             "device": str}
     for name, tp in flags.items():
         p.add_argument(f"--{name.replace('_', '-')}", type=tp, default=None, dest=name,
                        help=f"overrides the config's '{name}' "
