@@ -208,7 +208,8 @@ def bench_contexts(deploy_path: str, n: int = 200, length: int = 8, seed: int = 
     for a in rng.choice(len(starts), size=n):
         s, e = starts[a], ends[a]
         lo = max(s, e - 1 - length) if e - s > 1 else s
-        out.append(np.ascontiguousarray(bank.vectors[lo:max(lo + 1, e - 1)][:length]))
+        # A copy: a view would keep the whole bank alive as long as the contexts.
+        out.append(bank.vectors[lo:max(lo + 1, e - 1)][:length].copy())
     return out
 
 

@@ -2,11 +2,12 @@
 the bank file, and the exact merge of the shards' top-K lists.
 
 A bank too large for one machine is cut into S contiguous row ranges (`shard_bounds`). Shard s
-reads rows [lo, hi) alone (`load_bank_rows`: a memory map of the uncompressed `.npz` member, so
-it never holds the whole bank) and searches them with an ordinary `Stage1(bank, rows=(lo, hi,
-n))`, which answers in the bank's global row ids and applies the same context exclusion as the
-unsharded Stage1: context rows by id, and rows within cos DUP_COS of a context vector. Both rules
-look at one row at a time, so every shard drops exactly its part of what the whole bank drops.
+reads rows [lo, hi) alone (`load_bank_rows`: straight from their offset in the uncompressed
+`.npz` member into one array, so it never holds the whole bank) and searches them with an
+ordinary `Stage1(bank, rows=(lo, hi, n))`, which answers in the bank's global row ids and applies
+the same context exclusion as the unsharded Stage1: context rows by id, and rows within cos
+DUP_COS of a context vector. Both rules look at one row at a time, so every shard drops exactly
+its part of what the whole bank drops.
 
 `merge_topk` merges the shards' answers in FAISS's own order for exact search (score descending,
 equal scores with the larger row id first: FAISS's heaps keep the larger id on a tie, also at the
@@ -119,9 +120,7 @@ def load_bank_rows(path: str | Path, lo: int, hi: int) -> Bank:
                 n = shape[0] if n is None else n
                 if not 0 <= lo < hi <= n:
                     raise BankError(f"{path}: rows [{lo}, {hi}) are not inside [0, {n})")
-                mm = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
-                arrays[key] = np.array(mm[lo:hi])  # a copy of the range; the map is dropped
-                del mm
+                arrays[key] = _read_rows(path, dtype, shape, offset, lo, hi)
     except (OSError, KeyError, zipfile.BadZipFile) as e:
         raise BankError(f"{path}: not a readable bank .npz ({e})") from None
     meta = _sidecar(path)
@@ -131,6 +130,21 @@ def load_bank_rows(path: str | Path, lo: int, hi: int) -> Bank:
     bank.meta = {**meta, "rows": [lo, hi, n]}
     bank._fingerprint = whole_fingerprint(path, meta)
     return bank
+
+
+def _read_rows(path: str, dtype: np.dtype, shape: tuple, offset: int, lo: int, hi: int
+               ) -> np.ndarray:
+    """Rows [lo, hi) of the C-order array stored at `offset`, read into one new array (no
+    memory map, whose pages would count in the process's resident memory beside the copy)."""
+    out = np.empty((hi - lo, *shape[1:]), dtype)
+    row = out[0].nbytes if len(out) else 0
+    with open(path, "rb") as f:
+        f.seek(offset + lo * row)
+        got = f.readinto(memoryview(out).cast("B"))
+    if got != out.nbytes:
+        raise BankError(f"{path}: truncated (rows [{lo}, {hi}) need {out.nbytes} bytes at "
+                        f"{offset + lo * row}, read {got})")
+    return out
 
 
 def _sidecar(path: str) -> dict:
@@ -164,11 +178,11 @@ def whole_fingerprint(path: str, meta: dict | None = None) -> str:
         return meta["fingerprint"]
     with zipfile.ZipFile(path) as z:
         dtype, shape, offset = _member(path, z, "vectors")
-    mm = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
     h = hashlib.sha256()
     h.update(f"{np.dtype(np.float32).str}{tuple(shape)}".encode())
     for lo in range(0, shape[0], _BLOCK):
-        block = np.array(mm[lo:lo + _BLOCK], dtype=np.float32)
+        block = _read_rows(path, dtype, shape, offset, lo, min(lo + _BLOCK, shape[0]))
+        block = block.astype(np.float32, copy=False)
         _check_unit(block, path, lo)
         h.update(memoryview(np.ascontiguousarray(block)).cast("B"))
     return "sha256:" + h.hexdigest()
