@@ -2,6 +2,8 @@
 
     python -m serving.server --config serving/serving.yaml            # the whole set (make serve)
     python -m serving.server --config serving/serving.yaml --only lvm  # one stage, e.g. on its host
+    python -m serving.server --config serving/serving.yaml --only stage1 --shard 1
+                                       # one stage-1 shard (stage1.shards[1]) on its host
 
 Every process loads its models before it reports SERVING (grpc.health.v1, per service); on
 SIGTERM it stops taking calls, lets the calls in flight finish (`grace_seconds`) and exits. The
