@@ -26,9 +26,16 @@ import numpy as np
 from cascade.bank import BankError, write_json
 from cascade.deploy import DeployError
 from cascade.lvm import LvmError
-from cascade.metrics import cluster_bootstrap_ci, paired_difference, target_ranks
+from cascade.metrics import (
+    cluster_bootstrap_ci,
+    hits_at,
+    paired_difference,
+    reciprocal_ranks,
+    target_ranks,
+)
 from cascade.pairs import PairsError, load_pairs
 from cascade.pipeline import Cascade, ContextRows, set_threads
+from cascade.split import TEST
 
 HIT_KS = (1, 5, 10)
 
@@ -45,14 +52,6 @@ def stage_ranks(cascade: Cascade, pairs, batch: int = 256) -> dict[str, np.ndarr
     return {name: np.concatenate(parts) for name, parts in out.items()}
 
 
-def hit_values(ranks: np.ndarray, k: int) -> np.ndarray:
-    return ((ranks >= 0) & (ranks < k)).astype(np.float64)
-
-
-def mrr_values(ranks: np.ndarray, k: int = 10) -> np.ndarray:
-    return np.where((ranks >= 0) & (ranks < k), 1.0 / (np.maximum(ranks, 0) + 1.0), 0.0)
-
-
 def with_ci(values: np.ndarray, clusters: np.ndarray, scale: float = 100.0) -> dict:
     lo, hi = cluster_bootstrap_ci(values, clusters)
     return {"value": scale * float(values.mean()), "ci95": [scale * lo, scale * hi]}
@@ -62,14 +61,14 @@ def quality(ranks: dict[str, np.ndarray], clusters: np.ndarray, k1: int) -> dict
     base = ranks["stage1"]
     report = {}
     for name, r in ranks.items():
-        m = {f"hit@{k}": with_ci(hit_values(r, k), clusters) for k in HIT_KS}
-        m["mrr@10"] = with_ci(mrr_values(r), clusters, scale=1.0)
+        m = {f"hit@{k}": with_ci(hits_at(r, k), clusters) for k in HIT_KS}
+        m["mrr@10"] = with_ci(reciprocal_ranks(r, 10), clusters, scale=1.0)
         if name == "stage1":
-            m[f"recall@{k1}"] = with_ci(hit_values(r, k1), clusters)
+            m[f"recall@{k1}"] = with_ci(hits_at(r, k1), clusters)
         else:
             m["vs_stage1"] = {f"hit@{k}": paired_difference(r, base, k, clusters=clusters)
                               for k in HIT_KS}
-            d = mrr_values(r) - mrr_values(base)
+            d = reciprocal_ranks(r, 10) - reciprocal_ranks(base, 10)
             lo, hi = cluster_bootstrap_ci(d, clusters)
             m["vs_stage1"]["mrr@10"] = {"diff": float(d.mean()), "ci95": [lo, hi],
                                         "significant": bool(lo > 0 or hi < 0)}
@@ -157,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         split = pairs.test() if args.split == "test" else pairs.val()
         if not len(split):
             raise PairsError(f"{args.pairs}: no {args.split} pairs")
+        if args.split == "test" and cascade.lvm is not None:
+            cascade.lvm.check_reported_on(pairs, TEST)
     except (BankError, PairsError, DeployError, LvmError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

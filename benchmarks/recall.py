@@ -9,6 +9,10 @@ excluded): Recall@{1,5,10,50,100,500,1000}, MRR@10 and nDCG@10, each with a 95% 
 articles (pairs of one article are not independent). Each checkpoint is compared with the
 exp-weighted heuristic (alpha 0.1) by a paired, article-clustered 95% CI.
 
+When the bank's deploy.json names an LVM (`make train-lvm`), the whole cascade's final top-10
+(stage 1 -> LVM -> TMD, through `Cascade.search` as serving runs it) is scored on the same pairs:
+its list holds 10 rows, so its Recall@K past 10 is not defined and shown as "-".
+
 The heuristic is also scored the original way (the context's own rows left in the results), the
 protocol of the original report; that report's figures (500k bank, 154 queries) are quoted in a
 table of their own, never as measured here. --pairs and --ckpt default to the bank's own
@@ -25,10 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.cascade_eval import stage_ranks
 from cascade.bank import BankError, load_bank, write_json
 from cascade.checkpoint import CheckpointError, check_split_of, load_checkpoint
+from cascade.deploy import DeployError, read_deploy
 from cascade.device import resolve_device
 from cascade.index import build_index
+from cascade.lvm import LvmError
 from cascade.metrics import (
     cluster_bootstrap_ci,
     hits_at,
@@ -38,7 +45,9 @@ from cascade.metrics import (
     target_ranks,
 )
 from cascade.pairs import PairsError, load_pairs
+from cascade.pipeline import Cascade
 from cascade.query import DEFAULT_ALPHA, heuristic_queries
+from cascade.split import TEST, VAL
 from training.report import compare_methods
 
 KS = (1, 5, 10, 50, 100, 500, 1000)
@@ -62,18 +71,24 @@ QUOTED = {  # the original report: its 500k-chunk bank, 154 queries, context row
 }
 
 
-def bank_defaults(bank: str) -> tuple[str, dict[str, str]]:
-    """The pairs and checkpoints `make train-v4 BANK=bank` leaves, by the bank's file stem."""
+def bank_defaults(bank: str) -> tuple[str, dict[str, str], str]:
+    """The pairs, checkpoints and deploy.json `make train-v4 BANK=bank` leaves, by the bank's
+    file stem."""
     stem = Path(bank).stem
     ckpts = {"v4": f"runs/{stem}/twotower_v4/checkpoints/best.pt",
              "v3": f"runs/{stem}/twotower_v3_phase2/checkpoints/best.pt"}
-    return f"artifacts/twotower/{stem}/pairs_v4.npz", ckpts
+    return f"artifacts/twotower/{stem}/pairs_v4.npz", ckpts, f"runs/{stem}/deploy.json"
 
 
-def scores(ranks: np.ndarray, clusters: np.ndarray, seed: int = 0) -> dict:
-    """Recall@k for KS, MRR@10 and nDCG@10 in percent / [0, 1], each with its clustered CI."""
+def scores(ranks: np.ndarray, clusters: np.ndarray, seed: int = 0,
+           list_len: int | None = None) -> dict:
+    """Recall@k for KS, MRR@10 and nDCG@10 in percent / [0, 1], each with its clustered CI.
+    A ranking only `list_len` rows long has no Recall@k for k > list_len (None)."""
     out: dict = {"n": int(len(ranks))}
     for k in KS:
+        if list_len is not None and k > list_len:
+            out[f"recall@{k}"], out[f"recall@{k}_ci95"] = None, None
+            continue
         v = hits_at(ranks, k)
         out[f"recall@{k}"] = 100 * float(v.mean()) if len(v) else None
         out[f"recall@{k}_ci95"] = [100 * float(x)
@@ -91,6 +106,8 @@ def markdown(table: dict) -> str:
     rows = [head, "|---" * (len(KS) + 3) + "|"]
 
     def cell(m: dict, key: str, scale: str) -> str:
+        if m[key] is None:
+            return "-"
         lo, hi = m[f"{key}_ci95"]
         return f"{m[key]:{scale}} [{lo:{scale}}, {hi:{scale}}]"
 
@@ -122,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="a trained checkpoint to score (repeatable; default: the bank's v4 and "
                         "v3 runs under runs/<bank stem>/, those that exist); one trained on "
                         "articles of the scored split is refused")
+    p.add_argument("--deploy", default=None,
+                   help="deploy.json whose cascade (stage 1 -> LVM -> TMD) adds its top-10 row "
+                        "(default: runs/<bank stem>/deploy.json, when it names an LVM; 'none' "
+                        "leaves the row out)")
     p.add_argument("--split", choices=("test", "val", "train"), default="test",
                    help="which split (report on test; select and tune on val)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
@@ -135,8 +156,14 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    default_pairs, default_ckpts = bank_defaults(args.bank)
+    default_pairs, default_ckpts, default_deploy = bank_defaults(args.bank)
     pairs_path = args.pairs or default_pairs
+    deploy = args.deploy or default_deploy
+    if args.deploy is None and not (Path(deploy).exists() and read_deploy(deploy).get("lvm")):
+        if args.ckpt is None:  # all defaults: say what is missing, as for the checkpoints
+            print(f"note: {deploy} names no LVM (make train-lvm BANK={args.bank}); scoring "
+                  f"without the cascade's row", file=sys.stderr)
+        deploy = "none"
     if args.ckpt is None:
         ckpts = {name: path for name, path in default_ckpts.items() if Path(path).exists()}
         for name, path in default_ckpts.items():
@@ -162,7 +189,18 @@ def main(argv: list[str] | None = None) -> int:
         # Recall@k past the bank's size is recall@N: FAISS cannot return more than N rows.
         search_ks = tuple(sorted({min(k, bank.n) for k in KS}))
         _, ranks = compare_methods(bank, split, methods, search_ks, device)
-    except (BankError, PairsError, CheckpointError) as e:
+        if deploy != "none":
+            cascade = Cascade.from_deploy(deploy, bank=bank)
+            if cascade.lvm is not None and args.split != "train":
+                cascade.lvm.check_reported_on(pairs, {"test": TEST, "val": VAL}[args.split])
+            if cascade.stage1.kind == "v4":
+                check_split_of(load_checkpoint(cascade.stage1.checkpoint, bank.fingerprint()),
+                               cascade.stage1.checkpoint, pairs, bank, f"{deploy}: stage 1")
+            stage = stage_ranks(cascade, split)
+            last = list(stage)[-1]
+            cascade_name = f"cascade top-{cascade.last_k} ({' -> '.join(stage)})"
+            ranks[cascade_name] = stage[last]
+    except (BankError, PairsError, CheckpointError, DeployError, LvmError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
@@ -172,10 +210,12 @@ def main(argv: list[str] | None = None) -> int:
                             max(search_ks))
         ranks[name] = target_ranks(I, split.target)
     clusters = split.articles(bank)
-    table = {name: scores(r, clusters, args.seed) for name, r in ranks.items()}
+    lengths = {cascade_name: cascade.last_k} if deploy != "none" else {}
+    table = {name: scores(r, clusters, args.seed, lengths.get(name)) for name, r in ranks.items()}
     versus = {name: {f"recall@{k}": paired_difference(ranks[name], ranks[HEURISTIC], k,
                                                       clusters=clusters)
-                     for k in (10, 500)} for name in ckpts}
+                     for k in (10, 500) if k <= lengths.get(name, k)}
+              for name in [*ckpts, *lengths]}
 
     print(f"{args.split} split: {len(split):,} pairs from {len(np.unique(clusters)):,} articles; "
           f"bank {args.bank} ({bank.n:,} x {bank.dim}); exact search; 95% CIs resample articles")
@@ -195,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
               "protocol": "exact search; the context's own rows excluded, except the rows named "
                           "'context rows left in' (the original report's protocol)",
               "methods": table, "vs_heuristic": versus, "checkpoints": ckpts, "device": str(device),
+              "cascade_deploy": None if deploy == "none" else deploy,
               "quoted_reference": QUOTED}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

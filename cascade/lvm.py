@@ -37,7 +37,9 @@ from torch import nn
 
 from cascade.bank import Bank, atomic_write, sha256_file
 from cascade.device import to_cpu
+from cascade.pairs import Pairs
 from cascade.result import StageResult
+from cascade.split import SIDE_NAMES, TEST, SplitSpec, row_sides
 from cascade.towers import TowerConfig, age_weighted, build_towers
 
 FORMAT_VERSION = 1
@@ -234,6 +236,7 @@ MODEL = "model"
 CONFIG = "lvm_config"
 BANK_FINGERPRINT = "bank_fingerprint"
 FORMAT = "format_version"
+SPLIT = "split"  # the article split of the pairs it was fitted on (train + val articles)
 
 
 def save_lvm(path, model: Lvm, fingerprint: str, extra: dict | None = None) -> None:
@@ -275,19 +278,41 @@ def build_lvm(state: dict, where: str = "checkpoint") -> Lvm:
 class LvmReranker:
     """Stage 2 for serving: load once, rerank batches of stage-1 candidates."""
 
-    def __init__(self, model: Lvm, bank: Bank, device="cpu"):
+    def __init__(self, model: Lvm, bank: Bank, split: SplitSpec | None = None,
+                 path: str = "", device="cpu"):
         if model.cfg.dim != bank.dim:
             raise LvmError(f"LVM dimension {model.cfg.dim} is not the bank's {bank.dim}")
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)
         self.bank = bank
         self.structure = BankStructure(bank).to(self.device)  # the bank's vectors go along
+        self.split = split  # the article split it was fitted with (None: not recorded)
+        self.path = path
 
     @classmethod
     def load(cls, ckpt_path, bank: Bank, *, sha256: str | None = None,
              device="cpu") -> LvmReranker:
         state = load_lvm_state(ckpt_path, bank.fingerprint(), sha256)
-        return cls(build_lvm(state, str(ckpt_path)), bank, device)
+        split = state.get(SPLIT)
+        return cls(build_lvm(state, str(ckpt_path)), bank,
+                   SplitSpec.from_dict(split) if isinstance(split, dict) else None, str(ckpt_path),
+                   device)
+
+    def check_reported_on(self, pairs: Pairs, side: int = TEST) -> None:
+        """Refuse to report on `side` pairs of `pairs` whose articles this LVM was fitted on:
+        its predictor trains on train articles and its head is fitted on val articles, so only
+        articles on its own test side are unseen."""
+        if self.split is None:
+            raise LvmError(f"LVM {self.path}: records no article split (trained before splits "
+                           f"were pinned); retrain it (make train-lvm)")
+        rows = np.flatnonzero(pairs.split == side)
+        seen = row_sides(self.bank, self.split)[pairs.target[rows]] != TEST
+        if seen.any():
+            n_art = len(np.unique(self.bank.article_indices[pairs.target[rows[seen]]]))
+            raise LvmError(f"LVM {self.path}: {int(seen.sum()):,} {SIDE_NAMES[side]} pairs "
+                           f"({n_art:,} articles) of {pairs.path} are articles it was fitted on "
+                           f"(its split: seed {self.split.seed}, key {self.split.key}); use pairs "
+                           f"with its split or retrain it")
 
     @torch.inference_mode()
     def logits(self, contexts: list[np.ndarray], cand_ids: np.ndarray,

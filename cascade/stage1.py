@@ -152,6 +152,7 @@ class Stage1:
             index = open_index(self.doc_vectors, index_factory, index_params,
                                index_cache_path(bank, index_factory, tag), fingerprint)
         self.index = index
+        self.checkpoint: str | None = None  # the query tower's checkpoint, when trained
 
     @property
     def sharded(self) -> bool:
@@ -165,7 +166,9 @@ class Stage1:
         """A trained query tower (and its doc tower) from a checkpoint pinned to `bank`, its
         towers on `device` (batches go there; search stays on the CPU)."""
         query, doc, _ = load_towers(path, bank.fingerprint(), device)
-        return cls(bank, query=query, doc=None if doc.is_identity else doc, **kw)
+        stage1 = cls(bank, query=query, doc=None if doc.is_identity else doc, **kw)
+        stage1.checkpoint = str(path)
+        return stage1
 
     @classmethod
     def from_deploy(cls, deploy_path, *, bank: Bank | None = None,

@@ -96,8 +96,9 @@ def test_heuristic_row_equals_a_direct_evaluation(inputs, result):
 
 
 def test_defaults_follow_the_bank():
-    pairs, ckpts = recall.bank_defaults("artifacts/my_bank.npz")
+    pairs, ckpts, deploy = recall.bank_defaults("artifacts/my_bank.npz")
     assert pairs == "artifacts/twotower/my_bank/pairs_v4.npz"
+    assert deploy == "runs/my_bank/deploy.json"
     assert ckpts == {"v4": "runs/my_bank/twotower_v4/checkpoints/best.pt",
                      "v3": "runs/my_bank/twotower_v3_phase2/checkpoints/best.pt"}
 

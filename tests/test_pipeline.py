@@ -79,3 +79,41 @@ def test_cascade_eval_writes_a_table_and_strict_json(cascade_dir, capsys):
     lat = report["latency"]
     assert lat["single"]["stage1"]["calls"] == 20 and lat["batch"]["total"]["calls"] == 2
     assert "Hit@10" in capsys.readouterr().out
+
+
+def test_recall_benchmark_adds_the_cascade_row(cascade_dir, capsys):
+    """benchmarks.recall scores the cascade's final top-10 through the serving path: the same
+    Hit@10 as cascade_eval's last stage, and no Recall@K past its list's 10 rows."""
+    from benchmarks import cascade_eval, recall
+
+    root, bank, pairs = cascade_dir
+    out = root / "recall.json"
+    assert recall.main(["--bank", str(bank.path), "--pairs", str(root / "pairs.npz"),
+                        "--deploy", str(root / "deploy.json"), "--out", str(out)]) == 0
+    report = json.loads(out.read_text(), parse_constant=pytest.fail)
+    name = "cascade top-10 (stage1 -> lvm -> tmd)"
+    row = report["methods"][name]
+    assert row["recall@50"] is None and row["recall@50_ci95"] is None
+    ranks = cascade_eval.stage_ranks(Cascade.from_deploy(root / "deploy.json"), pairs.test())
+    assert row["recall@10"] == pytest.approx(100 * float(((ranks["tmd"] >= 0)
+                                                         & (ranks["tmd"] < 10)).mean()))
+    assert set(report["vs_heuristic"][name]) == {"recall@10"}
+    assert "| cascade top-10" in capsys.readouterr().out
+
+
+def test_an_lvm_fitted_on_the_reported_articles_is_refused(cascade_dir):
+    """An LVM whose split puts test articles of these pairs on its train/val side would be
+    scored on articles it was fitted on."""
+    from cascade.lvm import LvmError
+    from cascade.split import TEST, SplitSpec
+
+    root, _, pairs = cascade_dir
+    cascade = Cascade.from_deploy(root / "deploy.json")
+    cascade.lvm.check_reported_on(pairs, TEST)  # its own split: fine
+    spec = pairs.split_spec.to_dict()
+    cascade.lvm.split = SplitSpec.from_dict({**spec, "seed": spec["seed"] + 1})
+    with pytest.raises(LvmError, match="test pairs .* articles it was fitted on"):
+        cascade.lvm.check_reported_on(pairs, TEST)
+    cascade.lvm.split = None
+    with pytest.raises(LvmError, match="records no article split"):
+        cascade.lvm.check_reported_on(pairs, TEST)

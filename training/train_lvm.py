@@ -43,8 +43,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from cascade.bank import Bank, BankError, atomic_write, load_bank, sha256_file
-from cascade.deploy import CascadeConfig, DeployError, read_deploy
+from cascade.checkpoint import check_split_of, load_checkpoint
+from cascade.deploy import CascadeConfig, DeployError, read_deploy, resolve
 from cascade.device import module_device, resolve_device, rng_state, set_rng_state, to_cpu
+from cascade.lvm import SPLIT as LVM_SPLIT
 from cascade.lvm import (
     BankStructure,
     Lvm,
@@ -350,7 +352,14 @@ def train(cfg: LvmTrainConfig, resume: bool = False, stop_after: int = 0) -> dic
                                       f"{cfg.deploy}: cascade")
     bank = load_bank(deploy["bank"])
     pairs = load_pairs(cfg.pairs, bank)
+    if pairs.split_spec is None:
+        raise PairsError(f"{cfg.pairs}: records no article split; re-expand the pairs "
+                         f"(make train-v4 does)")
     stage1 = Stage1.from_deploy(cfg.deploy, bank=bank, device=device)
+    if stage1.kind == "v4":  # candidates of contexts v4 trained on would be too easy
+        ckpt = resolve(cfg.deploy, deploy["checkpoint"])
+        check_split_of(load_checkpoint(ckpt, bank.fingerprint()), ckpt, pairs, bank,
+                       f"{cfg.deploy}: stage-1 checkpoint")
     train_pairs, val = pairs.subset(np.flatnonzero(pairs.split == TRAIN)), pairs.val()
     if not len(train_pairs) or not len(val):
         raise PairsError(f"{cfg.pairs}: needs train and val pairs (train {len(train_pairs)}, "
@@ -412,7 +421,8 @@ def train(cfg: LvmTrainConfig, resume: bool = False, stop_after: int = 0) -> dic
                  f"(stage 1 {h['val_stage1_hit@10']:.2f}%), Hit@50 {h['val_pred_hit@50']:.2f}% "
                  f"| {h['seconds']:.0f}s")
         key = (round(h["val_pred_hit@50"], 6), h["val_pred_hit@10"])
-        extra = {"epoch": epoch, "train_config": dataclasses.asdict(cfg), "history": history}
+        extra = {"epoch": epoch, "train_config": dataclasses.asdict(cfg), "history": history,
+                 LVM_SPLIT: pairs.split_spec.to_dict()}
         if key > best:
             best = key
             save_lvm(out / "checkpoints" / "best.pt", model, bank.fingerprint(), extra)
@@ -448,7 +458,8 @@ def train(cfg: LvmTrainConfig, resume: bool = False, stop_after: int = 0) -> dic
                  f"w = 0)")
     lvm_path = out / "lvm.pt"
     save_lvm(lvm_path, model, bank.fingerprint(), {"val": {k: v for k, v in result.items()
-                                                           if k != "history"}})
+                                                           if k != "history"},
+                                                   LVM_SPLIT: pairs.split_spec.to_dict()})
     atomic_write(out / "result.json", lambda f: f.write(json.dumps(result, indent=2).encode()))
     update_deploy(cfg.deploy, lvm_path, cfg, tmd["w"] if tmd else 0.0)
     log.info(f"wrote {lvm_path} and named it in {cfg.deploy}")
