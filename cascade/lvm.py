@@ -227,8 +227,9 @@ def keep_last(ctx: torch.Tensor, mask: torch.Tensor, n: int) -> tuple[torch.Tens
 
 
 def rerank_logits(model: Lvm, bs: BankStructure, ctx: torch.Tensor, mask: torch.Tensor,
-                  ids: torch.Tensor, s1: torch.Tensor) -> torch.Tensor:
-    return model.score(model.features(bs, ctx, mask, ids, s1), ids >= 0)
+                  ids: torch.Tensor, s1: torch.Tensor, pred: torch.Tensor | None = None
+                  ) -> torch.Tensor:
+    return model.score(model.features(bs, ctx, mask, ids, s1, pred), ids >= 0)
 
 
 # Checkpoint keys.
@@ -315,22 +316,37 @@ class LvmReranker:
                            f"with its split or retrain it")
 
     @torch.inference_mode()
-    def logits(self, contexts: list[np.ndarray], cand_ids: np.ndarray,
-               cand_scores: np.ndarray) -> torch.Tensor:
+    def predict(self, contexts: list[np.ndarray]) -> torch.Tensor | None:
+        """(B, D) predicted next vectors of checked contexts, None when the head does not use
+        them. It needs only the contexts, so the cascade computes it while stage 1 searches."""
+        if "pred" not in self.model.cfg.features:
+            return None
         from cascade.stage1 import pad_left_aligned  # a helper; stage1 does not import lvm
+        ctx, mask = pad_left_aligned(contexts)
+        d = self.device
+        return self.model.predict(torch.from_numpy(ctx).to(d), torch.from_numpy(mask).to(d))
+
+    @torch.inference_mode()
+    def logits(self, contexts: list[np.ndarray], cand_ids: np.ndarray,
+               cand_scores: np.ndarray, pred: torch.Tensor | None = None) -> torch.Tensor:
+        from cascade.stage1 import pad_left_aligned
         ctx, mask = pad_left_aligned(contexts)
         d = self.device
         return rerank_logits(self.model, self.structure, torch.from_numpy(ctx).to(d),
                              torch.from_numpy(mask).to(d), torch.from_numpy(cand_ids).to(d),
-                             torch.from_numpy(cand_scores).to(d)).cpu()
+                             torch.from_numpy(cand_scores).to(d), pred).cpu()
 
     def rerank(self, contexts: list[np.ndarray], cand_ids: np.ndarray, cand_scores: np.ndarray,
-               keep: int = 50) -> StageResult:
-        """Keep the best `keep` of each row of stage-1 candidates (B, K), best first."""
+               keep: int = 50, pred: torch.Tensor | None = None) -> StageResult:
+        """Keep the best `keep` of each row of stage-1 candidates (B, K), best first. `pred`:
+        `predict(contexts)` if already computed."""
         t0 = time.perf_counter()
         cand_ids, cand_scores = check_candidates(cand_ids, cand_scores, len(contexts),
                                                  self.bank.n, keep)
-        logits = self.logits(contexts, cand_ids, cand_scores)
+        if pred is not None and pred.shape != (len(contexts), self.bank.dim):
+            raise ValueError(f"lvm rerank: pred has shape {tuple(pred.shape)}, expected "
+                             f"({len(contexts)}, {self.bank.dim})")
+        logits = self.logits(contexts, cand_ids, cand_scores, pred)
         top = torch.topk(logits, keep, dim=1)
         ids = np.take_along_axis(cand_ids, top.indices.numpy(), axis=1)
         scores = top.values.numpy().astype(np.float32)

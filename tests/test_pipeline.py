@@ -35,6 +35,11 @@ def test_cascade_chains_the_stages(cascade_dir):
         assert set(res.ids[b]) <= set(res.stages["lvm"].ids[b])
         assert not np.isin(res.ids[b], rows[b]).any()
     assert all(st.seconds > 0 for st in res.stages.values())
+    # The LVM's prediction, computed beside stage 1, gives what rerank computes by itself.
+    vectors = [bank.vectors[r] for r in rows]
+    alone = cascade.lvm.rerank(vectors, res.stages["stage1"].ids, res.stages["stage1"].scores, 50)
+    assert np.array_equal(alone.ids, res.stages["lvm"].ids)
+    assert np.allclose(alone.scores, res.stages["lvm"].scores, rtol=0, atol=1e-6)
     # Raw vectors, one context, with the chunks' codes given: the same answer as by rows.
     one = cascade.search(bank.vectors[rows[2]], k=5, context_codes=[bank.tmd_codes[rows[2]]])
     assert np.array_equal(one.ids[0], res.ids[2, :5])
