@@ -37,11 +37,21 @@ class ServerConfig(ProcessConfig):
 
 
 @dataclass
+class StageConfig(ServerConfig):
+    # Dynamic micro-batching (serving.batcher): concurrent calls, up to max_batch, waiting at
+    # most max_wait_ms after the first, run as one batched library call. 1 = off.
+    max_batch: int = 1
+    max_wait_ms: float = 0.0
+
+
+@dataclass
 class Stage1Config(ProcessConfig):
     # The bank split by rows into len(shards) contiguous ranges, in order (cascade.shard
     # .shard_bounds); each shard is a list of replica addresses (round_robin). The front sends
     # every query to all shards and merges their top-K exactly. One shard = the whole bank.
     shards: list[list[str]] = field(default_factory=lambda: [["127.0.0.1:50061"]])
+    max_batch: int = 1  # as StageConfig
+    max_wait_ms: float = 0.0
 
     @property
     def addresses(self) -> list[str]:
@@ -62,8 +72,8 @@ class FrontConfig(ServerConfig):
     max_text_chars: int = 4000  # longest chunk text
 
 
-def _stage(port: int, metrics_port: int) -> ServerConfig:
-    return ServerConfig(addresses=[f"127.0.0.1:{port}"], metrics_port=metrics_port)
+def _stage(port: int, metrics_port: int) -> StageConfig:
+    return StageConfig(addresses=[f"127.0.0.1:{port}"], metrics_port=metrics_port)
 
 
 @dataclass
@@ -86,8 +96,10 @@ class ServingConfig:
     grace_seconds: float = 10.0  # on SIGTERM, calls in flight get this long to finish
     front: FrontConfig = field(default_factory=FrontConfig)
     stage1: Stage1Config = field(default_factory=lambda: Stage1Config(metrics_port=9410))
-    lvm: ServerConfig = field(default_factory=lambda: _stage(50062, 9420))
-    tmd: ServerConfig = field(default_factory=lambda: _stage(50063, 9430))
+    lvm: StageConfig = field(default_factory=lambda: _stage(50062, 9420))
+    # TMD's rerank is a few numpy operations on 50 candidates: no batching (no gain to share).
+    tmd: ServerConfig = field(default_factory=lambda: ServerConfig(
+        addresses=["127.0.0.1:50063"], metrics_port=9430))
     tls: TlsConfig = field(default_factory=TlsConfig)
 
     def server(self, name: str) -> ServerConfig:
@@ -144,6 +156,9 @@ def validate(cfg: ServingConfig, where: str) -> None:
         for key in ("processes", "workers", "max_concurrent_rpcs", "threads"):
             if getattr(s, key) < 1:
                 raise ConfigError(f"{where}: {name}.{key} must be >= 1, got {getattr(s, key)}")
+        if hasattr(s, "max_batch") and (s.max_batch < 1 or s.max_wait_ms < 0):
+            raise ConfigError(f"{where}: {name}.max_batch must be >= 1 and {name}.max_wait_ms "
+                              f">= 0, got {s.max_batch}, {s.max_wait_ms}")
     f = cfg.front
     if f.lvm_share <= 0 or f.tmd_share <= 0 or f.lvm_share + f.tmd_share >= 1:
         raise ConfigError(f"{where}: front.lvm_share and front.tmd_share must be > 0 with a "

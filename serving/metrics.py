@@ -19,6 +19,9 @@ LATENCY = prom.Histogram("cascade_request_seconds", "wall time of a call, by met
                          buckets=_BUCKETS)
 STAGE = prom.Histogram("cascade_stage_seconds", "wall time of a step as the front saw it "
                        "(embed, stage1, lvm, tmd)", ["stage"], buckets=_BUCKETS)
+BATCH_SIZE = prom.Histogram("cascade_batch_size", "calls answered by one library call in a stage "
+                            "server (serving.batcher; 1 when batching is off)", ["stage"],
+                            buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64))
 DEGRADED = prom.Counter("cascade_degraded_total", "answers returned without a stage",
                         ["stage", "cause"])
 

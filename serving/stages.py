@@ -2,6 +2,10 @@
 
 Each only converts messages to the library's types, calls `cascade/`, and converts back. The
 library raises ValueError naming what is wrong with an input; that becomes INVALID_ARGUMENT.
+
+Each call is checked by the library on its own, then handed to the stage's batcher
+(serving.batcher): concurrent calls of the same form run as one batched library call, with the
+largest k (keep) among them, and each caller gets its own rows back, cut to its own k.
 """
 
 from __future__ import annotations
@@ -9,10 +13,12 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from dataclasses import dataclass
 
 import grpc
 import numpy as np
 
+from serving.batcher import Batcher
 from serving.config import ServingConfig
 from serving.convert import (
     candidates_from_proto,
@@ -54,6 +60,33 @@ def stage_contexts(msgs, field: str = "contexts"):
     return [vectors_from_proto(c.vectors, f"{field}[{i}].vectors") for i, c in enumerate(msgs)]
 
 
+@dataclass
+class _Search:
+    """A checked stage-1 call: contexts as unit vectors and/or bank rows, queries if sent."""
+    k: int
+    vectors: list[np.ndarray] | None
+    rows: list[np.ndarray] | None
+    queries: np.ndarray | None
+
+    @property
+    def size(self) -> int:
+        return len(self.rows if self.rows is not None else self.vectors)
+
+
+@dataclass
+class _Rerank:
+    """A checked LVM call: unit context vectors, candidates (B, K), keep."""
+    vectors: list[np.ndarray]
+    ids: np.ndarray
+    scores: np.ndarray
+    keep: int
+
+
+def _joined(parts: list) -> list | None:
+    """The calls' lists of contexts as one list (None when the calls have none)."""
+    return None if parts[0] is None else [x for p in parts for x in p]
+
+
 class _Stage:
     name = "stage"
 
@@ -64,6 +97,10 @@ class _Stage:
     @property
     def loaded(self) -> bool:
         return self.cascade is not None
+
+    def batcher_for(self) -> Batcher:
+        sc = self.cfg.server(self.name)
+        return Batcher(self.name, self.run_batch, sc.max_batch, sc.max_wait_ms)
 
     def load(self) -> None:
         # Every reranker loads the cascade deploy.json names (sha256s checked) and serves its
@@ -86,6 +123,7 @@ class Stage1Servicer(_Stage, rpc.Stage1Servicer):
         super().__init__(cfg)
         self.shard = shard
         self.stage1 = None
+        self.batcher = self.batcher_for()
 
     @property
     def loaded(self) -> bool:
@@ -108,17 +146,51 @@ class Stage1Servicer(_Stage, rpc.Stage1Servicer):
 
     @guarded
     def Search(self, request, context):
+        t0 = time.perf_counter()
+        call = self.check(request)
+        ids, scores = self.batcher.submit(call, (call.rows is None, call.queries is None),
+                                          context)
         s1 = self.stage1
-        queries = (vectors_from_proto(request.queries, "queries")
-                   if request.HasField("queries") else None)
-        result = s1.search(stage_contexts(request.contexts), k=request.k, queries=queries)
-        return pb.Stage1Response(results=candidates_to_proto(result.ids, result.scores),
-                                 kind=s1.kind, reason=s1.reason, seconds=result.seconds,
+        return pb.Stage1Response(results=candidates_to_proto(ids, scores), kind=s1.kind,
+                                 reason=s1.reason, seconds=time.perf_counter() - t0,
                                  row_start=s1.row_start, row_end=s1.row_end)
+
+    def check(self, request) -> _Search:
+        """One call checked as `Stage1.search` checks it (ValueError naming what is wrong)."""
+        s1 = self.stage1
+        k = s1.check_k(request.k)
+        contexts = stage_contexts(request.contexts)
+        if not request.HasField("queries"):
+            vectors, rows = s1.contexts(contexts)
+            return _Search(k, vectors, rows, None)
+        from cascade.stage1 import check_queries
+        vectors, rows = s1.contexts(contexts, need_vectors=False)
+        queries = check_queries(vectors_from_proto(request.queries, "queries"),
+                                len(rows if rows is not None else vectors), s1.dim)
+        return _Search(k, vectors, rows, queries)
+
+    def run_batch(self, calls: list[_Search]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """`Stage1.search` of calls of one form at once, with their largest k: (ids, scores)
+        of each call, cut to its k (exact search: the top k are the top max-k's first k)."""
+        s1 = self.stage1
+        vectors = _joined([c.vectors for c in calls])
+        rows = _joined([c.rows for c in calls])
+        q = (s1.queries(vectors) if calls[0].queries is None else
+             np.concatenate([c.queries for c in calls]))
+        D, I = s1.search_excluding(q, vectors, rows, max(c.k for c in calls))
+        out, at = [], 0
+        for c in calls:
+            out.append((I[at:at + c.size, :c.k], D[at:at + c.size, :c.k]))
+            at += c.size
+        return out
 
 
 class LvmServicer(_Stage, rpc.LvmRerankerServicer):
     name = "lvm"
+
+    def __init__(self, cfg: ServingConfig):
+        super().__init__(cfg)
+        self.batcher = self.batcher_for()
 
     def load(self) -> None:
         super().load()
@@ -128,11 +200,29 @@ class LvmServicer(_Stage, rpc.LvmRerankerServicer):
 
     @guarded
     def Rerank(self, request, context):
+        t0 = time.perf_counter()
+        from cascade.lvm import check_candidates
         vectors, _ = self.cascade.stage1.contexts(stage_contexts(request.contexts))
         ids, scores = candidates_from_proto(request.candidates, "candidates")
-        result = self.cascade.lvm.rerank(vectors, ids, scores, keep=request.keep)
-        return pb.RerankResponse(results=candidates_to_proto(result.ids, result.scores),
-                                 seconds=result.seconds)
+        ids, scores = check_candidates(ids, scores, len(vectors), self.cascade.bank.n,
+                                       request.keep)
+        call = _Rerank(vectors, ids, scores, request.keep)
+        ids, scores = self.batcher.submit(call, ids.shape[1], context)  # one width per batch
+        return pb.RerankResponse(results=candidates_to_proto(ids, scores),
+                                 seconds=time.perf_counter() - t0)
+
+    def run_batch(self, calls: list[_Rerank]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """`LvmReranker.rerank` of calls with as many candidates each at once, keeping their
+        largest keep: each call's rows, cut to its keep."""
+        result = self.cascade.lvm.rerank(
+            [v for c in calls for v in c.vectors], np.concatenate([c.ids for c in calls]),
+            np.concatenate([c.scores for c in calls]), keep=max(c.keep for c in calls))
+        out, at = [], 0
+        for c in calls:
+            n = len(c.ids)
+            out.append((result.ids[at:at + n, :c.keep], result.scores[at:at + n, :c.keep]))
+            at += n
+        return out
 
 
 class TmdServicer(_Stage, rpc.TmdRerankerServicer):
