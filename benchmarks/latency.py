@@ -6,6 +6,8 @@
                                                         # an LVM at initial weights
     python -m benchmarks.latency --compare              # also: one process per server vs
                                                         # SO_REUSEPORT processes vs replicas
+    python -m benchmarks.latency --batching             # each layout with the stages'
+                                                        # micro-batching off, then on
 
 Measures one Search's p50/p99 (one client, sequential), throughput and latency with 1, 2, 4, 8
 and 16 concurrent clients (each its own connection), and text-input latency (embedding
@@ -26,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -40,6 +43,7 @@ from serving.config import DEFAULT_CONFIG, STAGES, ServingConfig, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "latency.json"
+BATCHING = ("stage1", "lvm")  # the stages with max_batch / max_wait_ms
 TARGETS = {"p50_ms": 8.0, "p99_ms": 20.0, "searches_per_s_at_8": 200.0}
 TEXTS = ["The Moon is Earth's only natural satellite.",
          "It orbits at an average distance of 384,400 km.",
@@ -56,13 +60,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def layout_config(base: ServingConfig, layout: str, path: Path) -> Path:
+def free_ports(n: int) -> int:
+    """The first of n consecutive free ports (each process of a server takes port + number)."""
+    while True:
+        first = free_port()
+        try:
+            for p in range(first + 1, first + n):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        return first
+
+
+def layout_config(base: ServingConfig, layout: str, path: Path,
+                  batching: tuple[int, float] | None = None) -> Path:
     """`base` with fresh loopback ports, laid out one way: `single` (one process per server),
     `reuseport` (two processes per server sharing its port), `replicas` (two servers per
     stage, balanced per call by gRPC round_robin; the clients balance over two fronts), or
-    `mixed` (two front processes sharing its port, two replicas of each stage)."""
+    `mixed` (two front processes sharing its port, two replicas of each stage). `batching`
+    (max_batch, max_wait_ms) of the batching stages (stage 1, LVM); None: the YAML's."""
     data = yaml.safe_load(DEFAULT_CONFIG.read_text())
     data["deploy"] = base.deploy
+    if batching is not None:
+        for name in BATCHING:
+            data[name]["max_batch"], data[name]["max_wait_ms"] = batching
     for name in ("front", *STAGES):
         shared = layout == "reuseport" or (layout == "mixed" and name == "front")
         copies = 2 if layout == "replicas" or (layout == "mixed" and name != "front") else 1
@@ -72,7 +94,9 @@ def layout_config(base: ServingConfig, layout: str, path: Path) -> Path:
         else:
             data[name]["addresses"] = addresses
         data[name]["processes"] = 2 if shared else 1
-        data[name]["metrics_port"] = 0
+        # The batching stages' metrics say how many calls ran together (batch_sizes).
+        data[name]["metrics_port"] = (free_ports(copies * data[name]["processes"])
+                                      if name in BATCHING else 0)
     path.write_text(yaml.safe_dump(data))
     return path
 
@@ -213,6 +237,38 @@ def bench_contexts(deploy_path: str, n: int = 200, length: int = 8, seed: int = 
     return out
 
 
+def batch_sizes(cfg: ServingConfig) -> dict[str, list[float]]:
+    """[batches run, calls answered] so far per batching stage, over all its processes."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = {}
+    for name in BATCHING:
+        sc = cfg.server(name)
+        total = [0.0, 0.0]
+        for p in range(len(sc.addresses) * sc.processes):
+            url = f"http://127.0.0.1:{sc.metrics_port + p}/metrics"
+            with urllib.request.urlopen(url, timeout=5) as r:
+                text = r.read().decode()
+            for family in text_string_to_metric_families(text):
+                for sample in family.samples:
+                    if sample.labels.get("stage") == name:
+                        if sample.name == "cascade_batch_size_count":
+                            total[0] += sample.value
+                        elif sample.name == "cascade_batch_size_sum":
+                            total[1] += sample.value
+        out[name] = total
+    return out
+
+
+def mean_batch(before: dict, after: dict) -> dict[str, float | None]:
+    """Calls per library call of each batching stage between two batch_sizes()."""
+    out = {}
+    for name in before:
+        ran, calls = (a - b for a, b in zip(after[name], before[name], strict=True))
+        out[name] = round(calls / ran, 2) if ran else None
+    return out
+
+
 def measure(cfg: ServingConfig, contexts, clients: list[int], seconds: float, n: int,
             texts: bool) -> dict:
     out = {"one_search": sequential(cfg, contexts, n)}
@@ -221,10 +277,13 @@ def measure(cfg: ServingConfig, contexts, clients: list[int], seconds: float, n:
           f"{out['one_search']['front_median_ms']}", flush=True)
     out["curve"] = []
     for c in clients:
+        before = batch_sizes(cfg)
         r = concurrent(cfg, contexts, c, seconds)
+        r["mean_batch"] = mean_batch(before, batch_sizes(cfg))
         out["curve"].append(r)
         print(f"  {c:>2} clients: {r['searches_per_s']:>7.1f} searches/s, p50 {r['p50_ms']} ms,"
-              f" p99 {r['p99_ms']} ms, errors {r['errors'] or 0}", flush=True)
+              f" p99 {r['p99_ms']} ms, errors {r['errors'] or 0}, calls per batch "
+              f"{r['mean_batch']}", flush=True)
     if texts:
         out["texts"] = sequential(cfg, contexts, max(n // 5, 20), texts=True)
         print(f"  one search (1-3 texts, embedding included): p50 {out['texts']['p50_ms']} ms,"
@@ -270,6 +329,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=300, help="sequential searches for p50/p99")
     p.add_argument("--compare", action="store_true",
                    help="also measure the SO_REUSEPORT and replica layouts")
+    p.add_argument("--batching", action="store_true",
+                   help="measure each layout with micro-batching off (max_batch 1), then on")
+    p.add_argument("--max-batch", type=int, default=16, help="with --batching: max_batch on")
+    p.add_argument("--max-wait-ms", default="0,1",
+                   help="with --batching: max_wait_ms values to measure (comma-separated)")
+    p.add_argument("--layouts", default=None,
+                   help="layouts to measure (default: single; --compare: all four)")
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv)
     base = load_config(args.config)
@@ -287,19 +353,27 @@ def main(argv: list[str] | None = None) -> int:
                   f"--synthetic 36000)", file=sys.stderr)
             return 2
         contexts = bench_contexts(base.deploy)
-        layouts = (["single", "reuseport", "replicas", "mixed"] if args.compare else
-                   ["single"])
+        layouts = (args.layouts.split(",") if args.layouts else
+                   ["single", "reuseport", "replicas", "mixed"] if args.compare else ["single"])
+        # (name, layout, batching): batching None keeps the YAML's max_batch / max_wait_ms.
+        runs = [(layout, layout, None) for layout in layouts]
+        if args.batching:
+            runs = [(f"{layout}, batching {'off' if b[0] == 1 else f'{b[0]}/{b[1]:g}ms'}",
+                     layout, b) for layout in layouts for b in
+                    [(1, 0.0)] + [(args.max_batch, float(w)) for w in
+                                  args.max_wait_ms.split(",")]]
         report = {"deploy": base.deploy, "synthetic_rows": args.synthetic or None,
                   "cpus": os.cpu_count(), "load_avg_at_start": list(os.getloadavg()),
                   "targets": TARGETS, "layouts": {}}
-        for layout in layouts:
-            print(f"layout {layout}:", flush=True)
-            running = Running(layout_config(base, layout, tmp / f"{layout}.yaml"))
+        for name, layout, batching in runs:
+            print(f"layout {name}:", flush=True)
+            running = Running(layout_config(base, layout, tmp / "set.yaml", batching))
+            full = layout == layouts[0] or args.batching
             try:
-                report["layouts"][layout] = measure(running.cfg, contexts,
-                                                    clients if layout == "single" else [8],
-                                                    args.seconds, args.n,
-                                                    texts=layout == "single")
+                report["layouts"][name] = measure(running.cfg, contexts,
+                                                  clients if full else [8], args.seconds,
+                                                  args.n, texts=name == runs[0][0])
+                report["layouts"][name]["load_avg"] = list(os.getloadavg())
             finally:
                 running.stop()
         report["in_process"] = in_process(base.deploy, contexts, args.n)
