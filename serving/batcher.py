@@ -1,16 +1,18 @@
 """Dynamic micro-batching for the stage servers: concurrent calls share one library call.
 
 A servicer's handler thread checks its own call first (a bad call is refused alone and never
-joins a batch), then `submit`s it and waits. One worker thread per process forms batches: the
-calls queued, at most `max_batch`, waiting at most `max_wait_ms` after the oldest arrived. It
-groups them by `key` (calls one library call can answer together: the same context form, the
-same candidate width) and runs `run(items)` once per group, which returns one answer per item.
-Calls queue while a batch runs, so under load batches form without any waiting.
+joins a batch), then `submit`s it. Calls queue while a batch runs; the thread of the call that
+finds no batch running (or is handed the next one) leads: it takes the queued calls, at most
+`max_batch`, waiting at most `max_wait_ms` after the oldest arrived, groups them by `key` (calls
+one library call can answer together: the same context form, the same candidate width), runs
+`run(items)` once per group (one answer per item), wakes their callers, and hands the next batch
+to the oldest call still queued. A lone call thus runs at once in its own thread: no hand-over
+between threads, which cost milliseconds per call on a busy machine with a worker thread.
 
 A call whose deadline passed (or whose caller cancelled) while it waited is answered
 DEADLINE_EXCEEDED (CANCELLED) and not run. `max_batch: 1` runs each call in its own handler
-thread, as without a batcher. The worker is a daemon thread: a draining server (SIGTERM) still
-answers what is queued, since each handler stays in flight until its answer comes back.
+thread, as without a batcher. Every queued call's handler is in flight until its answer comes,
+so a draining server (SIGTERM) answers what is queued.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class _Call:
     answer: Any = None
     error: BaseException | None = None
     status: grpc.StatusCode | None = None  # answered with this status, not run
+    lead: bool = False  # woken to lead the next batch, not with an answer
 
 
 class Batcher:
@@ -53,8 +56,7 @@ class Batcher:
         self.max_wait = max_wait_ms / 1000
         self._queue: deque[_Call] = deque()
         self._ready = threading.Condition()
-        if max_batch > 1:
-            threading.Thread(target=self._work, name=f"{name}-batcher", daemon=True).start()
+        self._leading = False  # a handler thread is forming or running a batch
 
     def submit(self, item, key: Hashable, context: grpc.ServicerContext):
         """This caller's answer to `item`, run alone or in a batch with calls of the same key."""
@@ -64,8 +66,15 @@ class Batcher:
         call = _Call(item, key, context)
         with self._ready:
             self._queue.append(call)
+            lead = not self._leading
+            self._leading = True
             self._ready.notify()
+        if lead:
+            self._lead()
         call.done.wait()
+        if call.lead:  # woken to lead the next batch, which holds this call (the oldest)
+            call.lead = False
+            self._lead()
         if call.status is not None:
             why = ("its deadline passed" if call.status == grpc.StatusCode.DEADLINE_EXCEEDED
                    else "its caller cancelled")
@@ -74,38 +83,45 @@ class Batcher:
             raise call.error
         return call.answer
 
-    def _take(self) -> list[_Call]:
-        """The next batch: wait for a call, then up to max_wait after it arrived for more."""
+    def _lead(self) -> None:
+        """Form one batch from the queue and run it in this (a caller's) thread, then hand
+        the next batch to the oldest call still queued: its thread wakes up and leads. A call
+        alone is run at once in its own thread, with no hand-over between threads."""
         with self._ready:
-            while not self._queue:
-                self._ready.wait()
             until = self._queue[0].arrived + self.max_wait
             while len(self._queue) < self.max_batch:
                 left = until - time.monotonic()
                 if left <= 0:
                     break
                 self._ready.wait(left)
-            return [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
-
-    def _work(self) -> None:
-        while True:
-            calls = self._take()
-            live = []
-            for c in calls:
-                left = c.context.time_remaining()
-                if left is not None and left <= 0:
-                    c.status = grpc.StatusCode.DEADLINE_EXCEEDED
-                elif not c.context.is_active():
-                    c.status = grpc.StatusCode.CANCELLED
+            calls = [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
+        try:
+            self._run_batch(calls)
+        finally:
+            with self._ready:
+                if self._queue:
+                    self._queue[0].lead = True
+                    self._queue[0].done.set()
                 else:
-                    live.append(c)
-                    continue
-                c.done.set()
-            groups: dict[Hashable, list[_Call]] = {}
-            for c in live:
-                groups.setdefault(c.key, []).append(c)
-            for group in groups.values():
-                self._run(group)
+                    self._leading = False
+
+    def _run_batch(self, calls: list[_Call]) -> None:
+        live = []
+        for c in calls:
+            left = c.context.time_remaining()
+            if left is not None and left <= 0:
+                c.status = grpc.StatusCode.DEADLINE_EXCEEDED
+            elif not c.context.is_active():
+                c.status = grpc.StatusCode.CANCELLED
+            else:
+                live.append(c)
+                continue
+            c.done.set()
+        groups: dict[Hashable, list[_Call]] = {}
+        for c in live:
+            groups.setdefault(c.key, []).append(c)
+        for group in groups.values():
+            self._run(group)
 
     def _run(self, group: list[_Call]) -> None:
         metrics.BATCH_SIZE.labels(self.name).observe(len(group))
