@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         logits = cross_fit(model_for(subset), feats[..., cols], va, bank, cfg)
         r, _, _ = ranks_by(logits, va)
         rows[name] = {f"hit@{k}": hits(r, k) for k in (1, 5, 10, 50)}
+        print(f"  {name}: Hit@10 {rows[name]['hit@10']:.2f}", file=sys.stderr, flush=True)
     print(f"val split, {len(val):,} contexts, stage 1 = {stage1.kind}, top-{cfg.k}; heads "
           f"{cfg.folds}-fold cross-fitted by article")
     print(f"{'features':<60}{'Hit@1':>8}{'Hit@5':>8}{'Hit@10':>8}{'Hit@50':>8}")
