@@ -47,7 +47,7 @@ from cascade.metrics import (
 from cascade.pairs import PairsError, load_pairs
 from cascade.pipeline import Cascade
 from cascade.query import DEFAULT_ALPHA, heuristic_queries
-from cascade.split import TEST, VAL
+from cascade.split import TEST
 from training.report import compare_methods
 
 KS = (1, 5, 10, 50, 100, 500, 1000)
@@ -159,7 +159,18 @@ def main(argv: list[str] | None = None) -> int:
     default_pairs, default_ckpts, default_deploy = bank_defaults(args.bank)
     pairs_path = args.pairs or default_pairs
     deploy = args.deploy or default_deploy
-    if args.deploy is None and not (Path(deploy).exists() and read_deploy(deploy).get("lvm")):
+    try:
+        names_lvm = Path(deploy).exists() and bool(read_deploy(deploy).get("lvm"))
+    except DeployError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if deploy != "none" and args.split != "test":
+        # The LVM's head is fitted on val and its predictor on train: only test is unseen.
+        if args.deploy is not None:
+            print(f"note: the cascade's row is scored on the test split only; leaving it out of "
+                  f"the {args.split} split", file=sys.stderr)
+        deploy = "none"
+    elif args.deploy is None and not names_lvm:
         if args.ckpt is None:  # all defaults: say what is missing, as for the checkpoints
             print(f"note: {deploy} names no LVM (make train-lvm BANK={args.bank}); scoring "
                   f"without the cascade's row", file=sys.stderr)
@@ -191,8 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         _, ranks = compare_methods(bank, split, methods, search_ks, device)
         if deploy != "none":
             cascade = Cascade.from_deploy(deploy, bank=bank)
-            if cascade.lvm is not None and args.split != "train":
-                cascade.lvm.check_reported_on(pairs, {"test": TEST, "val": VAL}[args.split])
+            if cascade.lvm is not None:
+                cascade.lvm.check_reported_on(pairs, TEST)
             if cascade.stage1.kind == "v4":
                 check_split_of(load_checkpoint(cascade.stage1.checkpoint, bank.fingerprint()),
                                cascade.stage1.checkpoint, pairs, bank, f"{deploy}: stage 1")

@@ -104,6 +104,12 @@ def test_recall_benchmark_adds_the_cascade_row(cascade_dir, capsys):
                                                          & (ranks["tmd"] < 10)).mean()))
     assert set(report["vs_heuristic"][name]) == {"recall@10"}
     assert "| cascade top-10" in capsys.readouterr().out
+    # On val (where the LVM's head was fitted) the row is left out, with a note saying so.
+    assert recall.main(["--bank", str(bank.path), "--pairs", str(root / "pairs.npz"),
+                        "--deploy", str(root / "deploy.json"), "--split", "val",
+                        "--out", str(out)]) == 0
+    assert name not in json.loads(out.read_text())["methods"]
+    assert "scored on the test split only" in capsys.readouterr().err
 
 
 def test_an_lvm_fitted_on_the_reported_articles_is_refused(cascade_dir):
