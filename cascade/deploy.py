@@ -26,7 +26,9 @@ class CascadeConfig:
     k_lvm: int = 50  # the LVM reranker keeps this many
     k_tmd: int = 10  # the TMD reranker keeps this many: the cascade's answer
     index_factory: str = "Flat"  # FAISS index_factory string; "Flat" = exact, no copy of the bank
-    index_params: str = ""  # FAISS ParameterSpace string for approximate indexes, e.g. "nprobe=32"
+    # FAISS ParameterSpace string for approximate indexes, e.g. "nprobe=32"; for "Flat",
+    # "prefilter=none" turns off the exact 8-bit prefilter of single queries (on by default)
+    index_params: str = ""
     max_context: int = 512  # longest context (chunks) a request may send
     tmd_w: float = 0.0  # stage 3's blend weight, tuned on val by `make train-lvm`
 

@@ -29,19 +29,94 @@ class ExactIndex:
     FAISS's brute-force kernel (`faiss.knn`) without the copy of the vectors an IndexFlatIP
     keeps, so exact search costs no memory beyond the bank. It has the part of the faiss index
     API the helpers below use (`ntotal`, `search`).
+
+    With `prefilter=True` a search of fewer than BLAS_MIN_QUERIES queries (serving's one
+    context) reads an 8-bit copy of the bank (a quarter of the bytes; the float scan is bound by
+    memory bandwidth) and then rescores exactly: still exact, see `Int8Prefilter`.
     """
 
-    def __init__(self, vectors: np.ndarray):
+    def __init__(self, vectors: np.ndarray, prefilter: bool = False):
         self.xb = np.ascontiguousarray(vectors, dtype=np.float32)  # no copy for a bank's array
         self.ntotal = len(self.xb)
         self.d = self.xb.shape[1]
+        self.prefilter = Int8Prefilter(self.xb) if prefilter and self.ntotal else None
 
     def search(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         xq = np.ascontiguousarray(xq, dtype=np.float32)
+        if self.prefilter is not None and len(xq) < BLAS_MIN_QUERIES and k < self.ntotal:
+            found = [self.prefilter.search(q, k) for q in xq]
+            return np.stack([f[0] for f in found]), np.stack([f[1] for f in found])
         with _PATH_LOCK:  # the threshold is process-wide: no other search may change it meanwhile
             faiss.cvar.distance_compute_blas_threshold = 0 if len(xq) >= BLAS_MIN_QUERIES \
                 else 2**31 - 1
             return faiss.knn(xq, self.xb, k, metric=faiss.METRIC_INNER_PRODUCT)
+
+
+class Int8Prefilter:
+    """Exact top-k of one query from an 8-bit scan plus an exact rescore of a bounded shortlist.
+
+    The float scan of one query is bound by memory bandwidth; FAISS's direct int8 codes are a
+    quarter of the bytes and its int8 x int8 kernel is fast, so:
+
+    - each dimension d of the bank is scaled by s_d = 127 / max |x_d| and rounded to an integer
+      code c_d (|c_d| <= 127); the query u = q / s is scaled by t = 127 / max |u| and rounded to
+      integers too (FAISS casts the query of these codes to int8 when D >= 16);
+    - a row's approximate score a = (round(t u) . c) / t differs from its exact score q . x by
+      at most eps = |q| r + |round(t u) / t - u| C (Cauchy-Schwarz on each rounding), where r is
+      the largest |c / s - x| and C the largest |c| over the bank's rows, plus float rounding;
+    - if A is the k-th best approximate score, every row of the exact top k has a >= A - 2 eps
+      (k rows score at least A - eps exactly). The scan returns the best k' approximate rows;
+      when the last of them scores below A - 2 eps the shortlist holds every such row, which
+      is rescored with the float32 vectors. Otherwise k' grows until it does (at worst every
+      row: the exact scan).
+
+    On the default bank (36k x 384, k = 500 plus the context) the shortlist is about a thousand
+    rows and the scan reads 14 MB instead of 56 MB: 2.8 ms instead of 5.8 (1 thread)."""
+
+    SLACK = 1e-4  # float32 rounding of the scores, with a wide margin
+
+    def __init__(self, vectors: np.ndarray, block: int = 65536):
+        n, d = vectors.shape
+        self.xb = vectors
+        self.scale = (127.0 / np.maximum(np.abs(vectors).max(axis=0), 1e-30)).astype(np.float32)
+        self.codes = faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_8bit_direct_signed,
+                                                faiss.METRIC_INNER_PRODUCT)
+        self.radius = self.code_norm = 0.0
+        self.widened = 0  # searches whose first shortlist was too short (the bound did not cut)
+        for lo in range(0, n, block):  # blocks bound the float temporaries of a large bank
+            c = np.rint(vectors[lo:lo + block] * self.scale).astype(np.float32)
+            self.codes.add(c)  # direct_signed stores floor(v) + 128: integers as they are
+            err = np.linalg.norm(c / self.scale - vectors[lo:lo + block], axis=1)
+            self.radius = max(self.radius, float(err.max()))
+            self.code_norm = max(self.code_norm, float(np.linalg.norm(c, axis=1).max()))
+
+    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(k,) exact scores and ids, best first, for one (D,) query; k < the bank's rows."""
+        n = len(self.xb)
+        u = q.astype(np.float64) / self.scale
+        top = float(np.abs(u).max())
+        if top == 0.0 or not np.isfinite(top):
+            self.widened += 1
+            return self.rescore(q, np.arange(n), k)
+        t = 127.0 / top
+        qi = np.clip(np.rint(u * t), -127, 127)
+        eps = (float(np.linalg.norm(q)) * self.radius
+               + float(np.linalg.norm(qi / t - u)) * self.code_norm + self.SLACK)
+        fetch = min(2 * k + 512, n)  # the shortlist of k = 510: median 968 rows, p99 1269
+        while True:
+            a, ids = self.codes.search(qi.astype(np.float32)[None], fetch)
+            a, ids = a[0] / t, ids[0]
+            if fetch == n:
+                return self.rescore(q, np.arange(n), k)
+            if a[-1] < a[k - 1] - 2 * eps:
+                return self.rescore(q, ids[a >= a[k - 1] - 2 * eps], k)
+            fetch = min(4 * fetch, n)
+            self.widened += 1
+
+    def rescore(self, q: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        exact = np.take(self.xb, rows, axis=0) @ q
+        best = np.argsort(-exact, kind="stable")[:k]
+        return exact[best].astype(np.float32), rows[best].astype(np.int64)
 
 
 def build_index(vectors: np.ndarray, kind: str = "auto", nprobe: int = 32,

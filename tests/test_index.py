@@ -161,3 +161,53 @@ def test_drop_rows_keeps_order(width, k):
     assert Dk.shape == Ik.shape == (40, k) and Dk.dtype == np.float32
     np.testing.assert_array_equal(Ik, eI)
     np.testing.assert_array_equal(Dk, eD)
+
+
+# -- the exact 8-bit prefilter of single queries ----------------------------------------------
+
+def _one_by_one(index, xq, k):
+    found = [index.search(q[None], k) for q in xq]
+    return np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found])
+
+
+@pytest.mark.parametrize("k", [1, 10, 500])
+def test_prefilter_is_exact(small_bank, queries, k):
+    """One query at a time (the path the prefilter takes) gives the exact top k."""
+    from cascade.index import ExactIndex
+
+    xq = queries[0][:60]
+    index = ExactIndex(small_bank.vectors, prefilter=True)
+    D, I = _one_by_one(index, xq, k)
+    assert_topk(D, I, xq.astype(np.float64) @ small_bank.vectors.T.astype(np.float64), k)
+    if k < 500:  # the bound cut: a shortlist, not every row (k = 500 is most of this bank)
+        assert index.prefilter.widened == 0
+    # ... and the same scores as the float scan, to float rounding
+    D0, _ = _one_by_one(ExactIndex(small_bank.vectors), xq, k)
+    np.testing.assert_allclose(D, D0, atol=1e-5)
+
+
+def test_prefilter_widens_when_the_bound_does_not_cut():
+    """Rows that all score nearly alike defeat the bound: the scan widens to every row and
+    stays exact (and queries that are not unit vectors scale the bound)."""
+    from cascade.index import ExactIndex
+
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal(64).astype(np.float32)
+    xb = base + 1e-3 * rng.standard_normal((3000, 64)).astype(np.float32)
+    xb /= np.linalg.norm(xb, axis=1, keepdims=True)
+    xq = 3.0 * xb[:5]
+    index = ExactIndex(xb, prefilter=True)
+    D, I = _one_by_one(index, xq, 200)
+    assert_topk(D, I, xq.astype(np.float64) @ xb.T.astype(np.float64), 200, atol=1e-4)
+    assert index.prefilter.widened > 0
+
+
+def test_prefilter_excludes_context(small_bank, queries):
+    from cascade.index import ExactIndex
+
+    xq, ctx_start, ctx_end = (a[:40] for a in queries)
+    index = ExactIndex(small_bank.vectors, prefilter=True)
+    parts = [search(index, xq[i:i + 1], 50, ctx_start[i:i + 1], ctx_end[i:i + 1])
+             for i in range(len(xq))]
+    D, I = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    assert_topk(D, I, _masked_scores(xq, small_bank.vectors, ctx_start, ctx_end), 50)
