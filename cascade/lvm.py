@@ -147,7 +147,7 @@ class Lvm(nn.Module):
         length = ctx.shape[1]
         valid = ids >= 0
         safe = ids.clamp(min=0)
-        cand = bs.vectors[safe]  # (B, K, D): the one gather of candidate vectors
+        cand = take(bs.vectors, safe)  # (B, K, D): the one gather of candidate vectors
         lengths = mask.sum(1)
         fm = mask.to(ctx.dtype)
         s1 = torch.where(valid, s1, torch.zeros_like(s1))
@@ -177,7 +177,7 @@ class Lvm(nn.Module):
         if {"same_article", "article_mass", "succ_s1"} & want:
             # Groups by sorting (B, K) keys, not by (B, K, K) comparisons: O(BK log BK).
             row = torch.arange(b, device=ctx.device)[:, None]
-            art = torch.where(valid, bs.article[safe],
+            art = torch.where(valid, take(bs.article, safe),
                               -1 - torch.arange(k, device=ctx.device)[None, :])
             _, group, count = torch.unique(row * (bs.n + k + 1) + art + k + 1,
                                            return_inverse=True, return_counts=True)
@@ -191,16 +191,16 @@ class Lvm(nn.Module):
             keys = torch.where(valid, row * bs.n + ids, -1).ravel()
             order = torch.argsort(keys)
             sorted_keys = keys[order]
-            nxt = torch.where(valid, bs.next[safe], -1)
+            nxt = torch.where(valid, take(bs.next, safe), -1)
             want_keys = torch.where(nxt >= 0, row * bs.n + nxt, -2).ravel()
             pos = torch.searchsorted(sorted_keys, want_keys).clamp(max=len(keys) - 1)
             found = (sorted_keys[pos] == want_keys) & (want_keys >= 0)
             out["succ_s1"] = torch.where(found, s1.ravel()[order[pos]], 0.0).reshape(b, k)
-        out["is_first"] = bs.is_first[safe].to(ctx.dtype)
+        out["is_first"] = take(bs.is_first, safe).to(ctx.dtype)
         if {"prev_last", "prev_ctx_max"} & want:
-            prev = torch.where(valid, bs.prev[safe], -1)
+            prev = torch.where(valid, take(bs.prev, safe), -1)
             has = prev >= 0
-            pm = torch.bmm(bs.vectors[prev.clamp(min=0)], ctx.transpose(1, 2))  # (B, K, L)
+            pm = torch.bmm(take(bs.vectors, prev.clamp(min=0)), ctx.transpose(1, 2))  # (B, K, L)
             last = torch.gather(pm, 2, (lengths - 1)[:, None, None].expand(b, k, 1))[..., 0]
             out["prev_last"] = torch.where(has, last, 0.0)
             out["prev_ctx_max"] = torch.where(has, pm.masked_fill(~mask[:, None, :], -2.0)
@@ -212,6 +212,12 @@ class Lvm(nn.Module):
         """(B, K, F) raw features -> (B, K) logits, -inf where not valid."""
         z = (feats - self.feat_mean) / self.feat_std
         return self.head(z).squeeze(-1).masked_fill(~valid, float("-inf"))
+
+
+def take(table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """table[ids] for any shape of ids, by index_select: 10x faster than advanced indexing on
+    the CPU for (1, 500) ids of the bank (0.03 ms instead of 0.34)."""
+    return table.index_select(0, ids.reshape(-1)).reshape(*ids.shape, *table.shape[1:])
 
 
 def keep_last(ctx: torch.Tensor, mask: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:

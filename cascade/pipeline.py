@@ -6,8 +6,9 @@ reports its own ids, scores and wall time. The gRPC servers wrap this and add no
 
 Latency depends on threads: for one context, one torch thread and one FAISS (OpenMP) thread are
 fastest (thread start-up costs more than the work); `set_threads` sets both. The LVM's prediction
-reads only the context, so it runs in a second thread while stage 1 searches (FAISS and torch
-release the GIL): on 2 cores a context's stage 2 starts with its prediction done.
+and the TMD query lanes read only the context, so they are computed in a second thread while
+stage 1 searches (FAISS and torch release the GIL): on 2 cores a context's stages 2 and 3 start
+with that work done.
 """
 
 from __future__ import annotations
@@ -61,8 +62,9 @@ class Cascade:
         self.config.validate()
         self.device = torch.device("cpu")  # where embed() runs the encoder
         self._encoder = None
-        # One thread for the LVM's prediction beside stage 1 (see the module doc).
-        self._beside = ThreadPoolExecutor(1, thread_name_prefix="lvm-predict") if lvm else None
+        # One thread for the work beside stage 1 (see the module doc).
+        self._beside = ThreadPoolExecutor(1, thread_name_prefix="beside-stage1") \
+            if lvm is not None or tmd is not None else None
 
     @property
     def last_k(self) -> int:
@@ -128,6 +130,15 @@ class Cascade:
             mask[b, :len(c)] = True
         return context_lanes(padded, mask)
 
+    def beside_stage1(self, vectors: list[np.ndarray], rows: list[np.ndarray] | None,
+                      context_codes) -> tuple:
+        """What stages 2 and 3 need of the contexts alone: (the LVM's predictions or None,
+        the TMD query lanes or None)."""
+        pred = self.lvm.predict(vectors) if self.lvm is not None else None
+        lanes = (self.context_lanes(vectors, rows, context_codes) if self.tmd is not None
+                 else None)
+        return pred, lanes
+
     def embed(self, texts: list[str]) -> np.ndarray:
         """(len(texts), D) unit vectors of new text, by the bank's encoder (loaded once)."""
         from cascade.encoder import encode, encoder_dim, load_encoder
@@ -152,20 +163,22 @@ class Cascade:
             raise ValueError(f"k must be an integer in [1, {last_k}] (the last stage's K), "
                              f"got {k!r}")
         vectors, rows = self.stage1.contexts(contexts)
-        pred = self._beside.submit(self.lvm.predict, vectors) if self.lvm is not None else None
+        beside = (self._beside.submit(self.beside_stage1, vectors, rows, context_codes)
+                  if self._beside is not None else None)
         stages = {"stage1": self.stage1.search_checked(vectors, rows, min(cfg.k_stage1,
                                                                           self.bank.n), t0)}
         final = stages["stage1"]
+        if beside is not None:
+            t = time.perf_counter()
+            pred, lanes = beside.result()
+            waited = time.perf_counter() - t  # the work beside stage 1 not hidden by it
         if self.lvm is not None:
             keep = min(cfg.k_lvm, final.ids.shape[1])
-            t = time.perf_counter()
-            p = pred.result()
-            waited = time.perf_counter() - t  # the prediction's time not hidden by stage 1
-            res = self.lvm.rerank(vectors, final.ids, final.scores, keep, pred=p)
+            res = self.lvm.rerank(vectors, final.ids, final.scores, keep, pred=pred)
             stages["lvm"] = final = StageResult(res.ids, res.scores, res.seconds + waited)
+            waited = 0.0
         if self.tmd is not None:
-            t = time.perf_counter()
-            lanes = self.context_lanes(vectors, rows, context_codes)
+            t = time.perf_counter() - waited
             keep = min(cfg.k_tmd, final.ids.shape[1])
             ids, scores = self.tmd.rerank(lanes, final.ids, final.scores, keep)
             stages["tmd"] = final = StageResult(ids, scores, time.perf_counter() - t)

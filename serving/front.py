@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
@@ -86,6 +87,7 @@ class CascadeServicer(rpc.CascadeServicer):
         # texts and ids for the hits.
         self.cascade = Cascade.from_deploy(self.cfg.deploy, device=resolve_device(self.cfg.device))
         self.cascade.embed(["load the encoder before reporting SERVING"])
+        self.beside = ThreadPoolExecutor(self.cfg.front.workers, thread_name_prefix="beside")
         shards = self.cfg.stage1.shards
         self.shards = [rpc.Stage1Stub(stage_channel(self.cfg, "stage1", a)) for a in shards]
         self.bounds = shard_bounds(self.cascade.bank.n, len(shards))
@@ -112,14 +114,16 @@ class CascadeServicer(rpc.CascadeServicer):
         ctx, vectors, rows = self.stage_context(request.context, stage_ms)
 
         degraded: list[str] = []
-        ranking, kind, reason = self.call_stage1(ctx, vectors, end, stage_ms, degraded, context)
+        ranking, kind, reason, beside = self.call_stage1(ctx, vectors, rows, end, stage_ms,
+                                                         degraded, context)
+        pred, lanes = beside.result()
         cfg, share = self.cascade.config, self.cfg.front
         if self.lvm is not None:
             ranking = self.rerank("lvm", self.lvm.Rerank, pb.LvmRequest(
-                contexts=[ctx], candidates=ranking, keep=min(cfg.k_lvm, len(ranking[0].ids))),
+                contexts=[ctx], candidates=ranking, keep=min(cfg.k_lvm, len(ranking[0].ids)),
+                predictions=None if pred is None else vectors_to_proto(pred.cpu().numpy())),
                 end, deadline_s * share.lvm_share, stage_ms, degraded) or ranking
         if self.tmd is not None:
-            lanes = self.cascade.context_lanes(vectors, rows, None)
             ranking = self.rerank("tmd", self.tmd.Rerank, pb.TmdRequest(
                 query_codes=lanes.tolist(), candidates=ranking,
                 keep=min(cfg.k_tmd, len(ranking[0].ids))),
@@ -178,10 +182,14 @@ class CascadeServicer(rpc.CascadeServicer):
                 raise ValueError(f"context.texts[{i}]: {len(t)} characters, more than the "
                                  f"maximum {f.max_text_chars} (front.max_text_chars)")
 
-    def call_stage1(self, ctx: pb.Context, vectors: list[np.ndarray], end: float,
-                    stage_ms: dict, degraded: list[str], context):
+    def call_stage1(self, ctx: pb.Context, vectors: list[np.ndarray],
+                    rows: list[np.ndarray] | None, end: float, stage_ms: dict,
+                    degraded: list[str], context):
         """Stage 1's top k_stage1: the query formed here, every shard searched in parallel,
-        their answers merged; a shard that fails while others answer is named in `degraded`."""
+        their answers merged; a shard that fails while others answer is named in `degraded`.
+        Also returns the future of the work beside stage 1 (Cascade.beside_stage1: the LVM's
+        prediction and the TMD lanes read only the context), started once the query is formed
+        (not before: the two would share the CPU) and done while the shards search."""
         from cascade.shard import merge_topk
 
         k1 = min(self.cascade.config.k_stage1, self.cascade.bank.n)
@@ -190,7 +198,8 @@ class CascadeServicer(rpc.CascadeServicer):
         request = pb.Stage1Request(contexts=[ctx], k=k1, queries=queries)
         calls = [stub.Search.future(request, timeout=max(end - time.perf_counter(), 0.001))
                  for stub in self.shards]
-        parts, failed, answer = [], [], None
+        beside = self.beside.submit(self.cascade.beside_stage1, vectors, rows, None)
+        parts, failed, answered, answer = [], [], [], None
         for s, call in enumerate(calls):
             try:
                 resp = call.result()
@@ -205,6 +214,7 @@ class CascadeServicer(rpc.CascadeServicer):
                 continue
             ids, scores = candidates_from_proto(resp.results, "stage 1 results")
             parts.append((scores, ids))
+            answered.append(resp)
             answer = resp
         if answer is None:
             context.abort(grpc.StatusCode.UNAVAILABLE, "stage 1 cannot answer: " + "; ".join(
@@ -218,8 +228,10 @@ class CascadeServicer(rpc.CascadeServicer):
             log.warning("degraded: %s", why)
         D, I = merge_topk(parts, k1)
         stage_ms["stage1"] = 1000 * (time.perf_counter() - t)
+        # The servers' own time (the slowest shard's): the rest of a step is the round trip.
+        stage_ms["stage1_server"] = 1000 * max(r.seconds for r in answered)
         metrics.STAGE.labels("stage1").observe(stage_ms["stage1"] / 1000)
-        return candidates_to_proto(I, D), answer.kind, answer.reason
+        return candidates_to_proto(I, D), answer.kind, answer.reason, beside
 
     def shard_failure(self, s: int, e) -> str:
         """'stage1 shard s of S (addresses) <why>'; one shard is just 'stage 1 (addresses)'."""
@@ -246,6 +258,7 @@ class CascadeServicer(rpc.CascadeServicer):
             log.warning("degraded: %s", why)
             return None
         stage_ms[stage] = 1000 * (time.perf_counter() - t)
+        stage_ms[f"{stage}_server"] = 1000 * resp.seconds
         metrics.STAGE.labels(stage).observe(stage_ms[stage] / 1000)
         return resp.results
 

@@ -75,11 +75,13 @@ class _Search:
 
 @dataclass
 class _Rerank:
-    """A checked LVM call: unit context vectors, candidates (B, K), keep."""
+    """A checked LVM call: unit context vectors, candidates (B, K), keep, and the LVM's
+    predictions (B, D) when the caller sent them."""
     vectors: list[np.ndarray]
     ids: np.ndarray
     scores: np.ndarray
     keep: int
+    pred: np.ndarray | None = None
 
 
 def _joined(parts: list) -> list | None:
@@ -206,17 +208,32 @@ class LvmServicer(_Stage, rpc.LvmRerankerServicer):
         ids, scores = candidates_from_proto(request.candidates, "candidates")
         ids, scores = check_candidates(ids, scores, len(vectors), self.cascade.bank.n,
                                        request.keep)
-        call = _Rerank(vectors, ids, scores, request.keep)
-        ids, scores = self.batcher.submit(call, ids.shape[1], context)  # one width per batch
+        pred = None
+        if request.HasField("predictions"):
+            pred = vectors_from_proto(request.predictions, "predictions")
+            if len(pred) != len(vectors):
+                raise ValueError(f"predictions: {len(pred)} rows for {len(vectors)} contexts")
+            if not np.isfinite(pred).all():
+                raise ValueError(f"predictions row "
+                                 f"{int(np.flatnonzero(~np.isfinite(pred).all(1))[0])}: NaN or inf")
+        call = _Rerank(vectors, ids, scores, request.keep, pred)
+        # One candidate width per batch, and calls with predictions apart from those without.
+        ids, scores = self.batcher.submit(call, (ids.shape[1], pred is None), context)
         return pb.RerankResponse(results=candidates_to_proto(ids, scores),
                                  seconds=time.perf_counter() - t0)
 
     def run_batch(self, calls: list[_Rerank]) -> list[tuple[np.ndarray, np.ndarray]]:
         """`LvmReranker.rerank` of calls with as many candidates each at once, keeping their
         largest keep: each call's rows, cut to its keep."""
+        import torch
+
+        pred = (None if calls[0].pred is None else
+                torch.from_numpy(np.concatenate([c.pred for c in calls])).to(
+                    self.cascade.lvm.device))
         result = self.cascade.lvm.rerank(
             [v for c in calls for v in c.vectors], np.concatenate([c.ids for c in calls]),
-            np.concatenate([c.scores for c in calls]), keep=max(c.keep for c in calls))
+            np.concatenate([c.scores for c in calls]), keep=max(c.keep for c in calls),
+            pred=pred)
         out, at = [], 0
         for c in calls:
             n = len(c.ids)

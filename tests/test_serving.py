@@ -170,11 +170,43 @@ def test_vectors_and_rows_answer_as_the_in_process_cascade(serving, in_process, 
             by_vectors = client.search_vectors(bank.vectors[rows], k=4)
             assert_same(by_vectors, in_process.search(bank.vectors[rows], k=4))
             assert not by_vectors.degraded and by_vectors.degraded_reason == ""
-            assert set(by_vectors.stage_ms) == {"stage1", "lvm", "tmd", "total"}
+            assert set(by_vectors.stage_ms) == {"stage1", "lvm", "tmd", "total",
+                                                "stage1_server", "lvm_server", "tmd_server"}
+            assert 0 < by_vectors.stage_ms["lvm_server"] <= by_vectors.stage_ms["lvm"]
     hit = by_vectors.hits[0]
     assert hit.text == bank.text(hit.row) and hit.cpe_id == f"cpe-{hit.row:05d}"
     assert (hit.article, hit.position) == (bank.article_indices[hit.row],
                                            bank.chunk_indices[hit.row])
+
+
+def test_the_lvm_server_answers_alike_with_the_callers_predictions(serving, in_process,
+                                                                  deployed):
+    """The front sends the LVM's predictions it computed beside stage 1; the LVM server ranks
+    with them as it does with its own, and refuses predictions that do not fit."""
+    _, bank = deployed
+    lvm = in_process.lvm
+    rows = contexts(bank)[2]
+    ctx = bank.vectors[rows]
+    s1 = in_process.stage1.search(ctx, 40)
+    cands = [pb.Candidates(ids=s1.ids[0].tolist(), scores=s1.scores[0].tolist())]
+    pred = lvm.predict([ctx / np.linalg.norm(ctx, axis=1, keepdims=True)]).numpy()
+    with grpc.insecure_channel(serving.cfg.server("lvm").addresses[0]) as ch:
+        stub = rpc.LvmRerankerStub(ch)
+        base = pb.LvmRequest(contexts=[_vectors(ctx)], candidates=cands, keep=7)
+        own = stub.Rerank(base, timeout=10).results[0]
+        sent = stub.Rerank(pb.LvmRequest(contexts=[_vectors(ctx)], candidates=cands, keep=7,
+                                         predictions=_vectors(pred).vectors),
+                           timeout=10).results[0]
+        assert list(sent.ids) == list(own.ids)
+        np.testing.assert_allclose(sent.scores, own.scores, rtol=1e-5, atol=1e-6)
+        for bad, message in [(np.ones((2, DIM)), "predictions: 2 rows for 1 contexts"),
+                             (np.ones((1, 16)), "pred has shape (1, 16)"),
+                             (np.full((1, DIM), np.nan), "predictions row 0: NaN")]:
+            with pytest.raises(grpc.RpcError) as e:
+                stub.Rerank(pb.LvmRequest(contexts=[_vectors(ctx)], candidates=cands, keep=7,
+                                          predictions=_vectors(bad).vectors), timeout=10)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert message in e.value.details(), e.value.details()
 
 
 def test_texts_answer_as_the_in_process_cascade_on_their_embeddings(serving, in_process):
