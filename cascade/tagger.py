@@ -468,8 +468,10 @@ def tag_context(vectors: np.ndarray | None = None, texts: list[str] | None = Non
         raise ValueError("tag_context: empty context")
     domain = np.zeros(length, np.int64)
     if vectors is not None and centroids is not None:
-        domain = centroids.predict(np.asarray(vectors, np.float32),
-                                   np.zeros(length, np.int64))
+        # group_means of one group, without its grouping machinery (this runs per request)
+        mean = np.asarray(vectors, np.float32).astype(np.float64).sum(axis=0, keepdims=True)
+        mean = (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
+        domain[:] = centroids.predict(mean)[0]
     if texts is not None:
         tasks, modifiers = tag_texts(texts)
     else:
