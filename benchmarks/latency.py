@@ -121,6 +121,36 @@ class Running:
         self.proc.send_signal(signal.SIGTERM)
         self.proc.wait(60)
 
+    def pids(self) -> dict[str, list[int]]:
+        """Each server's process ids, from the lines the set printed."""
+        out: dict[str, list[int]] = {}
+        for line in self.lines:
+            if " listening on " in line and "(pid " in line:
+                out.setdefault(line.split()[0], []).append(
+                    int(line.split("(pid ")[1].split(")")[0]))
+        return out
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a process so far (Linux /proc), None elsewhere."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_snapshot(pids: dict[str, list[int]]) -> dict[str, float | None]:
+    """CPU seconds so far of each server (its processes summed) and of this process, the
+    clients'."""
+    out = {}
+    for name, ps in pids.items():
+        times = [cpu_seconds(p) for p in ps]
+        out[name] = None if None in times else sum(times)
+    out["clients"] = cpu_seconds(os.getpid())
+    return out
+
 
 # ---------------------------------------------------------------------------------------------
 # measurements
@@ -270,20 +300,26 @@ def mean_batch(before: dict, after: dict) -> dict[str, float | None]:
 
 
 def measure(cfg: ServingConfig, contexts, clients: list[int], seconds: float, n: int,
-            texts: bool) -> dict:
+            texts: bool, pids: dict[str, list[int]] | None = None) -> dict:
     out = {"one_search": sequential(cfg, contexts, n)}
     print(f"  one search (vectors): p50 {out['one_search']['p50_ms']} ms, "
           f"p99 {out['one_search']['p99_ms']} ms; front's median per step "
           f"{out['one_search']['front_median_ms']}", flush=True)
     out["curve"] = []
     for c in clients:
-        before = batch_sizes(cfg)
+        before, cpu = batch_sizes(cfg), cpu_snapshot(pids or {})
         r = concurrent(cfg, contexts, c, seconds)
         r["mean_batch"] = mean_batch(before, batch_sizes(cfg))
+        # Where the machine's CPU goes: ms of CPU per search in each server (all its
+        # processes) and in the clients; the sum bounds searches/s on the machine's cores.
+        after = cpu_snapshot(pids or {})
+        r["cpu_ms_per_search"] = {
+            name: round(1000 * (after[name] - cpu[name]) / max(r["searches"], 1), 2)
+            if after[name] is not None and cpu[name] is not None else None for name in after}
         out["curve"].append(r)
         print(f"  {c:>2} clients: {r['searches_per_s']:>7.1f} searches/s, p50 {r['p50_ms']} ms,"
               f" p99 {r['p99_ms']} ms, errors {r['errors'] or 0}, calls per batch "
-              f"{r['mean_batch']}", flush=True)
+              f"{r['mean_batch']}, CPU ms per search {r['cpu_ms_per_search']}", flush=True)
     if texts:
         out["texts"] = sequential(cfg, contexts, max(n // 5, 20), texts=True)
         print(f"  one search (1-3 texts, embedding included): p50 {out['texts']['p50_ms']} ms,"
@@ -372,7 +408,8 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 report["layouts"][name] = measure(running.cfg, contexts,
                                                   clients if full else [8], args.seconds,
-                                                  args.n, texts=name == runs[0][0])
+                                                  args.n, texts=name == runs[0][0],
+                                                  pids=running.pids())
                 report["layouts"][name]["load_avg"] = list(os.getloadavg())
             finally:
                 running.stop()

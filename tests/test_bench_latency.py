@@ -1,0 +1,27 @@
+"""benchmarks.latency end to end on a small synthetic bank: real servers, real clients."""
+
+from __future__ import annotations
+
+import json
+
+from benchmarks import latency
+
+
+def test_latency_benchmark_reports_the_curve_and_where_the_cpu_goes(tmp_path, capsys):
+    out = tmp_path / "latency.json"
+    rc = latency.main(["--synthetic", "2000", "--clients", "1,2", "--seconds", "0.5",
+                       "--n", "10", "--out", str(out)])
+    assert rc == 0
+    report = json.loads(out.read_text())  # strict JSON
+    single = report["layouts"]["single"]
+    assert single["one_search"]["errors"] == 0 and single["one_search"]["p50_ms"] > 0
+    assert {"stage1_server", "lvm_server", "tmd_server"} <= set(
+        single["one_search"]["front_median_ms"])
+    for point in single["curve"]:
+        assert point["searches"] > 0 and not point["errors"]
+        cpu = point["cpu_ms_per_search"]
+        assert set(cpu) == {"front", "stage1", "lvm", "tmd", "clients"}
+        # every server worked for the searches (Linux /proc; None only where it is missing)
+        assert all(v is None or v > 0 for v in cpu.values()), cpu
+    assert report["in_process"]["p50_ms"] > 0
+    assert "CPU ms per search" in capsys.readouterr().out
