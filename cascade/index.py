@@ -39,11 +39,23 @@ class ExactIndex:
         self.xb = np.ascontiguousarray(vectors, dtype=np.float32)  # no copy for a bank's array
         self.ntotal = len(self.xb)
         self.d = self.xb.shape[1]
-        self.prefilter = Int8Prefilter(self.xb) if prefilter and self.ntotal else None
+        self.use_prefilter = bool(prefilter and self.ntotal)
+        self._prefilter: Int8Prefilter | None = None
+        self._build = threading.Lock()
+
+    @property
+    def prefilter(self) -> Int8Prefilter | None:
+        """The 8-bit copy, built on first use (a search of fewer than BLAS_MIN_QUERIES queries,
+        or serving's warm-up): batched evaluation and mining never pay for it."""
+        if self.use_prefilter and self._prefilter is None:
+            with self._build:
+                if self._prefilter is None:
+                    self._prefilter = Int8Prefilter(self.xb)
+        return self._prefilter
 
     def search(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         xq = np.ascontiguousarray(xq, dtype=np.float32)
-        if self.prefilter is not None and len(xq) < BLAS_MIN_QUERIES and k < self.ntotal:
+        if self.use_prefilter and len(xq) < BLAS_MIN_QUERIES and k < self.ntotal:
             found = [self.prefilter.search(q, k) for q in xq]
             return np.stack([f[0] for f in found]), np.stack([f[1] for f in found])
         with _PATH_LOCK:  # the threshold is process-wide: no other search may change it meanwhile

@@ -160,6 +160,12 @@ class Stage1:
         self.index = index
         self.checkpoint: str | None = None  # the query tower's checkpoint, when trained
 
+    def prepare(self) -> None:
+        """Build what the index builds on first use (the exact index's 8-bit copy), so a
+        server's first search costs what every other does."""
+        if isinstance(self.index, ExactIndex):
+            _ = self.index.prefilter
+
     @property
     def sharded(self) -> bool:
         """True for a shard: this Stage1 holds part of the bank's rows."""

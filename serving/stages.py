@@ -139,6 +139,7 @@ class Stage1Servicer(_Stage, rpc.Stage1Servicer):
         self.stage1 = Stage1.from_deploy(self.cfg.deploy,
                                          shard=(self.shard, shards) if shards > 1 else None,
                                          device=resolve_device(self.cfg.device))
+        self.stage1.prepare()  # loaded before SERVING: no first-call build
 
     def describe(self) -> str:
         s1 = self.stage1

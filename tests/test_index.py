@@ -211,3 +211,15 @@ def test_prefilter_excludes_context(small_bank, queries):
              for i in range(len(xq))]
     D, I = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     assert_topk(D, I, _masked_scores(xq, small_bank.vectors, ctx_start, ctx_end), 50)
+
+
+def test_prefilter_is_built_on_first_single_query_only(small_bank, queries):
+    """Batched evaluation and mining never build the 8-bit copy; one query does."""
+    from cascade.index import ExactIndex
+
+    index = ExactIndex(small_bank.vectors, prefilter=True)
+    search(index, queries[0][:64], 10)
+    assert index._prefilter is None
+    search(index, queries[0][:1], 10)
+    assert index._prefilter is not None
+    assert ExactIndex(small_bank.vectors).prefilter is None  # off: never built
