@@ -79,9 +79,18 @@ def layout_config(base: ServingConfig, layout: str, path: Path,
     `reuseport` (two processes per server sharing its port), `replicas` (two servers per
     stage, balanced per call by gRPC round_robin; the clients balance over two fronts), or
     `mixed` (two front processes sharing its port, two replicas of each stage). `batching`
-    (max_batch, max_wait_ms) of the batching stages (stage 1, LVM); None: the YAML's."""
+    (max_batch, max_wait_ms) of the batching stages (stage 1, LVM); None: the YAML's. Or
+    `in_process`: no stage servers, the front runs the whole cascade (front.stages), in two
+    processes sharing its port (one per core)."""
     data = yaml.safe_load(DEFAULT_CONFIG.read_text())
     data["deploy"] = base.deploy
+    if layout == "in_process":
+        data["front"].update(stages="in_process", processes=2, metrics_port=free_ports(2),
+                             addresses=[f"127.0.0.1:{free_port()}"])
+        if batching is not None:
+            data["front"]["max_batch"], data["front"]["max_wait_ms"] = batching
+        path.write_text(yaml.safe_dump(data))
+        return path
     if batching is not None:
         for name in BATCHING:
             data[name]["max_batch"], data[name]["max_wait_ms"] = batching
@@ -272,7 +281,7 @@ def batch_sizes(cfg: ServingConfig) -> dict[str, list[float]]:
     from prometheus_client.parser import text_string_to_metric_families
 
     out = {}
-    for name in BATCHING:
+    for name in BATCHING if cfg.front.stages == "servers" else ("front",):
         sc = cfg.server(name)
         total = [0.0, 0.0]
         for p in range(len(sc.addresses) * sc.processes):
@@ -371,7 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-wait-ms", default="0,1",
                    help="with --batching: max_wait_ms values to measure (comma-separated)")
     p.add_argument("--layouts", default=None,
-                   help="layouts to measure (default: single; --compare: all four)")
+                   help="layouts to measure, of single, reuseport, replicas, mixed, in_process "
+                        "(default: single; --compare: all five)")
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv)
     base = load_config(args.config)
@@ -390,7 +400,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         contexts = bench_contexts(base.deploy)
         layouts = (args.layouts.split(",") if args.layouts else
-                   ["single", "reuseport", "replicas", "mixed"] if args.compare else ["single"])
+                   ["single", "reuseport", "replicas", "mixed", "in_process"] if args.compare
+                   else ["single"])
         # (name, layout, batching): batching None keeps the YAML's max_batch / max_wait_ms.
         runs = [(layout, layout, None) for layout in layouts]
         if args.batching:

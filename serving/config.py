@@ -71,6 +71,14 @@ class FrontConfig(ServerConfig):
     tmd_share: float = 0.2  # the TMD stage's share of the call's deadline
     max_texts: int = 64  # most chunk texts in one context
     max_text_chars: int = 4000  # longest chunk text
+    # "servers": each stage is its own gRPC server (stages may run on other hosts) and the front
+    # chains them. "in_process": the front runs the whole cascade itself and no stage server is
+    # started: one hop instead of four, for one host (see the README's serving numbers).
+    stages: str = "servers"
+    # in_process only: concurrent searches, up to max_batch, run as one batched cascade search
+    # (serving.batcher, as the stage servers batch); 1 = off.
+    max_batch: int = 16
+    max_wait_ms: float = 0.0
 
 
 def _stage(port: int, metrics_port: int) -> StageConfig:
@@ -161,6 +169,9 @@ def validate(cfg: ServingConfig, where: str) -> None:
             raise ConfigError(f"{where}: {name}.max_batch must be >= 1 and {name}.max_wait_ms "
                               f">= 0, got {s.max_batch}, {s.max_wait_ms}")
     f = cfg.front
+    if f.stages not in ("servers", "in_process"):
+        raise ConfigError(f"{where}: front.stages must be 'servers' or 'in_process', got "
+                          f"{f.stages!r}")
     if f.lvm_share <= 0 or f.tmd_share <= 0 or f.lvm_share + f.tmd_share >= 1:
         raise ConfigError(f"{where}: front.lvm_share and front.tmd_share must be > 0 with a "
                           f"sum < 1 (stage 1 needs the rest), got {f.lvm_share}, {f.tmd_share}")

@@ -23,6 +23,7 @@ import grpc
 import numpy as np
 
 from serving import metrics
+from serving.batcher import Batcher
 from serving.config import ServingConfig
 from serving.convert import (
     candidates_from_proto,
@@ -88,6 +89,10 @@ class CascadeServicer(rpc.CascadeServicer):
         self.cascade = Cascade.from_deploy(self.cfg.deploy, device=resolve_device(self.cfg.device))
         self.cascade.embed(["load the encoder before reporting SERVING"])
         self.beside = ThreadPoolExecutor(self.cfg.front.workers, thread_name_prefix="beside")
+        if self.cfg.front.stages == "in_process":  # no stage servers to call
+            f = self.cfg.front
+            self.batcher = Batcher("front", self.run_batch, f.max_batch, f.max_wait_ms)
+            return
         shards = self.cfg.stage1.shards
         self.shards = [rpc.Stage1Stub(stage_channel(self.cfg, "stage1", a)) for a in shards]
         self.bounds = shard_bounds(self.cascade.bank.n, len(shards))
@@ -98,7 +103,9 @@ class CascadeServicer(rpc.CascadeServicer):
 
     def describe(self) -> str:
         s1 = self.cascade.stage1
-        return f" stage 1 = {s1.kind}" + (f" ({s1.reason})" if s1.kind != "v4" else "")
+        return (f" stage 1 = {s1.kind}" + (f" ({s1.reason})" if s1.kind != "v4" else "")
+                + ("; every stage in this process" if self.cfg.front.stages == "in_process"
+                   else ""))
 
     # -- the call ------------------------------------------------------------------------------
 
@@ -112,6 +119,8 @@ class CascadeServicer(rpc.CascadeServicer):
         k = self.check_k(request.k)
         stage_ms: dict[str, float] = {}
         ctx, vectors, rows = self.stage_context(request.context, stage_ms)
+        if self.cfg.front.stages == "in_process":
+            return self.search_in_process(vectors, rows, k, stage_ms, t0, context)
 
         degraded: list[str] = []
         ranking, kind, reason, beside = self.call_stage1(ctx, vectors, rows, end, stage_ms,
@@ -132,6 +141,34 @@ class CascadeServicer(rpc.CascadeServicer):
         return pb.SearchResponse(hits=self.hits(ranking[0], k), stage1=kind,
                                  stage1_reason=reason, stage_ms=stage_ms,
                                  degraded=bool(degraded), degraded_reason="; ".join(degraded))
+
+    def search_in_process(self, vectors: list[np.ndarray], rows: list[np.ndarray] | None,
+                          k: int, stage_ms: dict, t0: float, context) -> pb.SearchResponse:
+        """`front.stages: in_process`: the library's cascade in this process, no stage calls
+        (so nothing to degrade: a failure is the call's). Concurrent calls of one form (rows or
+        vectors) share one batched search (front.max_batch)."""
+        ids, scores, stages = self.batcher.submit((vectors, rows, k), rows is None, context)
+        for name, seconds in stages.items():
+            stage_ms[name] = 1000 * seconds
+            metrics.STAGE.labels(name).observe(seconds)
+        stage_ms["total"] = 1000 * (time.perf_counter() - t0)
+        s1 = self.cascade.stage1
+        return pb.SearchResponse(hits=self.hits(candidates_to_proto(ids[None], scores[None])[0],
+                                                k),
+                                 stage1=s1.kind, stage1_reason=s1.reason, stage_ms=stage_ms)
+
+    def run_batch(self, calls: list[tuple]) -> list[tuple]:
+        """One `Cascade.search` of the calls' contexts with their largest k: each call's
+        (ids, scores, seconds per stage of the batch), cut to its k."""
+        from cascade.stage1 import ContextRows
+
+        k = max(c[2] for c in calls)
+        if calls[0][1] is None:
+            res = self.cascade.search([v for c in calls for v in c[0]], k)
+        else:
+            res = self.cascade.search(ContextRows([r for c in calls for r in c[1]]), k)
+        stages = {name: st.seconds for name, st in res.stages.items()}
+        return [(res.ids[b, :c[2]], res.scores[b, :c[2]], stages) for b, c in enumerate(calls)]
 
     def check_k(self, k: int) -> int:
         """As Cascade.search: 0 (proto3's unset) is its default, min(k_tmd, last_k)."""

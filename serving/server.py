@@ -185,7 +185,12 @@ def plan(cfg: ServingConfig, only: str | None, shard: int | None = None
          ) -> list[tuple[str, str, int, int]]:
     """(name, address, process number, stage-1 shard) of every process to start, stages before
     the front; `shard` keeps one stage-1 shard's (a shard on its own host)."""
-    names = [only] if only else [*deployed(cfg), "front"]
+    if only:
+        names = [only]
+    elif cfg.front.stages == "in_process":  # the front runs every stage itself
+        names = ["front"]
+    else:
+        names = [*deployed(cfg), "front"]
     out = []
     for name in names:
         sc = cfg.server(name)

@@ -10,7 +10,7 @@ from benchmarks import latency
 def test_latency_benchmark_reports_the_curve_and_where_the_cpu_goes(tmp_path, capsys):
     out = tmp_path / "latency.json"
     rc = latency.main(["--synthetic", "2000", "--clients", "1,2", "--seconds", "0.5",
-                       "--n", "10", "--out", str(out)])
+                       "--n", "10", "--layouts", "single,in_process", "--out", str(out)])
     assert rc == 0
     report = json.loads(out.read_text())  # strict JSON
     single = report["layouts"]["single"]
@@ -23,5 +23,10 @@ def test_latency_benchmark_reports_the_curve_and_where_the_cpu_goes(tmp_path, ca
         assert set(cpu) == {"front", "stage1", "lvm", "tmd", "clients"}
         # every server worked for the searches (Linux /proc; None only where it is missing)
         assert all(v is None or v > 0 for v in cpu.values()), cpu
+    # every stage in the front: one server, its batches counted
+    (point,) = report["layouts"]["in_process"]["curve"]
+    assert point["searches"] > 0 and not point["errors"]
+    assert set(point["cpu_ms_per_search"]) == {"front", "clients"}
+    assert point["mean_batch"]["front"] >= 1
     assert report["in_process"]["p50_ms"] > 0
     assert "CPU ms per search" in capsys.readouterr().out

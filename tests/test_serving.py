@@ -528,3 +528,53 @@ def test_v4_a_late_reranker_and_stage1_down(deployed, serving, tmp_path):
     finally:
         front.stop()
         stage1.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# every stage in the front's process
+
+
+def test_in_process_stages_answer_as_the_library_with_one_server(deployed, in_process):
+    """`front.stages: in_process` starts the front alone; its answers, by vectors, rows and
+    texts, are the in-process cascade's, with each stage's time and the heuristic's reason."""
+    root, bank = deployed
+    s = ServingSet(write_config(root, "in_process", stages="in_process"))
+    try:
+        assert [line.split()[0] for line in s.lines[:-1]] == ["front"]
+        assert "every stage in this process" in s.lines[0]
+        with s.client(timeout=30) as client:
+            for rows in contexts(bank, 3):
+                assert_same(client.search_rows(rows.tolist()),
+                            in_process.search(ContextRows(rows)))
+                r = client.search_vectors(bank.vectors[rows], k=4)
+                assert_same(r, in_process.search(bank.vectors[rows], k=4))
+                assert set(r.stage_ms) == {"stage1", "lvm", "tmd", "total"}
+                assert r.stage1 == "heuristic" and "v4 missed its gate" in r.stage1_reason
+                assert not r.degraded
+            texts = ["The Moon is Earth's only natural satellite.", "It has no atmosphere."]
+            assert_same(client.search_texts(texts), in_process.search(in_process.embed(texts)))
+        # Concurrent calls share batched searches (front.max_batch); each gets its own answer,
+        # cut to its own k.
+        many = contexts(bank, 6) * 3
+
+        def one(i: int):
+            with s.client(timeout=30) as c:
+                return c.search_vectors(bank.vectors[many[i]], k=1 + i % 10)
+
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(one, range(len(many))))
+        for i, r in enumerate(answers):
+            assert_same(r, in_process.search(bank.vectors[many[i]], k=1 + i % 10))
+        with s.client(timeout=30) as client:
+            with pytest.raises(grpc.RpcError) as e:
+                client.stub.Search(pb.SearchRequest(context=_vectors(np.ones((2, 16)))),
+                                   timeout=10)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        assert s.stop() == 0
+
+
+def test_front_stages_must_be_servers_or_in_process(deployed, tmp_path):
+    root, _ = deployed
+    with pytest.raises(ValueError, match="front.stages must be 'servers' or 'in_process'"):
+        load_config(write_config(root, "bad_stages", stages="local"))
