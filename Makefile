@@ -102,7 +102,7 @@ bench: $(STAMP) $(GEN)  ## every stage-1 formation on the test split (recall, MR
 		--pairs artifacts/twotower/$(BANK_STEM)/pairs_v4.npz
 	$(PY) -m benchmarks.tmd_eval --bank $(BANK) --pairs artifacts/twotower/$(BANK_STEM)/pairs_v4.npz
 	$(PY) -m benchmarks.embed_throughput
-	$(PY) -m benchmarks.latency --deploy $(DEPLOY)
+	$(PY) -m benchmarks.latency --deploy $(DEPLOY) --layouts single,in_process
 
 bench-scale: $(STAMP)  ## training cost: pairs/s and peak RSS of one epoch, synthetic 50k/500k/1M-row banks x contexts 8/100 (~15-60 min)
 	$(PY) -m benchmarks.train_speed

@@ -6,11 +6,14 @@
                                                         # an LVM at initial weights
     python -m benchmarks.latency --compare              # also: one process per server vs
                                                         # SO_REUSEPORT processes vs replicas
+                                                        # vs every stage in the front
+    python -m benchmarks.latency --layouts in_process   # front.stages: in_process alone
     python -m benchmarks.latency --batching             # each layout with the stages'
                                                         # micro-batching off, then on
 
 Measures one Search's p50/p99 (one client, sequential), throughput and latency with 1, 2, 4, 8
-and 16 concurrent clients (each its own connection), and text-input latency (embedding
+and 16 concurrent clients (each its own connection) with the CPU each server spent per search
+(/proc: their sum bounds searches/s on the machine's cores), and text-input latency (embedding
 included). Targets (issue 11): p50 <= 8 ms, p99 <= 20 ms, >= 200 searches/s at 8 clients with
 zero errors. Timings depend on what else runs on the machine: say so beside every number.
 Writes benchmarks/results/latency.json (strict JSON) beside the printed table.
