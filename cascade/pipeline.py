@@ -90,7 +90,6 @@ class Cascade:
                                   f"not exist")
             bank = load_bank(path)
         stage1 = Stage1.from_deploy(deploy_path, bank=bank, config=cfg, device=device)
-        stage1.prepare()  # a cascade serves single contexts: its first one should not wait
         lvm = None
         if deploy.get("lvm"):
             entry = deploy["lvm"]

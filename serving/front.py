@@ -90,6 +90,7 @@ class CascadeServicer(rpc.CascadeServicer):
         self.cascade.embed(["load the encoder before reporting SERVING"])
         self.beside = ThreadPoolExecutor(self.cfg.front.workers, thread_name_prefix="beside")
         if self.cfg.front.stages == "in_process":  # no stage servers to call
+            self.cascade.stage1.prepare()  # what stage 1 builds on first use, before SERVING
             f = self.cfg.front
             self.batcher = Batcher("front", self.run_batch, f.max_batch, f.max_wait_ms)
             return
