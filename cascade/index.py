@@ -82,6 +82,7 @@ class Int8Prefilter:
       is rescored with the float32 vectors. Otherwise k' grows until it does (at worst every
       row: the exact scan).
 
+    The first k' is 2k + 512, or more when recent shortlists were longer (`hint`).
     On the default bank (36k x 384, k = 500 plus the context) the shortlist is about a thousand
     rows and the scan reads 14 MB instead of 56 MB: 2.8 ms instead of 5.8 (1 thread)."""
 
@@ -95,6 +96,10 @@ class Int8Prefilter:
                                                 faiss.METRIC_INNER_PRODUCT)
         self.radius = self.code_norm = 0.0
         self.widened = 0  # searches whose first shortlist was too short (the bound did not cut)
+        # 1.25 x a slowly decaying maximum of the shortlists the bound asked for: the first
+        # fetch covers them, so a bank whose scores crowd (the long-document bank's shortlists
+        # run 1,300-1,900 rows) does not scan twice for a fifth of its queries.
+        self.hint = 0
         for lo in range(0, n, block):  # blocks bound the float temporaries of a large bank
             c = np.rint(vectors[lo:lo + block] * self.scale).astype(np.float32)
             self.codes.add(c)  # direct_signed stores floor(v) + 128: integers as they are
@@ -114,14 +119,15 @@ class Int8Prefilter:
         qi = np.clip(np.rint(u * t), -127, 127)
         eps = (float(np.linalg.norm(q)) * self.radius
                + float(np.linalg.norm(qi / t - u)) * self.code_norm + self.SLACK)
-        fetch = min(2 * k + 512, n)  # the shortlist of k = 510: median 968 rows, p99 1269
+        fetch = min(max(2 * k + 512, self.hint), n)
         while True:
             a, ids = self.codes.search(qi.astype(np.float32)[None], fetch)
             a, ids = a[0] / t, ids[0]
-            if fetch == n:
-                return self.rescore(q, np.arange(n), k)
-            if a[-1] < a[k - 1] - 2 * eps:
-                return self.rescore(q, ids[a >= a[k - 1] - 2 * eps], k)
+            floor = a[k - 1] - 2 * eps  # every row of the exact top k scores at least this
+            if fetch == n or a[-1] < floor:  # every row above the floor is in the shortlist
+                keep = ids[a >= floor]
+                self.hint = max(int(1.25 * len(keep)), int(0.98 * self.hint))
+                return self.rescore(q, keep, k)
             fetch = min(4 * fetch, n)
             self.widened += 1
 
