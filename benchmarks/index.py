@@ -5,13 +5,15 @@
         --index "HNSW32|efSearch=600" --index "IVF1024,Flat|nprobe=32"
 
 Each `--index` is an `index_factory` string, optionally `|` FAISS search parameters (as
-faiss.ParameterSpace reads them: "nprobe=32", "efSearch=600"). For each: build time (train +
-add), memory (the serialized index's bytes), single-query latency (median and p99 of one query
-per search, with 1 OpenMP thread and with FAISS's default), and containment@500: the fraction
-of exact search's top 500 that the index returns in its top 500. Queries are the exp-weighted
-heuristic's queries of the TEST split, and each query's own context rows are excluded from both
-result lists, as stage 1 does. Stage-1 Recall@10/@500 of the heuristic through each index is
-printed beside it (test split, 95% CIs resampled by article). Prints a table, writes strict JSON.
+faiss.ParameterSpace reads them: "nprobe=32", "efSearch=600"); "Flat|prefilter=int8" is stage
+1's exact index with its 8-bit prefilter (cascade.index.Int8Prefilter: exact, containment 100%).
+For each: build time (train + add), memory (the serialized index's bytes), single-query latency
+(median and p99 of one query per search, with 1 OpenMP thread and with FAISS's default), and
+containment@500: the fraction of exact search's top 500 that the index returns in its top 500.
+Queries are the exp-weighted heuristic's queries of the TEST split, and each query's own context
+rows are excluded from both result lists, as stage 1 does. Stage-1 Recall@10/@500 of the
+heuristic through each index is printed beside it (test split, 95% CIs resampled by article).
+Prints a table, writes strict JSON.
 """
 
 from __future__ import annotations
@@ -26,13 +28,14 @@ import faiss
 import numpy as np
 
 from cascade.bank import BankError, load_bank, write_json
-from cascade.index import build_index, search, search_batched
+from cascade.index import ExactIndex, build_index, search, search_batched
 from cascade.metrics import recall_report, target_ranks
 from cascade.pairs import PairsError, load_pairs
 from cascade.query import heuristic_queries
+from cascade.stage1 import EXACT, open_index
 
-DEFAULT_INDEXES = ("Flat", "HNSW32|efSearch=600", "IVF256,Flat|nprobe=32",
-                   "IVF256,PQ32|nprobe=32")
+DEFAULT_INDEXES = ("Flat", "Flat|prefilter=int8", "HNSW32|efSearch=600",
+                   "IVF256,Flat|nprobe=32", "IVF256,PQ32|nprobe=32")
 K = 500
 
 
@@ -45,6 +48,10 @@ def parse_spec(spec: str) -> tuple[str, str]:
 def build(factory: str, params: str, xb: np.ndarray, seed: int) -> tuple[faiss.Index, float]:
     """An inner-product index from `factory` over xb, trained on (a sample of) xb; its seconds."""
     t0 = time.perf_counter()
+    if factory == EXACT and params:  # stage 1's exact index with its 8-bit prefilter
+        index = open_index(xb, factory, params)
+        _ = index.prefilter  # built here, so build_s counts it
+        return index, time.perf_counter() - t0
     index = faiss.index_factory(xb.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
     if not index.is_trained:
         ivf = faiss.try_extract_index_ivf(index)
@@ -92,7 +99,11 @@ def measure(spec: str, bank, split, xq: np.ndarray, exact_I: np.ndarray, latency
             seed: int) -> dict:
     factory, params = parse_spec(spec)
     index, build_s = build(factory, params, bank.vectors, seed)
-    memory = len(faiss.serialize_index(index))
+    if isinstance(index, ExactIndex):  # the bank's array (as IndexFlat holds) + the codes
+        pf = index.prefilter
+        memory = index.xb.nbytes + (pf.codes.ntotal * pf.codes.code_size if pf else 0)
+    else:
+        memory = len(faiss.serialize_index(index))
     D, I = search_batched(index, xq, K, split.ctx_start, split.ctx_end)
     ranks = target_ranks(I, split.target)
     clusters = split.articles(bank)

@@ -59,9 +59,13 @@ class ExactIndex:
             found = [self.prefilter.search(q, k) for q in xq]
             return np.stack([f[0] for f in found]), np.stack([f[1] for f in found])
         with _PATH_LOCK:  # the threshold is process-wide: no other search may change it meanwhile
+            before = faiss.cvar.distance_compute_blas_threshold
             faiss.cvar.distance_compute_blas_threshold = 0 if len(xq) >= BLAS_MIN_QUERIES \
                 else 2**31 - 1
-            return faiss.knn(xq, self.xb, k, metric=faiss.METRIC_INNER_PRODUCT)
+            try:
+                return faiss.knn(xq, self.xb, k, metric=faiss.METRIC_INNER_PRODUCT)
+            finally:  # other FAISS indexes in the process keep FAISS's own choice
+                faiss.cvar.distance_compute_blas_threshold = before
 
 
 class Int8Prefilter:
