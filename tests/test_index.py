@@ -224,3 +224,20 @@ def test_prefilter_is_built_on_first_single_query_only(small_bank, queries):
     search(index, queries[0][:1], 10)
     assert index._prefilter is not None
     assert ExactIndex(small_bank.vectors).prefilter is None  # off: never built
+
+
+def test_exact_search_leaves_faiss_blas_threshold_as_it_found_it(small_bank, queries):
+    """The threshold is process-wide: other FAISS indexes in the process keep their path."""
+    import faiss
+
+    from cascade.index import ExactIndex
+
+    before = faiss.cvar.distance_compute_blas_threshold
+    faiss.cvar.distance_compute_blas_threshold = 20
+    try:
+        index = ExactIndex(small_bank.vectors)
+        index.search(queries[0][:64], 10)
+        index.search(queries[0][:1], 10)
+        assert faiss.cvar.distance_compute_blas_threshold == 20
+    finally:
+        faiss.cvar.distance_compute_blas_threshold = before
