@@ -32,7 +32,7 @@ from cascade.index import ExactIndex, build_index, search, search_batched
 from cascade.metrics import recall_report, target_ranks
 from cascade.pairs import PairsError, load_pairs
 from cascade.query import heuristic_queries
-from cascade.stage1 import EXACT, open_index
+from cascade.stage1 import EXACT, EXACT_PARAMS, open_index
 
 DEFAULT_INDEXES = ("Flat", "Flat|prefilter=int8", "HNSW32|efSearch=600",
                    "IVF256,Flat|nprobe=32", "IVF256,PQ32|nprobe=32")
@@ -154,8 +154,12 @@ def main(argv: list[str] | None = None) -> int:
         bank = load_bank(args.bank)
         split = load_pairs(pairs_path, bank).test()
         for spec in specs:  # a bad string fails here, before minutes of measuring
-            faiss.index_factory(bank.dim, parse_spec(spec)[0], faiss.METRIC_INNER_PRODUCT)
-    except (BankError, PairsError) as e:
+            factory, params = parse_spec(spec)
+            if factory == EXACT and params not in EXACT_PARAMS:
+                raise ValueError(f"--index {spec!r}: the exact index takes no parameters but "
+                                 f"{' or '.join(repr(p) for p in EXACT_PARAMS if p)}")
+            faiss.index_factory(bank.dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except (BankError, PairsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except RuntimeError as e:

@@ -47,6 +47,7 @@ from serving.config import DEFAULT_CONFIG, STAGES, ServingConfig, load_config
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "latency.json"
 BATCHING = ("stage1", "lvm")  # the stages with max_batch / max_wait_ms
+LAYOUTS = ("single", "reuseport", "replicas", "mixed", "in_process")  # see layout_config
 TARGETS = {"p50_ms": 8.0, "p99_ms": 20.0, "searches_per_s_at_8": 200.0}
 TEXTS = ["The Moon is Earth's only natural satellite.",
          "It orbits at an average distance of 384,400 km.",
@@ -389,6 +390,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     base = load_config(args.config)
     clients = [int(c) for c in args.clients.split(",")]
+    layouts = (args.layouts.split(",") if args.layouts else
+               list(LAYOUTS) if args.compare else ["single"])
+    unknown = [x for x in layouts if x not in LAYOUTS]
+    if unknown:
+        print(f"latency: unknown layout {unknown[0]!r} (--layouts takes {', '.join(LAYOUTS)})",
+              file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory(prefix="bench_latency_") as tmp:
         tmp = Path(tmp)
         if args.synthetic:
@@ -402,9 +410,6 @@ def main(argv: list[str] | None = None) -> int:
                   f"--synthetic 36000)", file=sys.stderr)
             return 2
         contexts = bench_contexts(base.deploy)
-        layouts = (args.layouts.split(",") if args.layouts else
-                   ["single", "reuseport", "replicas", "mixed", "in_process"] if args.compare
-                   else ["single"])
         # (name, layout, batching): batching None keeps the YAML's max_batch / max_wait_ms.
         runs = [(layout, layout, None) for layout in layouts]
         if args.batching:

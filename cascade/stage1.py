@@ -426,14 +426,15 @@ def check_vectors(contexts, dim: int, max_context: int) -> list[np.ndarray]:
     return out
 
 
-def check_queries(queries, batch: int, dim: int) -> np.ndarray:
-    """(B, D) finite float32 queries for B contexts; ValueError naming what is wrong."""
+def check_queries(queries, batch: int, dim: int, field: str = "queries") -> np.ndarray:
+    """(B, D) finite float32 vectors, one per context (queries, or the LVM's predictions);
+    ValueError naming `field` and what is wrong."""
     q = np.asarray(queries, dtype=np.float32)
     if q.shape != (batch, dim):
-        raise ValueError(f"queries: expected shape ({batch}, {dim}) (one per context), got "
+        raise ValueError(f"{field}: expected shape ({batch}, {dim}) (one per context), got "
                          f"{q.shape}")
     if not np.isfinite(q).all():
-        raise ValueError(f"queries row {int(np.flatnonzero(~np.isfinite(q).all(1))[0])}: NaN "
+        raise ValueError(f"{field} row {int(np.flatnonzero(~np.isfinite(q).all(1))[0])}: NaN "
                          f"or inf")
     return q
 

@@ -88,12 +88,13 @@ class CascadeServicer(rpc.CascadeServicer):
         # texts and ids for the hits.
         self.cascade = Cascade.from_deploy(self.cfg.deploy, device=resolve_device(self.cfg.device))
         self.cascade.embed(["load the encoder before reporting SERVING"])
-        self.beside = ThreadPoolExecutor(self.cfg.front.workers, thread_name_prefix="beside")
         if self.cfg.front.stages == "in_process":  # no stage servers to call
             self.cascade.stage1.prepare()  # what stage 1 builds on first use, before SERVING
             f = self.cfg.front
             self.batcher = Batcher("front", self.run_batch, f.max_batch, f.max_wait_ms)
             return
+        # The work beside stage 1 (Cascade.beside_stage1) of every call in flight.
+        self.beside = ThreadPoolExecutor(self.cfg.front.workers, thread_name_prefix="beside")
         shards = self.cfg.stage1.shards
         self.shards = [rpc.Stage1Stub(stage_channel(self.cfg, "stage1", a)) for a in shards]
         self.bounds = shard_bounds(self.cascade.bank.n, len(shards))

@@ -211,12 +211,10 @@ class LvmServicer(_Stage, rpc.LvmRerankerServicer):
                                        request.keep)
         pred = None
         if request.HasField("predictions"):
-            pred = vectors_from_proto(request.predictions, "predictions")
-            if len(pred) != len(vectors):
-                raise ValueError(f"predictions: {len(pred)} rows for {len(vectors)} contexts")
-            if not np.isfinite(pred).all():
-                raise ValueError(f"predictions row "
-                                 f"{int(np.flatnonzero(~np.isfinite(pred).all(1))[0])}: NaN or inf")
+            from cascade.stage1 import check_queries
+
+            pred = check_queries(vectors_from_proto(request.predictions, "predictions"),
+                                 len(vectors), self.cascade.bank.dim, "predictions")
         call = _Rerank(vectors, ids, scores, request.keep, pred)
         # One candidate width per batch, and calls with predictions apart from those without.
         ids, scores = self.batcher.submit(call, (ids.shape[1], pred is None), context)

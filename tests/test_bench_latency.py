@@ -30,3 +30,32 @@ def test_latency_benchmark_reports_the_curve_and_where_the_cpu_goes(tmp_path, ca
     assert point["mean_batch"]["front"] >= 1
     assert report["in_process"]["p50_ms"] > 0
     assert "CPU ms per search" in capsys.readouterr().out
+
+
+def test_an_unknown_layout_is_refused_in_one_line_before_anything_starts(capsys, tmp_path):
+    out = tmp_path / "latency.json"
+    assert latency.main(["--layouts", "single,bogus", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["latency: unknown layout 'bogus' (--layouts takes single, reuseport, "
+                   "replicas, mixed, in_process)"]
+    assert not out.exists()
+
+
+def test_bench_index_refuses_unknown_exact_parameters_in_one_line(capsys, tmp_path):
+    from benchmarks import index
+    from cascade.bank import save_bank
+    from training.expand_pairs import ExpandConfig, expand_pairs, save_pairs
+    from training.synth_bank import SynthConfig, synth_bank
+
+    bank = synth_bank(SynthConfig(n=400, dim=16, mean_chunks=8, topics=2, seed=3))
+    save_bank(bank, tmp_path / "bank.npz")
+    save_pairs(expand_pairs(bank, ExpandConfig(context_len=3, stride=1, max_per_seq=50,
+                                               train_split=0.8, seed=1)),
+               tmp_path / "pairs.npz")
+    out = tmp_path / "index.json"
+    rc = index.main(["--bank", str(tmp_path / "bank.npz"), "--pairs", str(tmp_path / "pairs.npz"),
+                     "--index", "Flat|prefilter=bogus", "--out", str(out)])
+    assert rc == 2 and not out.exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --index 'Flat|prefilter=bogus': the exact index takes no parameters "
+                   "but 'prefilter=int8' or 'prefilter=none'"]

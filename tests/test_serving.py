@@ -199,9 +199,12 @@ def test_the_lvm_server_answers_alike_with_the_callers_predictions(serving, in_p
                            timeout=10).results[0]
         assert list(sent.ids) == list(own.ids)
         np.testing.assert_allclose(sent.scores, own.scores, rtol=1e-5, atol=1e-6)
-        for bad, message in [(np.ones((2, DIM)), "predictions: 2 rows for 1 contexts"),
-                             (np.ones((1, 16)), "pred has shape (1, 16)"),
-                             (np.full((1, DIM), np.nan), "predictions row 0: NaN")]:
+        for bad, message in [
+                (np.ones((2, DIM)), f"predictions: expected shape (1, {DIM}) (one per context), "
+                                    f"got (2, {DIM})"),
+                (np.ones((1, 16)), f"predictions: expected shape (1, {DIM}) (one per context), "
+                                   f"got (1, 16)"),
+                (np.full((1, DIM), np.nan), "predictions row 0: NaN")]:
             with pytest.raises(grpc.RpcError) as e:
                 stub.Rerank(pb.LvmRequest(contexts=[_vectors(ctx)], candidates=cands, keep=7,
                                           predictions=_vectors(bad).vectors), timeout=10)
