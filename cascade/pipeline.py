@@ -5,11 +5,12 @@ file pinned by sha256. One context or a batch goes through every stage as one ba
 reports its own ids, scores and wall time. The gRPC servers wrap this and add no ranking logic.
 
 Latency depends on threads: for one context, one torch thread and one FAISS (OpenMP) thread are
-fastest (thread start-up costs more than the work); `set_threads` sets both. The LVM's prediction
-and the TMD query lanes read only the context, so they are computed in a second thread while
-stage 1 forms its query and searches. Torch releases the GIL inside its operations, FAISS does
-not, and two threads on this machine's 2 vCPUs slow each other, so the overlap saves less than
-the work beside stage 1 costs (~0.7 of ~2 ms per context on the default bank).
+fastest (thread start-up costs more than the work); `set_threads` (cascade.threads) sets both,
+in every thread that searches. The LVM's prediction and the TMD query lanes read only the
+context, so they are computed in a second thread while stage 1 forms its query and searches.
+Torch and FAISS release the GIL inside their operations, but two threads on this machine's 2
+vCPUs slow each other, so the overlap saves less than the work beside stage 1 costs (~0.7 of
+~2 ms per context on the default bank).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import faiss
 import numpy as np
 import torch
 
@@ -28,6 +28,7 @@ from cascade.lvm import LvmReranker
 from cascade.result import StageResult
 from cascade.stage1 import ContextRows, Stage1
 from cascade.tagger import DomainCentroids, bank_centroids, tag_context
+from cascade.threads import set_threads
 from cascade.tmd_rerank import TmdReranker, context_lanes
 
 __all__ = ["Cascade", "CascadeResult", "ContextRows", "StageResult", "set_threads"]
@@ -40,12 +41,6 @@ class CascadeResult:
     stages: dict[str, StageResult] = field(default_factory=dict)  # "stage1", "lvm", "tmd"
     stage1_kind: str = ""  # "v4" | "heuristic"
     seconds: float = 0.0  # the whole search
-
-
-def set_threads(n: int) -> None:
-    """Torch and FAISS threads (1 is fastest for one context on a shared CPU)."""
-    torch.set_num_threads(n)
-    faiss.omp_set_num_threads(n)
 
 
 class Cascade:

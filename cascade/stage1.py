@@ -45,6 +45,7 @@ from cascade.negatives import DUP_THRESHOLD
 from cascade.pairs import Pairs
 from cascade.query import DEFAULT_ALPHA, exp_weighted, heuristic_queries, last_vector
 from cascade.result import StageResult
+from cascade.threads import apply_faiss_threads
 from cascade.towers import DocTower, QueryTower
 
 EXACT = "Flat"
@@ -234,6 +235,7 @@ class Stage1:
                      exclude: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(queries, D, I) top-k for every pair, its context window left out (`exclude`)."""
         self.check_whole("pairs")
+        apply_faiss_threads()
         q = self.pair_queries(pairs) if q is None else q
         if not exclude:
             D, I = self.index.search(np.ascontiguousarray(q, dtype=np.float32), k)
@@ -325,6 +327,7 @@ class Stage1:
         """Search k + margin and drop the context's rows (given) or its duplicates (vectors);
         widen the search for a query that lost more rows than the margin allowed. Ids are the
         bank's global rows (a shard's local ids + row_start)."""
+        apply_faiss_threads()  # this may be a server's or a pool's thread
         n = self.bank.n
         extra = max(len(c) for c in (rows if rows is not None else vectors)) + 8
         while True:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -159,3 +160,30 @@ def test_from_deploy_checks_pins(tmp_path, small_bank, small_bank_path, tower_ck
                          bank_fingerprint="sha256:" + "1" * 64)
     with pytest.raises(DeployError, match="deploy.json pins sha256:1111"):
         Stage1.from_deploy(other)
+
+
+def test_set_threads_holds_in_every_thread_that_searches(small_bank):
+    """FAISS's thread count is OpenMP's, per thread: a pool's thread searching after
+    set_threads must run with the count chosen, not OpenMP's default (whose idle threads spin)."""
+    import faiss
+
+    from cascade import threads
+
+    before = (torch.get_num_threads(), threads._faiss_threads, faiss.omp_get_max_threads())
+    stage1 = Stage1(small_bank)
+
+    def probe():
+        faiss.omp_set_num_threads(2)  # a fresh thread starts at OpenMP's default
+        stage1.search(small_bank.vectors[10:13], k=5)
+        return faiss.omp_get_max_threads()
+
+    try:
+        threads.set_threads(1)
+        with ThreadPoolExecutor(1) as pool:
+            assert pool.submit(probe).result() == 1
+        with pytest.raises(ValueError, match="threads must be an integer >= 1"):
+            threads.set_threads(0)
+    finally:
+        torch.set_num_threads(before[0])
+        threads._faiss_threads = before[1]
+        faiss.omp_set_num_threads(before[2])
