@@ -37,10 +37,11 @@ from torch import nn
 
 from cascade.bank import Bank, atomic_write, sha256_file
 from cascade.device import to_cpu
+from cascade.infer import GruQuery
 from cascade.pairs import Pairs
 from cascade.result import StageResult
 from cascade.split import SIDE_NAMES, TEST, SplitSpec, row_sides
-from cascade.towers import TowerConfig, age_weighted, build_towers
+from cascade.towers import GRUTower, TowerConfig, age_weighted, build_towers
 
 FORMAT_VERSION = 1
 CONTENT = ("s1", "log_rank", "pred", "last", "ctx_max", "ctx_mean", "heur")
@@ -295,6 +296,11 @@ class LvmReranker:
         self.structure = BankStructure(bank).to(self.device)  # the bank's vectors go along
         self.split = split  # the article split it was fitted with (None: not recorded)
         self.path = path
+        # The predictor as a frozen NumPy copy on the CPU (cascade.infer): the model is loaded
+        # for serving and must not change afterwards.
+        self.fast_predict = (GruQuery(self.model.predictor)
+                             if self.device.type == "cpu" and isinstance(self.model.predictor,
+                                                                         GRUTower) else None)
 
     @classmethod
     def load(cls, ckpt_path, bank: Bank, *, sha256: str | None = None,
@@ -328,6 +334,9 @@ class LvmReranker:
         if "pred" not in self.model.cfg.features:
             return None
         from cascade.stage1 import pad_left_aligned  # a helper; stage1 does not import lvm
+        if self.fast_predict is not None:
+            return torch.from_numpy(self.fast_predict(*pad_left_aligned(
+                contexts, self.model.cfg.max_len)))
         ctx, mask = pad_left_aligned(contexts)
         d = self.device
         return self.model.predict(torch.from_numpy(ctx).to(d), torch.from_numpy(mask).to(d))
@@ -336,6 +345,8 @@ class LvmReranker:
     def logits(self, contexts: list[np.ndarray], cand_ids: np.ndarray,
                cand_scores: np.ndarray, pred: torch.Tensor | None = None) -> torch.Tensor:
         from cascade.stage1 import pad_left_aligned
+        if pred is None:
+            pred = self.predict(contexts)
         ctx, mask = pad_left_aligned(contexts)
         d = self.device
         return rerank_logits(self.model, self.structure, torch.from_numpy(ctx).to(d),

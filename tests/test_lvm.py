@@ -19,7 +19,7 @@ from cascade.lvm import (
     load_lvm_state,
 )
 from cascade.pairs import save_pairs
-from cascade.stage1 import ContextRows, Stage1
+from cascade.stage1 import ContextRows, Stage1, pad_left_aligned
 from training.config import CONFIG_DIR, ConfigError
 from training.expand_pairs import ExpandConfig, expand_pairs
 from training.synth_bank import SynthConfig, synth_bank
@@ -140,6 +140,11 @@ def test_rerank_keeps_the_best_and_refuses_bad_candidates(setup):
     for b in range(2):
         assert set(out.ids[b]) <= set(s1.ids[b])
     logits = lvm.logits(ctx, s1.ids, s1.scores).numpy()
+    # The served predictor (a NumPy copy) predicts what the torch predictor does.
+    assert lvm.fast_predict is not None
+    with torch.inference_mode():
+        want = lvm.model.predict(*map(torch.from_numpy, pad_left_aligned(ctx)))
+    np.testing.assert_allclose(lvm.predict(ctx).numpy(), want.numpy(), atol=2e-6)
     best = np.take_along_axis(s1.ids, np.argsort(-logits, axis=1, kind="stable")[:, :20], 1)
     assert np.array_equal(np.sort(best, 1), np.sort(out.ids, 1))
     bad_ids = s1.ids.copy()

@@ -61,6 +61,9 @@ def test_evaluate_through_stage1_equals_the_direct_evaluation(small_bank, pairs)
 @pytest.mark.parametrize("use_tower", [False, True])
 def test_vectors_rows_and_pairs_give_the_same_top_k(small_bank, pairs, tower_ckpt, use_tower):
     s1 = Stage1.from_checkpoint(tower_ckpt, small_bank) if use_tower else Stage1(small_bank)
+    # A tower loaded from a checkpoint forms serving's queries by its NumPy copy; the pairs
+    # path (evaluation) by the torch tower: both must find the same rows.
+    assert (s1.fast_query is not None) == use_tower
     sub = pairs.subset(np.arange(40))
     _, D, I = s1.search_pairs(sub, 50)
     by_rows = s1.search(ContextRows(windows(sub)), k=50)

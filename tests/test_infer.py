@@ -1,0 +1,52 @@
+"""The NumPy copy of the GRU query tower computes what the torch tower computes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cascade.infer import GruQuery
+from cascade.stage1 import pad_left_aligned
+from cascade.towers import TowerConfig, build_towers
+
+
+def trained_like(cfg: TowerConfig, seed: int = 0):
+    """A tower with every weight random (an untrained residual tower's output layer is zero,
+    which would hide a wrong GRU)."""
+    torch.manual_seed(seed)
+    tower, _ = build_towers(cfg)
+    with torch.no_grad():
+        for p in tower.parameters():
+            p.copy_(torch.randn_like(p) * 0.3)
+    return tower.eval()
+
+
+def contexts(lengths, dim=16, seed=1):
+    rng = np.random.default_rng(seed)
+    out = []
+    for n in lengths:
+        v = rng.normal(size=(n, dim)).astype(np.float32)
+        out.append(v / np.linalg.norm(v, axis=1, keepdims=True))
+    return out
+
+
+@pytest.mark.parametrize("layers,residual", [(1, True), (2, True), (1, False)])
+def test_numpy_tower_equals_torch_tower(layers, residual):
+    cfg = TowerConfig(dim=16, hidden=24, layers=layers, residual=residual, max_len=6)
+    tower = trained_like(cfg)
+    fast = GruQuery(tower)
+    # One context, then a batch with padding (lengths differ) and contexts longer than max_len.
+    for batch in (contexts([3]), contexts([1, 4, 6, 2, 9], seed=2)):
+        ctx, mask = pad_left_aligned(batch, cfg.max_len)
+        with torch.inference_mode():
+            want = tower(torch.from_numpy(ctx), torch.from_numpy(mask)).numpy()
+        got = fast(ctx, mask)
+        assert got.dtype == np.float32 and got.shape == want.shape
+        np.testing.assert_allclose(got, want, atol=2e-6)
+
+
+def test_only_a_gru_tower_is_copied():
+    tower, _ = build_towers(TowerConfig(kind="mean_mlp", dim=16, hidden=24))
+    with pytest.raises(TypeError, match="GRUTower"):
+        GruQuery(tower)
