@@ -167,12 +167,18 @@ def test_from_deploy_checks_pins(tmp_path, small_bank, small_bank_path, tower_ck
 
 def test_set_threads_holds_in_every_thread_that_searches(small_bank):
     """FAISS's thread count is OpenMP's, per thread: a pool's thread searching after
-    set_threads must run with the count chosen, not OpenMP's default (whose idle threads spin)."""
+    set_threads must run with the count chosen, not OpenMP's default (whose idle threads spin).
+    NumPy's BLAS gets the count too."""
     import faiss
+    from threadpoolctl import threadpool_info, threadpool_limits
 
     from cascade import threads
 
-    before = (torch.get_num_threads(), threads._faiss_threads, faiss.omp_get_max_threads())
+    def blas_threads():
+        return {d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"}
+
+    before = (torch.get_num_threads(), threads._faiss_threads, faiss.omp_get_max_threads(),
+              max(blas_threads()))
     stage1 = Stage1(small_bank)
 
     def probe():
@@ -184,9 +190,11 @@ def test_set_threads_holds_in_every_thread_that_searches(small_bank):
         threads.set_threads(1)
         with ThreadPoolExecutor(1) as pool:
             assert pool.submit(probe).result() == 1
+        assert blas_threads() == {1}
         with pytest.raises(ValueError, match="threads must be an integer >= 1"):
             threads.set_threads(0)
     finally:
         torch.set_num_threads(before[0])
         threads._faiss_threads = before[1]
         faiss.omp_set_num_threads(before[2])
+        threadpool_limits(before[3], user_api="blas")
