@@ -37,7 +37,7 @@ from torch import nn
 
 from cascade.bank import Bank, atomic_write, sha256_file
 from cascade.device import to_cpu
-from cascade.infer import GruQuery
+from cascade.infer import BankArrays, GruQuery, lvm_features
 from cascade.pairs import Pairs
 from cascade.result import StageResult
 from cascade.split import SIDE_NAMES, TEST, SplitSpec, row_sides
@@ -296,11 +296,13 @@ class LvmReranker:
         self.structure = BankStructure(bank).to(self.device)  # the bank's vectors go along
         self.split = split  # the article split it was fitted with (None: not recorded)
         self.path = path
-        # The predictor as a frozen NumPy copy on the CPU (cascade.infer): the model is loaded
-        # for serving and must not change afterwards.
+        # On the CPU the predictor runs as a frozen NumPy copy and the features in NumPy
+        # (cascade.infer; the head stays torch): the model is loaded for serving and must not
+        # change afterwards.
+        cpu = self.device.type == "cpu"
         self.fast_predict = (GruQuery(self.model.predictor)
-                             if self.device.type == "cpu" and isinstance(self.model.predictor,
-                                                                         GRUTower) else None)
+                             if cpu and isinstance(self.model.predictor, GRUTower) else None)
+        self.arrays = BankArrays.of(self.structure) if cpu else None
 
     @classmethod
     def load(cls, ckpt_path, bank: Bank, *, sha256: str | None = None,
@@ -348,6 +350,10 @@ class LvmReranker:
         if pred is None:
             pred = self.predict(contexts)
         ctx, mask = pad_left_aligned(contexts)
+        if self.arrays is not None:
+            feats = lvm_features(self.arrays, self.model.cfg, ctx, mask, cand_ids, cand_scores,
+                                 None if pred is None else pred.cpu().numpy())
+            return self.model.score(torch.from_numpy(feats), torch.from_numpy(cand_ids >= 0))
         d = self.device
         return rerank_logits(self.model, self.structure, torch.from_numpy(ctx).to(d),
                              torch.from_numpy(mask).to(d), torch.from_numpy(cand_ids).to(d),
