@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.reference import describe, reference_ops, relative
 from cascade.bank import BankError, write_json
 from cascade.deploy import DeployError
 from cascade.lvm import LvmError
@@ -166,15 +167,18 @@ def main(argv: list[str] | None = None) -> int:
     k1 = cascade.config.k_stage1
     q = quality(stage_ranks(cascade, split), clusters, k1)
     lat = latency(cascade, split, args.latency_contexts, args.batch, warmup=20, seed=args.seed)
+    ref = reference_ops(cascade)
     print(f"{args.split} split: {len(split):,} contexts, stage 1 = {cascade.stage1.kind}, "
           f"{cascade.config.k_stage1}/{cascade.config.k_lvm}/{cascade.config.k_tmd}, "
           f"{args.threads} thread(s), {os.cpu_count()} CPUs (article-clustered 95% CIs)")
     print(table(q, lat, k1))
+    print(describe(ref))
+    print(relative("one context, median", lat["single"]["total"]["median_ms"], 5.0, ref))
     report = {"benchmark": "cascade_eval", "created": datetime.now(UTC).isoformat(
         timespec="seconds"), "deploy": args.deploy, "pairs": args.pairs, "split": args.split,
         "n": len(split), "stage1_kind": cascade.stage1.kind,
         "config": cascade.config.to_dict(), "threads": args.threads, "cpus": os.cpu_count(),
-        "quality": q, "latency": lat}
+        "quality": q, "latency": lat, "reference": ref}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     write_json(args.out, report)
     print(f"wrote {args.out}")

@@ -211,6 +211,7 @@ def sequential(cfg: ServingConfig, contexts: list[np.ndarray], n: int, texts: bo
 def in_process(deploy: str, contexts: list[np.ndarray], n: int) -> dict:
     """The same searches through the library in this process, one thread: what gRPC adds is
     the difference (both measured under the same machine load)."""
+    from benchmarks.reference import reference_ops
     from cascade.pipeline import Cascade, set_threads
 
     set_threads(1)
@@ -221,7 +222,7 @@ def in_process(deploy: str, contexts: list[np.ndarray], n: int) -> dict:
         cascade.search(contexts[i % len(contexts)])
         if i >= 5:
             ms.append(1000 * (time.perf_counter() - t))
-    return {"calls": n, **percentiles(ms)}
+    return {"calls": n, **percentiles(ms), "reference": reference_ops(cascade)}
 
 
 def concurrent(cfg: ServingConfig, contexts: list[np.ndarray], clients: int, seconds: float
@@ -435,6 +436,13 @@ def main(argv: list[str] | None = None) -> int:
         report["in_process"] = in_process(base.deploy, contexts, args.n)
         print(f"in-process cascade (same searches, 1 thread, no gRPC): p50 "
               f"{report['in_process']['p50_ms']} ms, p99 {report['in_process']['p99_ms']} ms")
+        from benchmarks.reference import describe, relative
+
+        ref = report["in_process"]["reference"]
+        print(describe(ref))
+        for name, *_ in runs:
+            p50 = report["layouts"][name]["one_search"]["p50_ms"]
+            print(relative(f"one search ({name}), p50", p50, 8.0, ref))
         report["load_avg_at_end"] = list(os.getloadavg())
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     write_json(args.out, report)

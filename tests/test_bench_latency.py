@@ -29,7 +29,11 @@ def test_latency_benchmark_reports_the_curve_and_where_the_cpu_goes(tmp_path, ca
     assert set(point["cpu_ms_per_search"]) == {"front", "clients"}
     assert point["mean_batch"]["front"] >= 1
     assert report["in_process"]["p50_ms"] > 0
-    assert "CPU ms per search" in capsys.readouterr().out
+    ref = report["in_process"]["reference"]["ms"]
+    assert ref["flat_ip_1_thread"] > 0 and ref["matmul_argpartition"] > 0
+    printed = capsys.readouterr().out
+    assert "CPU ms per search" in printed
+    assert "one search (in_process), p50" in printed and "the issue's reference" in printed
 
 
 def test_an_unknown_layout_is_refused_in_one_line_before_anything_starts(capsys, tmp_path):
