@@ -21,16 +21,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from cascade.query import exp_weighted, unit
 from cascade.towers import GRUTower, QueryTower
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * x))  # no overflow for large |x|, unlike 1 / (1 + e^-x)
-
-
-def _normalize(x: np.ndarray) -> np.ndarray:
-    """F.normalize(x, dim=-1): x / max(|x|, 1e-12)."""
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 class GruQuery:
@@ -64,7 +60,7 @@ class GruQuery:
         delta = self.encode(ctx, mask) @ self.out_w + self.out_b
         if self.log_weights is not None:
             delta = delta + self.age_weighted(ctx, mask)
-        return _normalize(delta).astype(np.float32)
+        return unit(delta).astype(np.float32)
 
     def encode(self, ctx: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """(B, H): the last layer's hidden state after each context's last real chunk."""
@@ -93,7 +89,7 @@ class GruQuery:
         age = np.clip(lengths - 1 - np.arange(ctx.shape[1])[None, :], 0,
                       len(self.log_weights) - 1)
         w = np.exp(self.log_weights[age]) * mask
-        return _normalize(np.einsum("bl,bld->bd", w, ctx))
+        return unit(np.einsum("bl,bld->bd", w, ctx))
 
 
 @dataclass
@@ -131,13 +127,11 @@ def lvm_features(bs, cfg, ctx: np.ndarray, mask: np.ndarray, ids: np.ndarray,
     refs = [ctx]
     if "pred" in want:
         refs.append(np.asarray(pred, np.float32)[:, None])
-    if "heur" in want:
-        age = np.clip(lengths[:, None] - 1 - np.arange(length)[None, :], 0, None)
-        w = np.exp(-cfg.alpha * np.arange(length, dtype=np.float32))[age] * fm
-        refs.append(_normalize(np.einsum("bl,bld->bd", w, ctx))[:, None])
+    if "heur" in want:  # the exp-weighted heuristic query
+        refs.append(exp_weighted(ctx, mask, cfg.alpha)[:, None])
     if "top_centroid" in want:
         top = (cand[:, :TOP_CENTROID] * valid[:, :TOP_CENTROID, None]).sum(axis=1)
-        refs.append(_normalize(top)[:, None])
+        refs.append(unit(top)[:, None])
     sims = np.matmul(cand, np.concatenate(refs, axis=1).transpose(0, 2, 1))  # (B, K, L + x)
     cc = sims[:, :, :length]
     extra = iter(range(length, sims.shape[2]))

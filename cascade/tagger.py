@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from cascade.bank import atomic_write
+from cascade.query import unit
 from cascade.tmd import DOMAINS, MODIFIERS, TASKS, pack
 
 TAGGER_VERSION = 2  # bump whenever the rules, the topic map or the centroid method change
@@ -469,8 +470,8 @@ def tag_context(vectors: np.ndarray | None = None, texts: list[str] | None = Non
     domain = np.zeros(length, np.int64)
     if vectors is not None and centroids is not None:
         # group_means of one group, without its grouping machinery (this runs per request)
-        mean = np.asarray(vectors, np.float32).astype(np.float64).sum(axis=0, keepdims=True)
-        mean = (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
+        mean = unit(np.asarray(vectors, np.float32).astype(np.float64).sum(axis=0, keepdims=True))
+        mean = mean.astype(np.float32)
         domain[:] = centroids.predict(mean)[0]
     if texts is not None:
         tasks, modifiers = tag_texts(texts)
