@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = {"stage 1 alone": {f"hit@{k}": hits(s1, k) for k in (1, 5, 10, 50)}}
     for name, subset in SETS.items():
         cols = torch.tensor([FEATURES.index(f) for f in subset])
-        logits = cross_fit(model_for(subset), feats[..., cols], va, bank, cfg)
+        logits = cross_fit(model_for(subset), feats[..., cols], va, bank, cfg)[0]
         r, _, _ = ranks_by(logits, va)
         rows[name] = {f"hit@{k}": hits(r, k) for k in (1, 5, 10, 50)}
         print(f"  {name}: Hit@10 {rows[name]['hit@10']:.2f}", file=sys.stderr, flush=True)

@@ -20,6 +20,11 @@ class DeployError(ValueError):
     """A deploy.json that is unreadable, incomplete, or names files that do not match it."""
 
 
+# Where a context's TMD lane comes from: TMD codes (the bank's codes of a context sent as rows, or
+# codes the caller sends), or tagged from its vectors (contexts sent as vectors or texts).
+LANE_SOURCES = ("codes", "tagged")
+
+
 @dataclass
 class CascadeConfig:
     k_stage1: int = 500  # stage 1 (query + FAISS) keeps this many rows
@@ -30,7 +35,16 @@ class CascadeConfig:
     # "prefilter=none" turns off the exact 8-bit prefilter of single queries (on by default)
     index_params: str = ""
     max_context: int = 512  # longest context (chunks) a request may send
-    tmd_w: float = 0.0  # stage 3's blend weight, tuned on val by `make train-lvm`
+    # Stage 3's blend weight for each source of the context's TMD lane, both tuned on val by
+    # `make train-lvm`: lanes from TMD codes (the bank's codes of a context sent as rows, or codes
+    # the caller sends) and lanes tagged from the vectors (contexts sent as vectors or texts).
+    # A deploy.json written before the split has only tmd_w: tagged lanes then get 0.
+    tmd_w: float = 0.0
+    tmd_w_tagged: float = 0.0
+    # A bank row this close (cos) to a chunk of a context sent as vectors or texts is that chunk
+    # again, not its continuation: stage 1 leaves it out. 0.9999 (exact duplicates) unless
+    # `make train-lvm` lowered it to just above the highest target-to-context cos on val.
+    dup_cos: float = 0.9999
 
     @classmethod
     def from_dict(cls, d: dict | None, where: str = "cascade") -> CascadeConfig:
@@ -51,10 +65,22 @@ class CascadeConfig:
         if not self.k_stage1 >= self.k_lvm >= self.k_tmd:
             raise DeployError(f"{where}: need k_stage1 >= k_lvm >= k_tmd, got {self.k_stage1}, "
                               f"{self.k_lvm}, {self.k_tmd}")
-        if not isinstance(self.tmd_w, int | float) or not 0.0 <= self.tmd_w <= 1.0:
-            raise DeployError(f"{where}.tmd_w must be in [0, 1], got {self.tmd_w!r}")
+        for key in ("tmd_w", "tmd_w_tagged"):
+            value = getattr(self, key)
+            if not isinstance(value, int | float) or isinstance(value, bool) or \
+                    not 0.0 <= value <= 1.0:
+                raise DeployError(f"{where}.{key} must be in [0, 1], got {value!r}")
+        if not isinstance(self.dup_cos, int | float) or isinstance(self.dup_cos, bool) or \
+                not 0.5 <= self.dup_cos <= 1.0:
+            raise DeployError(f"{where}.dup_cos must be in [0.5, 1], got {self.dup_cos!r}")
         if not isinstance(self.index_factory, str) or not self.index_factory:
             raise DeployError(f"{where}.index_factory must be a FAISS index_factory string")
+
+    def tmd_w_for(self, lane_source: str) -> float:
+        """Stage 3's w for lanes from `lane_source`: "codes" or "tagged" (LANE_SOURCES)."""
+        if lane_source not in LANE_SOURCES:
+            raise ValueError(f"lane source {lane_source!r}: expected one of {LANE_SOURCES}")
+        return self.tmd_w if lane_source == "codes" else self.tmd_w_tagged
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -27,9 +27,9 @@ from cascade.deploy import CascadeConfig, DeployError, check_pinned, read_deploy
 from cascade.lvm import LvmReranker
 from cascade.result import StageResult
 from cascade.stage1 import ContextRows, Stage1
-from cascade.tagger import DomainCentroids, bank_centroids, tag_context
+from cascade.tagger import DomainCentroids, bank_centroids
 from cascade.threads import set_threads
-from cascade.tmd_rerank import TmdReranker, context_lanes
+from cascade.tmd_rerank import TmdReranker, lanes_of_codes, tagged_lanes
 
 __all__ = ["Cascade", "CascadeResult", "ContextRows", "StageResult", "set_threads"]
 
@@ -96,11 +96,21 @@ class Cascade:
             lvm = LvmReranker.load(path, bank, device=device)
         tmd = centroids = None
         if bank.tmd_codes is not None:
-            tmd = TmdReranker(bank.tmd_codes, cfg.tmd_w)
+            tmd = TmdReranker(bank.tmd_codes, cfg.tmd_w)  # w is chosen per call by lane source
             centroids = bank_centroids(bank.path, bank.meta) if bank.path else None
         cascade = cls(stage1, lvm, cfg, tmd, centroids)
         cascade.device = torch.device(device)
         return cascade
+
+    @staticmethod
+    def lane_source(rows: list[np.ndarray] | None, context_codes) -> str:
+        """Where `context_lanes` takes the lanes from: "codes" (given, or the bank's codes of
+        the rows) or "tagged" (from the vectors); stage 3's w is tuned for each."""
+        return "codes" if context_codes is not None or rows is not None else "tagged"
+
+    def tmd_w(self, rows: list[np.ndarray] | None, context_codes) -> float:
+        """Stage 3's w for contexts in this form (CascadeConfig.tmd_w_for)."""
+        return self.config.tmd_w_for(self.lane_source(rows, context_codes))
 
     def context_lanes(self, vectors: list[np.ndarray], rows: list[np.ndarray] | None,
                       context_codes) -> np.ndarray:
@@ -117,14 +127,8 @@ class Cascade:
         elif rows is not None:
             codes = [self.bank.tmd_codes[r].astype(np.int64) for r in rows]
         else:
-            codes = [tag_context(v, centroids=self.centroids) for v in vectors]
-        width = max(len(c) for c in codes)
-        padded = np.zeros((len(codes), width), np.int64)
-        mask = np.zeros((len(codes), width), bool)
-        for b, c in enumerate(codes):
-            padded[b, :len(c)] = c
-            mask[b, :len(c)] = True
-        return context_lanes(padded, mask)
+            return tagged_lanes(vectors, self.centroids)
+        return lanes_of_codes(codes)
 
     def beside_stage1(self, vectors: list[np.ndarray], rows: list[np.ndarray] | None,
                       context_codes) -> tuple:
@@ -178,7 +182,8 @@ class Cascade:
         if self.tmd is not None:
             t = time.perf_counter()
             keep = min(cfg.k_tmd, final.ids.shape[1])
-            ids, scores = self.tmd.rerank(lanes, final.ids, final.scores, keep)
+            ids, scores = self.tmd.rerank(lanes, final.ids, final.scores, keep,
+                                          w=self.tmd_w(rows, context_codes))
             stages["tmd"] = final = StageResult(ids, scores, time.perf_counter() - t + waited)
         return CascadeResult(final.ids[:, :k], final.scores[:, :k], stages, self.stage1.kind,
                              time.perf_counter() - t0)

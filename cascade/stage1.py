@@ -4,8 +4,9 @@ The trainer's evaluation, the gate, the post-mortem, the benchmarks and serving 
 `Stage1`, so a stage-1 number is computed one way. It takes contexts three ways:
 
 - `search(vectors)`: raw context vectors, any (L, D) array (new text never seen in the bank), one
-  or a list; bank rows equal to a context vector (cos >= DUP_COS) are left out of the results, so
-  a user who sends the chunks they just read never gets them back;
+  or a list; bank rows that repeat a context vector (cos >= `dup_cos`: exact duplicates by
+  default, near-duplicates when deploy.json lowers it) are left out of the results, so a user who
+  sends the chunks they just read never gets them, or the bank's versions of them, back;
 - `search(ContextRows(...))`: bank row ids, one context or a list; those rows are left out;
 - `search_pairs(pairs)`: the context windows [ctx_start, ctx_end) of a pairs file, batched, the
   window left out: what evaluation and mining use.
@@ -50,7 +51,7 @@ from cascade.threads import apply_faiss_threads
 from cascade.towers import DocTower, GRUTower, QueryTower
 
 EXACT = "Flat"
-DUP_COS = 0.9999  # a bank row this close to a context vector is that chunk: never returned
+DUP_COS = CascadeConfig.dup_cos  # the default: a row this close to a context vector is that chunk
 HEURISTICS = ("exp_weighted", "last_vector", "mean")
 # The exact index's parameters: one context is scanned over an 8-bit copy of the bank and its
 # shortlist rescored exactly (the same top k, ~3x faster; cascade.index.Int8Prefilter), unless
@@ -128,7 +129,7 @@ class Stage1:
                  heuristic: str = "exp_weighted",
                  alpha: float = DEFAULT_ALPHA, kind: str | None = None, reason: str = "",
                  index_factory: str = EXACT, index_params: str = "", max_context: int = 512,
-                 index=None, rows: tuple[int, int, int] | None = None):
+                 index=None, rows: tuple[int, int, int] | None = None, dup_cos: float = DUP_COS):
         if query is None and heuristic not in HEURISTICS:
             raise ValueError(f"unknown heuristic {heuristic!r} ({', '.join(HEURISTICS)})")
         # The bank's rows are rows [row_start, row_end) of a bank of total_rows (a shard).
@@ -146,6 +147,7 @@ class Stage1:
         self.reason = reason
         self.dim = bank.dim
         self.max_context = int(max_context)
+        self.dup_cos = float(dup_cos)
         self.index_factory = index_factory
         if doc_vectors is None:
             doc_vectors = encode_docs(doc, bank.vectors) if doc is not None else bank.vectors
@@ -217,7 +219,7 @@ class Stage1:
                               f"{str(deploy['bank_fingerprint'])[:19]}...")
         common = {"kind": deploy["stage1"], "reason": deploy.get("reason", ""),
                   "index_factory": cfg.index_factory, "index_params": cfg.index_params,
-                  "max_context": cfg.max_context, "rows": rows}
+                  "max_context": cfg.max_context, "rows": rows, "dup_cos": cfg.dup_cos}
         if deploy["stage1"] == "v4":
             if "checkpoint_sha256" not in deploy:
                 raise DeployError(f"{deploy_path}: missing key 'checkpoint_sha256'")
@@ -344,7 +346,7 @@ class Stage1:
             G = np.where(I >= 0, I + self.row_start, -1) if self.row_start else I
             drop = (context_row_mask(G, rows) if rows is not None
                     else duplicate_mask(I, D, q, self.bank.vectors, vectors,
-                                        self.doc_vectors is self.bank.vectors))
+                                        self.doc_vectors is self.bank.vectors, self.dup_cos))
             if fetch == n or ((~drop & (I >= 0)).sum(axis=1) >= k).all():
                 return drop_rows(D, G, drop, k)
             extra *= 4

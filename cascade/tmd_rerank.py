@@ -29,6 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from cascade.pairs import Pairs, context_windows
+from cascade.tagger import DomainCentroids, tag_context
 from cascade.tmd import DOMAIN_SHIFT, DOMAINS, check_codes, unpack
 
 DEFAULT_MATCH_WEIGHTS = (1.0, 0.0, 0.0)  # domain, task, modifier: chosen on val (see above)
@@ -180,7 +181,32 @@ class TmdReranker:
         return best_w, table
 
 
+def lanes_of_codes(codes: list[np.ndarray]) -> np.ndarray:
+    """`context_lane` of each context's (L,) chunk codes -> (B,)."""
+    width = max(len(c) for c in codes)
+    padded = np.zeros((len(codes), width), np.int64)
+    mask = np.zeros((len(codes), width), bool)
+    for b, c in enumerate(codes):
+        padded[b, :len(c)] = c
+        mask[b, :len(c)] = True
+    return context_lanes(padded, mask)
+
+
+def tagged_lanes(vectors: list[np.ndarray], centroids: DomainCentroids | None) -> np.ndarray:
+    """(B,) lanes of contexts sent as vectors: each chunk tagged by `tag_context` (the domain of
+    the context's mean vector; domain 0 without centroids). Serving and the tuning of w on val
+    both call this, so the w is tuned on the lanes it is served with."""
+    return lanes_of_codes([tag_context(v, centroids=centroids) for v in vectors])
+
+
 def pair_lanes(bank_codes: np.ndarray, pairs: Pairs) -> np.ndarray:
     """`context_lane` of every pair's context, from the bank's codes of its rows -> (P,)."""
     rows, mask = context_windows(pairs)
     return context_lanes(np.asarray(bank_codes, np.int64)[rows], mask)
+
+
+def pair_tagged_lanes(vectors: np.ndarray, pairs: Pairs,
+                      centroids: DomainCentroids | None) -> np.ndarray:
+    """`tagged_lanes` of every pair's context as a vector client sends it -> (P,)."""
+    return tagged_lanes([vectors[s:e] for s, e in zip(pairs.ctx_start, pairs.ctx_end,
+                                                      strict=True)], centroids)

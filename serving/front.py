@@ -135,9 +135,11 @@ class CascadeServicer(rpc.CascadeServicer):
                 predictions=None if pred is None else vectors_to_proto(pred.cpu().numpy())),
                 end, deadline_s * share.lvm_share, stage_ms, degraded) or ranking
         if self.tmd is not None:
+            source = self.cascade.lane_source(rows, None)
             ranking = self.rerank("tmd", self.tmd.Rerank, pb.TmdRequest(
                 query_codes=lanes.tolist(), candidates=ranking,
-                keep=min(cfg.k_tmd, len(ranking[0].ids))),
+                keep=min(cfg.k_tmd, len(ranking[0].ids)),
+                lane_source=pb.LANE_SOURCE_CODES if source == "codes" else pb.LANE_SOURCE_TAGGED),
                 end, deadline_s * share.tmd_share, stage_ms, degraded) or ranking
         stage_ms["total"] = 1000 * (time.perf_counter() - t0)
         return pb.SearchResponse(hits=self.hits(ranking[0], k), stage1=kind,

@@ -241,6 +241,9 @@ class LvmServicer(_Stage, rpc.LvmRerankerServicer):
         return out
 
 
+_LANE_SOURCES = {pb.LANE_SOURCE_CODES: "codes", pb.LANE_SOURCE_TAGGED: "tagged"}
+
+
 class TmdServicer(_Stage, rpc.TmdRerankerServicer):
     name = "tmd"
 
@@ -257,6 +260,11 @@ class TmdServicer(_Stage, rpc.TmdRerankerServicer):
         codes = np.asarray(request.query_codes, dtype=np.int64)
         if len(codes) != len(ids):
             raise ValueError(f"query_codes: {len(codes)} codes for {len(ids)} candidate lists")
-        ids, scores = self.cascade.tmd.rerank(codes, ids, scores, keep=request.keep)
+        source = _LANE_SOURCES.get(request.lane_source)
+        if source is None:
+            raise ValueError("lane_source: must be LANE_SOURCE_CODES or LANE_SOURCE_TAGGED (the "
+                             "blend weight is tuned for each)")
+        ids, scores = self.cascade.tmd.rerank(codes, ids, scores, keep=request.keep,
+                                              w=self.cascade.config.tmd_w_for(source))
         return pb.RerankResponse(results=candidates_to_proto(ids, scores),
                                  seconds=time.perf_counter() - t0)

@@ -19,11 +19,12 @@ from cascade.lvm import (
     load_lvm_state,
 )
 from cascade.pairs import save_pairs
+from cascade.pipeline import Cascade
 from cascade.stage1 import ContextRows, Stage1, pad_left_aligned
 from training.config import CONFIG_DIR, ConfigError
 from training.expand_pairs import ExpandConfig, expand_pairs
 from training.synth_bank import SynthConfig, synth_bank
-from training.train_lvm import load_train_config, train
+from training.train_lvm import load_train_config, lvm_gate, train
 
 CUDA = torch.cuda.is_available()
 TINY = {"k": 60, "epochs": 2, "bs": 64, "negatives": 16, "head_steps": 40, "threads": 1,
@@ -108,8 +109,19 @@ def test_train_writes_the_lvm_and_resume_is_exact(setup):
     result = train(cfg_for(root, "full"))
     assert result["val_pairs"] == len(pairs.val())
     assert set(result["lvm_cross_fitted"]) == {"hit@1", "hit@5", "hit@10", "hit@50"}
+    # On this tiny bank the LVM's val gain is within the CI: the gate keeps it out of the
+    # deploy, and deploy.json says why.
+    gate = result["gate"]["val_hit@10_vs_stage1"]
+    assert set(gate) == {"rows", "vectors"} and not all(d["ci95"][0] > 0 for d in gate.values())
+    deploy = json.loads((root / "deploy.json").read_text())
+    assert "lvm" not in deploy and deploy["lvm_gate"]["passed"] is False
+    assert "does not beat stage 1 on val" in deploy["lvm_gate"]["reason"]
+    assert Cascade.from_deploy(root / "deploy.json").lvm is None
+    # require_gain: false names it anyway, and the verdict stays on record.
+    train(cfg_for(root, "full", require_gain=False))
     deploy = json.loads((root / "deploy.json").read_text())
     assert deploy["lvm"]["checkpoint"] == str(root / "full" / "lvm.pt")
+    assert deploy["lvm_gate"] == {**deploy["lvm_gate"], "passed": False, "deployed": True}
     assert train(cfg_for(root, "cut"), stop_after=1) is None
     with pytest.raises(ConfigError, match="--resume with other settings"):
         train(cfg_for(root, "cut", lr=5e-3), resume=True)
@@ -126,6 +138,19 @@ def test_train_writes_the_lvm_and_resume_is_exact(setup):
     rows = json.loads(out.read_text())["results"]
     assert set(rows) == {"stage 1 alone", *lvm_features.SETS}
     assert rows["stage 1 alone"]["hit@10"] == pytest.approx(result["stage1"]["hit@10"])
+
+
+def test_the_stage2_gate_needs_a_gain_beyond_the_ci_in_every_form():
+    rng = np.random.default_rng(0)
+    clusters = np.repeat(np.arange(200), 5)
+    s1 = np.where(rng.random(1000) < 0.5, 3, 20)  # Hit@10 50%
+    better = np.where(rng.random(1000) < 0.8, 0, 20)  # Hit@10 ~80%
+    assert lvm_gate({"rows": (s1, better), "vectors": (s1, better)}, clusters)["passed"]
+    # As good as stage 1 on vectors (same ranks): no gain there, so no deploy.
+    gate = lvm_gate({"rows": (s1, better), "vectors": (s1, s1)}, clusters)
+    assert not gate["passed"] and "vectors form" in gate["reason"]
+    worse = np.where(s1 == 3, 30, 20)  # loses every hit
+    assert not lvm_gate({"rows": (s1, worse), "vectors": (s1, better)}, clusters)["passed"]
 
 
 def test_rerank_keeps_the_best_and_refuses_bad_candidates(setup):

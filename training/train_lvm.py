@@ -56,11 +56,13 @@ from cascade.lvm import (
     load_lvm_state,
     save_lvm,
 )
-from cascade.metrics import target_ranks
+from cascade.metrics import paired_difference, target_ranks
 from cascade.negatives import clean_negatives
 from cascade.pairs import TRAIN, Pairs, PairsError, context_windows, load_pairs
-from cascade.stage1 import Stage1
-from cascade.tmd_rerank import TmdReranker, pair_lanes
+from cascade.stage1 import DUP_COS, Stage1
+from cascade.tagger import bank_centroids
+from cascade.tmd import DOMAIN_SHIFT
+from cascade.tmd_rerank import TmdReranker, pair_lanes, pair_tagged_lanes
 from training.config import ConfigError, merge, to_yaml
 
 EXIT_BAD_INPUT = 2
@@ -89,6 +91,10 @@ class LvmTrainConfig:
     head_lr: float = 1.0e-2
     head_wd: float = 1.0e-3
     folds: int = 2  # cross-fitting folds (by article) for the head's val estimate
+    # Name the LVM in deploy.json only if it beats stage 1 on val beyond the CI in every context
+    # form (the stage-2 gate). false: name it whatever the gate says (experiments, tests of the
+    # serving path); the verdict is still logged and written to deploy.json's lvm_gate.
+    require_gain: bool = True
     grad_clip: float = 1.0
     seed: int = 42
     threads: int = 0  # torch threads; 0 = torch's default
@@ -291,18 +297,23 @@ def article_folds(bank: Bank, pairs: Pairs, folds: int, seed: int) -> np.ndarray
 
 
 def cross_fit(model: Lvm, feats: torch.Tensor, cands: Candidates, bank: Bank,
-              cfg: LvmTrainConfig) -> torch.Tensor:
-    """(P, k) head logits on val where each fold's head was fitted on the other folds only."""
+              cfg: LvmTrainConfig, others: tuple[tuple[torch.Tensor, np.ndarray], ...] = ()
+              ) -> list[torch.Tensor]:
+    """(P, k) head logits on val where each fold's head was fitted on the other folds only:
+    for `feats` of `cands`, then for each (features, ids) of `others` (other candidate lists of
+    the same pairs, e.g. stage 1's answer to the contexts sent as vectors)."""
     fold = article_folds(bank, cands.pairs, cfg.folds, cfg.seed)
     ranks = cands.ranks
-    out = torch.empty(feats.shape[:2])
+    sets = ((feats, cands.ids), *others)
+    out = [torch.empty(f.shape[:2]) for f, _ in sets]
     for f in range(cfg.folds):
         fit, held = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
         fit_head(model, feats[torch.from_numpy(fit)], cands.ids[fit], ranks[fit], cfg,
                  cfg.seed + f)
+        held_t = torch.from_numpy(held)
         with torch.no_grad():
-            out[torch.from_numpy(held)] = model.score(feats[torch.from_numpy(held)],
-                                                      torch.from_numpy(cands.ids[held] >= 0))
+            for (x, ids), logits in zip(sets, out, strict=True):
+                logits[held_t] = model.score(x[held_t], torch.from_numpy(ids[held] >= 0))
     return out
 
 
@@ -315,16 +326,27 @@ def ranks_by(logits: torch.Tensor, cands: Candidates, keep: int | None = None
     return target_ranks(ids, cands.pairs.target), ids, scores
 
 
-def tune_tmd_w(bank: Bank, cands: Candidates, ids: np.ndarray, scores: np.ndarray,
-               keep: int) -> dict | None:
-    """Stage 3's w on val (grid search for Hit@keep, ties to the smaller w) over stage 2's
-    cross-fitted top candidates; None for a bank without TMD codes."""
+def tune_tmd_w(bank: Bank, stage1: Stage1, pairs: Pairs,
+               before: dict[str, tuple[np.ndarray, np.ndarray]], keep: int) -> dict | None:
+    """Stage 3's w on val for each lane source, on the lists stage 3 gets in the form that
+    source serves: lanes from the bank's codes on the rows form's list, lanes tagged from the
+    vectors (as serving tags them) on the vectors form's list. Grid search for Hit@keep, ties
+    to the smaller w. None for a bank without TMD codes."""
     if bank.tmd_codes is None:
         return None
-    lanes = pair_lanes(bank.tmd_codes, cands.pairs)
-    w, table = TmdReranker(bank.tmd_codes, 0.0).fit_w(lanes, ids, scores, cands.pairs.target,
-                                                      keep=keep)
-    return {"w": w, "grid": table}
+    centroids = bank_centroids(bank.path, bank.meta) if bank.path else None
+    lanes = {"codes": ("rows", pair_lanes(bank.tmd_codes, pairs)),
+             "tagged": ("vectors", pair_tagged_lanes(bank.vectors, pairs, centroids))}
+    tmd = TmdReranker(bank.tmd_codes, 0.0)
+    out = {}
+    for source, (form, q) in lanes.items():
+        ids, scores = before[form]
+        w, table = tmd.fit_w(q, ids, scores, pairs.target, keep=keep)
+        out[source] = {"w": w, "form": form, "grid": table}
+    codes_domain = pair_lanes(bank.tmd_codes, pairs) >> DOMAIN_SHIFT
+    out["tagged"]["domain_agreement"] = float(
+        100 * np.mean(codes_domain == lanes["tagged"][1] >> DOMAIN_SHIFT)) if len(pairs) else 0.0
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -435,44 +457,143 @@ def train(cfg: LvmTrainConfig, resume: bool = False, stop_after: int = 0) -> dic
 
     # The head, on val contexts (never trained on by stage 1 or the predictor).
     model = build_lvm(load_lvm_state(out / "checkpoints" / "best.pt", bank.fingerprint()))
-    bs = BankStructure(bank)
     t = time.perf_counter()
-    feats = all_features(model, bs, bank, va)
-    crossed_logits = cross_fit(model, feats, va, bank, cfg)
-    fit_head(model, feats, va.ids, s1_val, cfg, cfg.seed)
-    crossed, top_ids, top_scores = ranks_by(crossed_logits, va, cascade.k_lvm)
-    tmd = tune_tmd_w(bank, va, top_ids, top_scores, cascade.k_tmd)
-    result = {"val_pairs": len(val), "features": cfg.model.features,
-              "stage1": {f"hit@{k}": hits(s1_val, k) for k in (1, 5, 10, 50)},
-              "lvm_cross_fitted": {f"hit@{k}": hits(crossed, k) for k in (1, 5, 10, 50)},
-              f"stage1_recall@{cfg.k}": hits(s1_val, cfg.k), "folds": cfg.folds,
-              "tmd": tmd, "head_seconds": time.perf_counter() - t, "history": history}
-    log.info(f"Head ({len(cfg.model.features)} features, {cfg.folds}-fold cross-fitted on val "
-             f"by article): val Hit@10 {result['lvm_cross_fitted']['hit@10']:.2f}% vs stage 1 "
-             f"{result['stage1']['hit@10']:.2f}%; Hit@50 "
-             f"{result['lvm_cross_fitted']['hit@50']:.2f}% vs {result['stage1']['hit@50']:.2f}%")
-    if tmd is not None:
-        at0 = tmd["grid"][0][f"hit@{cascade.k_tmd}"]
-        best = max(g[f"hit@{cascade.k_tmd}"] for g in tmd["grid"])
-        log.info(f"TMD w on val: {tmd['w']} (Hit@{cascade.k_tmd} {best:.2f}% vs {at0:.2f}% at "
-                 f"w = 0)")
+    result, settings = fit_on_val(model, bank, stage1, va, cfg, cascade)
+    result.update({"val_pairs": len(val), "features": cfg.model.features,
+                   f"stage1_recall@{cfg.k}": hits(s1_val, cfg.k), "folds": cfg.folds,
+                   "head_seconds": time.perf_counter() - t, "history": history})
     lvm_path = out / "lvm.pt"
     save_lvm(lvm_path, model, bank.fingerprint(), {"val": {k: v for k, v in result.items()
                                                            if k != "history"},
                                                    LVM_SPLIT: pairs.split_spec.to_dict()})
     atomic_write(out / "result.json", lambda f: f.write(json.dumps(result, indent=2).encode()))
-    update_deploy(cfg.deploy, lvm_path, cfg, tmd["w"] if tmd else 0.0)
-    log.info(f"wrote {lvm_path} and named it in {cfg.deploy}")
+    gate = result["gate"]
+    named = gate["passed"] or not cfg.require_gain
+    update_deploy(cfg.deploy, lvm_path if named else None, cfg, settings, gate)
+    log.info(f"wrote {lvm_path}; {cfg.deploy}: "
+             + ("names it as stage 2" if gate["passed"] else
+                "names it as stage 2 although it missed the gate (require_gain: false)" if named
+                else f"stage 2 left out ({gate['reason']})"))
     return result
 
 
-def update_deploy(deploy_path: str, lvm_path: Path, cfg: LvmTrainConfig, tmd_w: float) -> None:
-    """Name the LVM (with its sha256) and stage 3's w in deploy.json; keep everything else."""
+# ---------------------------------------------------------------------------------------------
+# what serving will run, chosen on val
+
+
+FORMS = ("rows", "vectors")  # contexts sent as bank rows; as vectors (texts become vectors)
+DUP_COS_MARGIN = 0.01  # the repeat threshold sits this far above the highest val target's cos
+
+
+def near_dup_cos(bank: Bank, pairs: Pairs, batch: int = 512) -> dict:
+    """The cos above which a bank row repeats a chunk of a context sent as vectors (stage 1
+    leaves it out): DUP_COS_MARGIN above the highest cos of a val target to any chunk of its
+    context, so that no val target is lost; never above the exact-duplicate rule (DUP_COS)."""
+    highest = np.empty(len(pairs), np.float32)
+    for lo in range(0, len(pairs), batch):
+        sub = pairs.subset(np.arange(lo, min(lo + batch, len(pairs))))
+        rows, mask = context_windows(sub)
+        cos = np.einsum("pld,pd->pl", bank.vectors[rows], bank.vectors[sub.target])
+        highest[lo:lo + len(sub)] = np.where(mask, cos, -1.0).max(axis=1)
+    top = float(highest.max()) if len(highest) else 1.0
+    cos = min(DUP_COS, math.ceil((top + DUP_COS_MARGIN) * 100) / 100)
+    return {"dup_cos": cos, "val_target_cos_max": top,
+            "val_target_cos_p99": float(np.percentile(highest, 99)) if len(highest) else 1.0}
+
+
+def vector_candidates(stage1: Stage1, pairs: Pairs, k: int, batch: int = 256) -> Candidates:
+    """Stage 1's top-k for every pair's context sent as raw vectors (what a text or vector
+    client gets: repeats of its chunks, not its rows, are left out)."""
+    ids, scores = [], []
+    vectors = stage1.bank.vectors
+    for lo in range(0, len(pairs), batch):
+        sub = range(lo, min(lo + batch, len(pairs)))
+        res = stage1.search([vectors[pairs.ctx_start[i]:pairs.ctx_end[i]] for i in sub], k)
+        ids.append(res.ids)
+        scores.append(res.scores)
+    return Candidates(pairs, np.concatenate(ids), np.concatenate(scores))
+
+
+def lvm_gate(ranks: dict[str, tuple[np.ndarray, np.ndarray]], clusters: np.ndarray) -> dict:
+    """Stage 2 is deployed only if, in every form, its val Hit@10 (cross-fitted head) beats
+    stage 1 alone with the paired article-clustered 95% CI above 0."""
+    per_form = {form: paired_difference(lvm, s1, 10, clusters=clusters)
+                for form, (s1, lvm) in ranks.items()}
+    losing = [f for f, d in per_form.items() if not d["ci95"][0] > 0]
+    if losing:
+        d = per_form[losing[0]]
+        reason = (f"the LVM does not beat stage 1 on val in the {losing[0]} form: Hit@10 "
+                  f"{d['diff']:+.2f} points, article-clustered 95% CI [{d['ci95'][0]:+.2f}, "
+                  f"{d['ci95'][1]:+.2f}] does not exclude 0; stage 1 is served without it")
+    else:
+        reason = "the LVM beats stage 1 on val beyond the CI in every form: " + ", ".join(
+            f"{f} {d['diff']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]"
+            for f, d in per_form.items())
+    return {"passed": not losing, "reason": reason, "val_hit@10_vs_stage1": per_form}
+
+
+def fit_on_val(model: Lvm, bank: Bank, stage1: Stage1, va: Candidates, cfg: LvmTrainConfig,
+               cascade: CascadeConfig) -> tuple[dict, dict]:
+    """Fit the head on val, judge stage 2 against stage 1 in each context form, pick the
+    repeat threshold and stage 3's w per lane source. -> (result, deploy settings)."""
+    dup = near_dup_cos(bank, va.pairs)
+    stage1.dup_cos = dup["dup_cos"]
+    cands = {"rows": va, "vectors": vector_candidates(stage1, va.pairs, cfg.k)}
+    log.info(f"repeats of a vector context's chunks: cos >= {dup['dup_cos']} (val targets' "
+             f"highest cos to their context: p99 {dup['val_target_cos_p99']:.3f}, max "
+             f"{dup['val_target_cos_max']:.3f})")
+    bs = BankStructure(bank)
+    feats = {form: all_features(model, bs, bank, c) for form, c in cands.items()}
+    logits = dict(zip(FORMS, cross_fit(model, feats["rows"], va, bank, cfg,
+                                       ((feats["vectors"], cands["vectors"].ids),)),
+                      strict=True))
+    fit_head(model, feats["rows"], va.ids, va.ranks, cfg, cfg.seed)
+    ranked = {form: ranks_by(logits[form], cands[form], cascade.k_lvm) for form in FORMS}
+    clusters = bank.article_indices[va.pairs.target]
+    gate = lvm_gate({f: (cands[f].ranks, ranked[f][0]) for f in FORMS}, clusters)
+    log.info(f"stage 2 gate (val): {gate['reason']}")
+    # Stage 3 reranks what the served cascade hands it: the LVM's top k_lvm, or stage 1's list.
+    served = gate["passed"] or not cfg.require_gain
+    before_tmd = {f: (ranked[f][1], ranked[f][2]) if served else
+                  (cands[f].ids, cands[f].scores) for f in FORMS}
+    tmd = tune_tmd_w(bank, stage1, va.pairs, before_tmd, cascade.k_tmd)
+    result = {"forms": {f: {"stage1": {f"hit@{k}": hits(cands[f].ranks, k) for k in (1, 5, 10, 50)},
+                            "lvm_cross_fitted": {f"hit@{k}": hits(ranked[f][0], k)
+                                                 for k in (1, 5, 10, 50)}} for f in FORMS},
+              "gate": gate, "tmd": tmd, "near_duplicates": dup}
+    # The rows form under the names earlier reports used.
+    result["stage1"] = result["forms"]["rows"]["stage1"]
+    result["lvm_cross_fitted"] = result["forms"]["rows"]["lvm_cross_fitted"]
+    for f in FORMS:
+        r = result["forms"][f]
+        log.info(f"Head ({len(cfg.model.features)} features, {cfg.folds}-fold cross-fitted on "
+                 f"val by article), contexts as {f}: val Hit@10 "
+                 f"{r['lvm_cross_fitted']['hit@10']:.2f}% vs stage 1 {r['stage1']['hit@10']:.2f}%")
+    settings = {"dup_cos": dup["dup_cos"]}
+    if tmd is not None:
+        settings.update({"tmd_w": tmd["codes"]["w"], "tmd_w_tagged": tmd["tagged"]["w"]})
+        for source, t in tmd.items():
+            at0 = t["grid"][0][f"hit@{cascade.k_tmd}"]
+            best = max(g[f"hit@{cascade.k_tmd}"] for g in t["grid"])
+            log.info(f"TMD w on val, lanes from {source}: {t['w']} (Hit@{cascade.k_tmd} "
+                     f"{best:.2f}% vs {at0:.2f}% at w = 0)")
+    return result, settings
+
+
+def update_deploy(deploy_path: str, lvm_path: Path | None, cfg: LvmTrainConfig, settings: dict,
+                  gate: dict) -> None:
+    """Name the LVM (with its sha256) or leave it out, as the gate says; stage 3's w per lane
+    source and the repeat threshold; keep everything else."""
     deploy = read_deploy(deploy_path)
-    deploy["lvm"] = {"checkpoint": str(lvm_path), "sha256": sha256_file(lvm_path)}
+    if lvm_path is not None:
+        deploy["lvm"] = {"checkpoint": str(lvm_path), "sha256": sha256_file(lvm_path)}
+    else:
+        deploy.pop("lvm", None)
+    deploy["lvm_gate"] = {"passed": gate["passed"], "deployed": lvm_path is not None,
+                          "reason": gate["reason"]}
     cascade = dict(deploy.get("cascade") or {})
     cascade["k_stage1"] = cfg.k
-    cascade["tmd_w"] = tmd_w
+    cascade.update(settings)
     deploy["cascade"] = cascade
     atomic_write(deploy_path, lambda f: f.write(json.dumps(deploy, indent=2).encode()))
 
