@@ -9,9 +9,10 @@ excluded): Recall@{1,5,10,50,100,500,1000}, MRR@10 and nDCG@10, each with a 95% 
 articles (pairs of one article are not independent). Each checkpoint is compared with the
 exp-weighted heuristic (alpha 0.1) by a paired, article-clustered 95% CI.
 
-When the bank's deploy.json names an LVM (`make train-lvm`), the whole cascade's final top-10
-(stage 1 -> LVM -> TMD, through `Cascade.search` as serving runs it) is scored on the same pairs:
-its list holds 10 rows, so its Recall@K past 10 is not defined and shown as "-".
+With the bank's deploy.json, the whole cascade's final top-10 (stage 1 -> LVM -> TMD as
+deploy.json names them, through `Cascade.search` as serving runs it) is scored on the same pairs,
+twice: with the contexts sent as vectors (what a text or vector client gets: this row leads) and
+as bank rows. Its list holds 10 rows, so its Recall@K past 10 is not defined and shown as "-".
 
 The heuristic is also scored the original way (the context's own rows left in the results), the
 protocol of the original report; that report's figures (500k bank, 154 queries) are quoted in a
@@ -200,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         # Recall@k past the bank's size is recall@N: FAISS cannot return more than N rows.
         search_ks = tuple(sorted({min(k, bank.n) for k in KS}))
         _, ranks = compare_methods(bank, split, methods, search_ks, device)
+        cascade_names: list[str] = []
         if deploy != "none":
             cascade = Cascade.from_deploy(deploy, bank=bank)
             if cascade.lvm is not None:
@@ -207,10 +209,11 @@ def main(argv: list[str] | None = None) -> int:
             if cascade.stage1.kind == "v4":
                 check_split_of(load_checkpoint(cascade.stage1.checkpoint, bank.fingerprint()),
                                cascade.stage1.checkpoint, pairs, bank, f"{deploy}: stage 1")
-            stage = stage_ranks(cascade, split)
-            last = list(stage)[-1]
-            cascade_name = f"cascade top-{cascade.last_k} ({' -> '.join(stage)})"
-            ranks[cascade_name] = stage[last]
+            for form in ("vectors", "rows"):
+                stage = stage_ranks(cascade, split, form, bank.vectors)
+                name = f"cascade top-{cascade.last_k} ({' -> '.join(stage)}), {form}"
+                ranks[name] = stage[list(stage)[-1]]
+                cascade_names.append(name)
     except (BankError, PairsError, CheckpointError, DeployError, LvmError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -221,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
                             max(search_ks))
         ranks[name] = target_ranks(I, split.target)
     clusters = split.articles(bank)
-    lengths = {cascade_name: cascade.last_k} if deploy != "none" else {}
+    lengths = {name: cascade.last_k for name in cascade_names}
     table = {name: scores(r, clusters, args.seed, lengths.get(name)) for name, r in ranks.items()}
     versus = {name: {f"recall@{k}": paired_difference(ranks[name], ranks[HEURISTIC], k,
                                                       clusters=clusters)

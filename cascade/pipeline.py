@@ -16,6 +16,7 @@ vCPUs slow each other: on the default bank the side thread saves 1.3 ms of a one
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -150,11 +151,14 @@ class Cascade:
                                  f"the bank holds {self.bank.dim}-d")
         return encode(list(texts), self._encoder)
 
-    def search(self, contexts, k: int | None = None, *, context_codes=None) -> CascadeResult:
+    def search(self, contexts, k: int | None = None, *, context_codes=None,
+               after_stage1: Callable[[StageResult], StageResult] | None = None
+               ) -> CascadeResult:
         """The top-k (default k_tmd, at most the last stage's K) for one context or a batch:
         (L, D) vectors, a list of them, or ContextRows. `context_codes`: the TMD codes of each
         context's chunks (a list of (L,)), for stage 3; without them, the bank's codes of the
-        rows, or the domain tagged from the vectors."""
+        rows, or the domain tagged from the vectors. `after_stage1`: a function of stage 1's
+        result that returns the list the rerankers get (benchmarks strike rows with it)."""
         t0 = time.perf_counter()
         cfg = self.config
         last_k = self.last_k
@@ -168,6 +172,8 @@ class Cascade:
         stages = {"stage1": self.stage1.search_checked(vectors, rows, min(cfg.k_stage1,
                                                                           self.bank.n), t0)}
         final = stages["stage1"]
+        if after_stage1 is not None:
+            final = after_stage1(final)
         pred = lanes = None
         waited = 0.0  # the work beside stage 1 not hidden by it: counted in the next stage
         if beside is not None:

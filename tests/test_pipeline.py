@@ -72,15 +72,24 @@ def test_cascade_eval_writes_a_table_and_strict_json(cascade_dir, capsys):
                               "--latency-contexts", "20", "--batch", "8",
                               "--out", str(out)]) == 0
     report = json.loads(out.read_text(), parse_constant=pytest.fail)  # strict: no NaN
-    q = report["quality"]
-    assert set(q) == {"stage1", "lvm", "tmd"} and report["n"] == len(pairs.test())
-    assert q["stage1"]["recall@60"]["value"] >= q["stage1"]["hit@10"]["value"]
-    for stage in ("lvm", "tmd"):
-        d = q[stage]["vs_stage1"]["hit@10"]
-        assert d["diff"] == pytest.approx(q[stage]["hit@10"]["value"]
-                                          - q["stage1"]["hit@10"]["value"], abs=1e-6)
-        lo, hi = q[stage]["hit@10"]["ci95"]
-        assert lo <= q[stage]["hit@10"]["value"] <= hi
+    # The synthetic bank has no texts: that form is left out and the report says so; vectors
+    # (what texts become) lead.
+    assert report["forms"] == ["vectors", "rows", "ablated"] and report["n"] == len(pairs.test())
+    assert "no texts" in report["notes"]["texts"]
+    assert report["headline"]["form"] == "vectors" and report["headline"]["stage"] == "tmd"
+    for form in report["forms"]:
+        q = report["quality"][form]
+        assert list(q) == ["stage1", "lvm", "tmd"]
+        assert q["stage1"]["recall@60"]["value"] >= q["stage1"]["hit@10"]["value"]
+        for stage, previous in (("lvm", "stage1"), ("tmd", "lvm")):
+            for key, base in (("vs_stage1", "stage1"), ("vs_previous", previous)):
+                d = q[stage][key]["hit@10"]
+                assert d["diff"] == pytest.approx(q[stage]["hit@10"]["value"]
+                                                  - q[base]["hit@10"]["value"], abs=1e-6)
+            lo, hi = q[stage]["hit@10"]["ci95"]
+            assert lo <= q[stage]["hit@10"]["value"] <= hi
+    dup = report["notes"]["near_duplicates"]
+    assert dup["dup_cos"] == report["config"]["dup_cos"] and 0 <= dup["hits_removed"]
     lat = report["latency"]
     assert lat["single"]["stage1"]["calls"] == 20 and lat["batch"]["total"]["calls"] == 2
     # The machine's speed on the issue's reference operations, measured in the same run.
@@ -100,19 +109,21 @@ def test_recall_benchmark_adds_the_cascade_row(cascade_dir, capsys):
     assert recall.main(["--bank", str(bank.path), "--pairs", str(root / "pairs.npz"),
                         "--deploy", str(root / "deploy.json"), "--out", str(out)]) == 0
     report = json.loads(out.read_text(), parse_constant=pytest.fail)
-    name = "cascade top-10 (stage1 -> lvm -> tmd)"
-    row = report["methods"][name]
-    assert row["recall@50"] is None and row["recall@50_ci95"] is None
-    ranks = cascade_eval.stage_ranks(Cascade.from_deploy(root / "deploy.json"), pairs.test())
-    assert row["recall@10"] == pytest.approx(100 * float(((ranks["tmd"] >= 0)
-                                                         & (ranks["tmd"] < 10)).mean()))
-    assert set(report["vs_heuristic"][name]) == {"recall@10"}
+    cascade = Cascade.from_deploy(root / "deploy.json")
+    for form in ("vectors", "rows"):
+        name = f"cascade top-10 (stage1 -> lvm -> tmd), {form}"
+        row = report["methods"][name]
+        assert row["recall@50"] is None and row["recall@50_ci95"] is None
+        ranks = cascade_eval.stage_ranks(cascade, pairs.test(), form, bank.vectors)
+        assert row["recall@10"] == pytest.approx(100 * float(((ranks["tmd"] >= 0)
+                                                             & (ranks["tmd"] < 10)).mean()))
+        assert set(report["vs_heuristic"][name]) == {"recall@10"}
     assert "| cascade top-10" in capsys.readouterr().out
     # On val (where the LVM's head was fitted) the row is left out, with a note saying so.
     assert recall.main(["--bank", str(bank.path), "--pairs", str(root / "pairs.npz"),
                         "--deploy", str(root / "deploy.json"), "--split", "val",
                         "--out", str(out)]) == 0
-    assert name not in json.loads(out.read_text())["methods"]
+    assert not any(m.startswith("cascade") for m in json.loads(out.read_text())["methods"])
     assert "scored on the test split only" in capsys.readouterr().err
 
 
@@ -132,3 +143,51 @@ def test_an_lvm_fitted_on_the_reported_articles_is_refused(cascade_dir):
     cascade.lvm.split = None
     with pytest.raises(LvmError, match="records no article split"):
         cascade.lvm.check_reported_on(pairs, TEST)
+
+
+def test_the_ablated_form_strikes_the_targets_article_but_the_target(cascade_dir):
+    from benchmarks.cascade_eval import strike_article
+
+    root, bank, pairs = cascade_dir
+    cascade = Cascade.from_deploy(root / "deploy.json")
+    test = pairs.test().subset(np.arange(20))
+    rows = [np.arange(s, e) for s, e in zip(test.ctx_start, test.ctx_end, strict=True)]
+    seen = {}
+
+    def keep(res):
+        seen["before"] = res
+        seen["after"] = strike_article(bank, test.target)(res)
+        return seen["after"]
+
+    cascade.search(ContextRows(rows), after_stage1=keep)
+    before, after = seen["before"], seen["after"]
+    art = bank.article_indices
+    for b, t in enumerate(test.target):
+        ids = after.ids[b][after.ids[b] >= 0]
+        assert not ((art[ids] == art[t]) & (ids != t)).any()
+        expected = [i for i in before.ids[b] if i >= 0 and (art[i] != art[t] or i == t)]
+        assert list(ids) == expected  # the rest keeps its order and its scores
+        assert np.isneginf(after.scores[b][len(ids):]).all()
+
+
+def test_stage3_takes_the_w_tuned_for_the_contexts_lane_source(cascade_dir):
+    """Rows: lanes from the bank's codes, w = tmd_w; vectors: lanes tagged from the vectors,
+    w = tmd_w_tagged. With 1 and 0, rows put every in-lane candidate first and vectors keep
+    the LVM's order."""
+    from cascade.tmd import unpack
+
+    root, bank, pairs = cascade_dir
+    cascade = Cascade.from_deploy(root / "deploy.json")
+    cascade.config.tmd_w, cascade.config.tmd_w_tagged = 1.0, 0.0
+    test = pairs.test().subset(np.arange(40))
+    rows = [np.arange(s, e) for s, e in zip(test.ctx_start, test.ctx_end, strict=True)]
+    by_vectors = cascade.search([bank.vectors[r] for r in rows])
+    assert np.array_equal(by_vectors.ids, by_vectors.stages["lvm"].ids[:, :10])
+    by_rows = cascade.search(ContextRows(rows))
+    lanes = cascade.context_lanes([bank.vectors[r] for r in rows], rows, None)
+    in_lane = unpack(bank.tmd_codes[by_rows.ids])[0] == unpack(lanes)[0][:, None]
+    assert (np.diff(in_lane.astype(int), axis=1) <= 0).all()  # in-lane rows first
+    assert not np.array_equal(by_rows.ids, by_rows.stages["lvm"].ids[:, :10])
+    # A deploy.json from before the split (tmd_w only) serves vector contexts with w = 0.
+    from cascade.deploy import CascadeConfig
+    assert CascadeConfig.from_dict({"tmd_w": 0.5}).tmd_w_for("tagged") == 0.0

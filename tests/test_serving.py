@@ -26,6 +26,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cascade.bank import save_bank
 from cascade.pipeline import Cascade, ContextRows
+from cascade.tagger import DomainCentroids, centroids_path
+from cascade.tmd import pack, unpack
 from serving.client import CascadeClient
 from serving.config import DEFAULT_CONFIG, ServingConfig, TlsConfig, load_config
 from serving.protos import pb, rpc
@@ -61,7 +63,15 @@ def deployed(tmp_path_factory):
     bank.concept_texts = np.array([f"chunk {c} of article {a}" for a, c in
                                    zip(bank.article_indices, bank.chunk_indices, strict=True)])
     bank.cpe_ids = np.array([f"cpe-{r:05d}" for r in range(bank.n)])
-    save_bank(bank, root / "bank.npz")
+    # Each article's domain drawn at random (8 of them), not its topic, so stage 3 with w > 0
+    # reorders candidates, and centroids beside the bank, as ingest writes them: vector
+    # contexts get tagged lanes.
+    _, task, modifier = unpack(bank.tmd_codes)
+    domains = np.random.default_rng(0).integers(0, 8, bank.article_indices.max() + 1)[
+        bank.article_indices]
+    bank.tmd_codes = pack(domains, task, modifier)
+    DomainCentroids.fit(bank.vectors, domains).save(centroids_path(root / "bank.npz"))
+    save_bank(bank, root / "bank.npz", {"tmd_centroids": centroids_path(root / "bank.npz").name})
     pairs = expand_pairs(bank, ExpandConfig(context_len=5, stride=1, max_per_seq=100,
                                             train_split=0.8, seed=1))
     save_pairs(pairs, root / "pairs.npz")
@@ -72,6 +82,11 @@ def deployed(tmp_path_factory):
         "bank_fingerprint": bank.fingerprint(), "cascade": {"k_stage1": 100,
                                                             "max_context": MAX_CONTEXT}}))
     train(cfg_for(root, "lvm", epochs=1, require_gain=False))
+    # Stage 3 with a different w > 0 for each lane source, so an answer computed with the other
+    # form's w shows (test_stage3_serves_the_w_of_the_contexts_form).
+    deploy = json.loads((root / "deploy.json").read_text())
+    deploy["cascade"].update(tmd_w=0.8, tmd_w_tagged=0.2)
+    (root / "deploy.json").write_text(json.dumps(deploy))
     return root, bank
 
 
@@ -177,6 +192,31 @@ def test_vectors_and_rows_answer_as_the_in_process_cascade(serving, in_process, 
     assert hit.text == bank.text(hit.row) and hit.cpe_id == f"cpe-{hit.row:05d}"
     assert (hit.article, hit.position) == (bank.article_indices[hit.row],
                                            bank.chunk_indices[hit.row])
+
+
+def test_stage3_serves_the_w_of_the_contexts_form(serving, in_process, deployed):
+    """Rows get the w tuned for the bank's codes, vectors and texts the w tuned for tagged
+    lanes: through the servers each answer equals the library's, and differs, for some
+    context, from the answer the other form's w would give."""
+    _, bank = deployed
+    wrong = Cascade.from_deploy(deployed[0] / "deploy.json")
+    cfg = wrong.config
+    cfg.tmd_w, cfg.tmd_w_tagged = cfg.tmd_w_tagged, cfg.tmd_w
+    texts = [[f"chunk {c} of article {a}" for a, c in zip(bank.article_indices[r],
+                                                           bank.chunk_indices[r], strict=True)]
+             for r in contexts(bank, 12)]
+    differs = {"rows": 0, "vectors": 0, "texts": 0}
+    with serving.client() as client:
+        for rows, text in zip(contexts(bank, 12), texts, strict=True):
+            for form, served, ctx in (
+                    ("rows", client.search_rows(rows.tolist(), timeout=60), ContextRows(rows)),
+                    ("vectors", client.search_vectors(bank.vectors[rows], timeout=60),
+                     bank.vectors[rows]),
+                    ("texts", client.search_texts(text, timeout=60), in_process.embed(text))):
+                assert_same(served, in_process.search(ctx))
+                differs[form] += [h.row for h in served.hits] != \
+                    wrong.search(ctx).ids[0].tolist()
+    assert all(differs.values()), differs
 
 
 def test_the_lvm_server_answers_alike_with_the_callers_predictions(serving, in_process,
