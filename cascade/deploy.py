@@ -14,15 +14,11 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from cascade.bank import sha256_file
+from cascade.tmd_rerank import LANE_SOURCES
 
 
 class DeployError(ValueError):
     """A deploy.json that is unreadable, incomplete, or names files that do not match it."""
-
-
-# Where a context's TMD lane comes from: TMD codes (the bank's codes of a context sent as rows, or
-# codes the caller sends), or tagged from its vectors (contexts sent as vectors or texts).
-LANE_SOURCES = ("codes", "tagged")
 
 
 @dataclass

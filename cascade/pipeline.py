@@ -28,9 +28,9 @@ from cascade.deploy import CascadeConfig, DeployError, check_pinned, read_deploy
 from cascade.lvm import LvmReranker
 from cascade.result import StageResult
 from cascade.stage1 import ContextRows, Stage1
-from cascade.tagger import DomainCentroids, bank_centroids
+from cascade.tagger import DomainCentroids, DomainClassifier, bank_centroids
 from cascade.threads import set_threads
-from cascade.tmd_rerank import TmdReranker, lanes_of_codes, tagged_lanes
+from cascade.tmd_rerank import Lanes, TmdReranker, lanes_of_codes, tagged_lanes
 
 __all__ = ["Cascade", "CascadeResult", "ContextRows", "StageResult", "set_threads"]
 
@@ -50,11 +50,13 @@ class Cascade:
 
     def __init__(self, stage1: Stage1, lvm: LvmReranker | None = None,
                  config: CascadeConfig | None = None, tmd: TmdReranker | None = None,
-                 centroids: DomainCentroids | None = None):
+                 centroids: DomainCentroids | None = None,
+                 classifier: DomainClassifier | None = None):
         self.stage1 = stage1
         self.lvm = lvm
         self.tmd = tmd
         self.centroids = centroids  # tags the domain of contexts sent as raw vectors
+        self.classifier = classifier  # or, when deploy.json names one, P(domain) of them
         self.config = config or CascadeConfig()
         self.config.validate()
         self.device = torch.device("cpu")  # where embed() runs the encoder
@@ -95,28 +97,30 @@ class Cascade:
             path = check_pinned(deploy_path, "lvm.checkpoint", entry.get("checkpoint"),
                                 entry["sha256"])
             lvm = LvmReranker.load(path, bank, device=device)
-        tmd = centroids = None
+        tmd = centroids = classifier = None
         if bank.tmd_codes is not None:
             tmd = TmdReranker(bank.tmd_codes, cfg.tmd_w)  # w is chosen per call by lane source
             centroids = bank_centroids(bank.path, bank.meta) if bank.path else None
-        cascade = cls(stage1, lvm, cfg, tmd, centroids)
+            if deploy.get("domain_classifier"):
+                entry = deploy["domain_classifier"]
+                if not isinstance(entry, dict) or "sha256" not in entry:
+                    raise DeployError(f"{deploy_path}: 'domain_classifier' must name a file and "
+                                      f"its sha256")
+                path = check_pinned(deploy_path, "domain_classifier.file", entry.get("file"),
+                                    entry["sha256"])
+                try:
+                    classifier = DomainClassifier.load(path)
+                except ValueError as e:
+                    raise DeployError(str(e)) from None
+        cascade = cls(stage1, lvm, cfg, tmd, centroids, classifier)
         cascade.device = torch.device(device)
         return cascade
 
-    @staticmethod
-    def lane_source(rows: list[np.ndarray] | None, context_codes) -> str:
-        """Where `context_lanes` takes the lanes from: "codes" (given, or the bank's codes of
-        the rows) or "tagged" (from the vectors); stage 3's w is tuned for each."""
-        return "codes" if context_codes is not None or rows is not None else "tagged"
-
-    def tmd_w(self, rows: list[np.ndarray] | None, context_codes) -> float:
-        """Stage 3's w for contexts in this form (CascadeConfig.tmd_w_for)."""
-        return self.config.tmd_w_for(self.lane_source(rows, context_codes))
-
     def context_lanes(self, vectors: list[np.ndarray], rows: list[np.ndarray] | None,
-                      context_codes) -> np.ndarray:
-        """(B,) query lanes: from the codes given per context chunk, else the bank's codes of
-        the context's rows, else tagged from the vectors (domain by the bank's centroids)."""
+                      context_codes) -> Lanes:
+        """The query lanes: from the codes given per context chunk, else the bank's codes of
+        the context's rows (source "codes"), else tagged from the vectors (source "tagged":
+        P(domain) by deploy.json's domain classifier, else the bank's nearest centroid)."""
         if context_codes is not None:
             if len(context_codes) != len(vectors):
                 raise ValueError(f"context_codes: {len(context_codes)} entries for "
@@ -128,8 +132,8 @@ class Cascade:
         elif rows is not None:
             codes = [self.bank.tmd_codes[r].astype(np.int64) for r in rows]
         else:
-            return tagged_lanes(vectors, self.centroids)
-        return lanes_of_codes(codes)
+            return tagged_lanes(vectors, self.centroids, self.classifier)
+        return Lanes(lanes_of_codes(codes), "codes")
 
     def beside_stage1(self, vectors: list[np.ndarray], rows: list[np.ndarray] | None,
                       context_codes) -> tuple:
@@ -188,8 +192,9 @@ class Cascade:
         if self.tmd is not None:
             t = time.perf_counter()
             keep = min(cfg.k_tmd, final.ids.shape[1])
-            ids, scores = self.tmd.rerank(lanes, final.ids, final.scores, keep,
-                                          w=self.tmd_w(rows, context_codes))
+            ids, scores = self.tmd.rerank(lanes.codes, final.ids, final.scores, keep,
+                                          w=cfg.tmd_w_for(lanes.source),
+                                          domain_probs=lanes.domain_probs)
             stages["tmd"] = final = StageResult(ids, scores, time.perf_counter() - t + waited)
         return CascadeResult(final.ids[:, :k], final.scores[:, :k], stages, self.stage1.kind,
                              time.perf_counter() - t0)

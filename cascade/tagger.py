@@ -132,6 +132,72 @@ class DomainCentroids:
         return c
 
 
+@dataclass
+class DomainClassifier:
+    """Softmax regression from a unit vector to the bank's 16 domains: P(domain | vector).
+
+    Fitted by `make train-lvm` on the train side's rows against the bank's own domain codes, so
+    a context sent as vectors gets a domain distribution as the bank's codes would give it,
+    with a confidence; the centroids only give the nearest domain. A context is classified by
+    its mean vector, as an article is tagged by its mean."""
+
+    weight: np.ndarray  # (D, 16) float32
+    bias: np.ndarray  # (16,) float32
+
+    SCALE = 10.0  # logits = SCALE * x @ weight + bias: unit vectors' dot products are small
+
+    @classmethod
+    def fit(cls, vectors: np.ndarray, domains: np.ndarray, weight_decay: float,
+            steps: int = 200, seed: int = 0) -> DomainClassifier:
+        """Full-batch Adam on (N, D) unit rows and their (N,) domains (cross-entropy + L2)."""
+        import torch
+
+        gen = torch.Generator().manual_seed(seed)
+        x = torch.from_numpy(np.ascontiguousarray(vectors, np.float32))
+        y = torch.from_numpy(np.asarray(domains, np.int64))
+        w = (0.01 * torch.randn(x.shape[1], len(DOMAINS), generator=gen)).requires_grad_()
+        b = torch.zeros(len(DOMAINS), requires_grad=True)
+        opt = torch.optim.Adam([w, b], lr=0.05)
+        for _ in range(steps):
+            loss = torch.nn.functional.cross_entropy(cls.SCALE * x @ w + b, y) \
+                + weight_decay * (w * w).sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return cls(w.detach().numpy().astype(np.float32), b.detach().numpy().astype(np.float32))
+
+    def proba(self, vectors: np.ndarray) -> np.ndarray:
+        """(N, 16) P(domain) of each (N, D) row."""
+        if vectors.shape[-1] != self.weight.shape[0]:
+            raise ValueError(f"domain classifier: vectors have dimension {vectors.shape[-1]}, "
+                             f"the classifier {self.weight.shape[0]} (another encoder?)")
+        z = self.SCALE * (np.asarray(vectors, np.float32) @ self.weight) + self.bias
+        z = np.exp(z - z.max(axis=-1, keepdims=True))
+        return (z / z.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+    def context_proba(self, vectors: list[np.ndarray]) -> np.ndarray:
+        """(B, 16) P(domain) of each (L, D) context, by its unit mean vector."""
+        means = np.stack([unit(np.asarray(v, np.float64).sum(axis=0, keepdims=True))[0]
+                          for v in vectors]).astype(np.float32)
+        return self.proba(means)
+
+    def save(self, path: str | os.PathLike) -> None:
+        atomic_write(path, lambda f: np.savez(f, weight=self.weight, bias=self.bias))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> DomainClassifier:
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                c = cls(z["weight"].astype(np.float32), z["bias"].astype(np.float32))
+        except (OSError, ValueError, KeyError) as e:
+            raise ValueError(f"{path}: not a domain classifier file ({e})") from None
+        if c.weight.ndim != 2 or c.weight.shape[1] != len(DOMAINS) or \
+                c.bias.shape != (len(DOMAINS),) or not np.isfinite(c.weight).all():
+            raise ValueError(f"{path}: expected a (D, {len(DOMAINS)}) weight and "
+                             f"({len(DOMAINS)},) bias, got {c.weight.shape}, {c.bias.shape}")
+        return c
+
+
 def centroids_path(bank_path: str | os.PathLike) -> Path:
     """Where a bank's centroids live: `<bank>.tmd.npz` beside `<bank>.npz`."""
     return Path(bank_path).with_suffix(".tmd.npz")

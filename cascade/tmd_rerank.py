@@ -19,21 +19,43 @@ stage-2 score and how well each candidate's TMD code matches the context's lane.
   terms span [0, 1] and w is the same trade-off whatever the spread of a query's raw scores:
   w = 0.2 lets a full lane match beat up to a fifth of that query's score range.
 - w is fitted on val (`TmdReranker.fit_w`: the grid value with the best Hit@keep, ties to the
-  smaller w); w = 0 reproduces stage 2's order exactly.
+  smaller w), once per lane source (`Lanes.source`): lanes from TMD codes (the bank's codes of
+  a context sent as rows) are right by construction, lanes tagged from a context's vectors are
+  not, so each source gets its own w. w = 0 reproduces stage 2's order exactly.
+- **Soft domains.** A tagged lane may carry P(domain) of its context (`Lanes.domain_probs`, from
+  `cascade.tagger.DomainClassifier`): the domain term is then P(d(c)) instead of
+  [d(q) == d(c)], so a confident tag acts as a code and an unsure one barely reorders.
 
 Candidates padded with id -1 (fewer than K found) score -inf and stay last.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from cascade.pairs import Pairs, context_windows
-from cascade.tagger import DomainCentroids, tag_context
+from cascade.tagger import DomainCentroids, DomainClassifier, tag_context
 from cascade.tmd import DOMAIN_SHIFT, DOMAINS, check_codes, unpack
 
 DEFAULT_MATCH_WEIGHTS = (1.0, 0.0, 0.0)  # domain, task, modifier: chosen on val (see above)
 DEFAULT_W_GRID = tuple(round(0.05 * i, 2) for i in range(21))  # 0, 0.05, ..., 1
+
+
+LANE_SOURCES = ("codes", "tagged")
+
+
+@dataclass
+class Lanes:
+    """The query lanes of a batch of contexts and where they come from."""
+    codes: np.ndarray  # (B,) packed query codes
+    source: str  # "codes" (the bank's or the caller's TMD codes) or "tagged" (from vectors)
+    domain_probs: np.ndarray | None = None  # (B, 16) P(domain) of tagged lanes; None: one-hot
+
+    def __post_init__(self):
+        if self.source not in LANE_SOURCES:
+            raise ValueError(f"lane source {self.source!r}: expected one of {LANE_SOURCES}")
 
 
 def context_lane(context_codes: np.ndarray) -> int:
@@ -67,6 +89,17 @@ def context_lanes(codes: np.ndarray, mask: np.ndarray) -> np.ndarray:
     domain = votes.argmax(axis=1)
     last = codes[np.arange(len(codes)), lengths - 1]
     return ((domain << DOMAIN_SHIFT) | (last & ((1 << DOMAIN_SHIFT) - 1))).astype(np.int64)
+
+
+def check_domain_probs(probs, batch: int) -> np.ndarray:
+    """(B, 16) finite probabilities in [0, 1], one row per context; ValueError otherwise."""
+    p = np.asarray(probs, np.float32)
+    if p.shape != (batch, len(DOMAINS)):
+        raise ValueError(f"domain_probs: expected shape ({batch}, {len(DOMAINS)}) (one row of "
+                         f"{len(DOMAINS)} domains per context), got {p.shape}")
+    if not np.isfinite(p).all() or (p < 0).any() or (p > 1).any():
+        raise ValueError("domain_probs: every entry must be a probability in [0, 1]")
+    return p
 
 
 def normalize_scores(scores: np.ndarray) -> np.ndarray:
@@ -123,28 +156,36 @@ class TmdReranker:
             raise ValueError("tmd rerank: candidate scores must be finite (-inf only at id -1)")
         return q
 
-    def lane_similarity(self, query_codes: np.ndarray, cand_ids: np.ndarray) -> np.ndarray:
-        """(B,) query codes x (B, K) candidate rows -> (B, K) float32 in [0, 1]; 0 at id -1."""
+    def lane_similarity(self, query_codes: np.ndarray, cand_ids: np.ndarray,
+                        domain_probs: np.ndarray | None = None) -> np.ndarray:
+        """(B,) query codes x (B, K) candidate rows -> (B, K) float32 in [0, 1]; 0 at id -1.
+        `domain_probs` (B, 16): the domain term is P(candidate's domain) instead of a match."""
         qd, qt, qm = unpack(query_codes)
         ids = np.maximum(cand_ids, 0)
         wd, wt, wm = self.match_weights
-        sim = (wd * (self.domain[ids] == qd[:, None]) + wt * (self.task[ids] == qt[:, None])
+        dom = self.domain[ids]
+        same = (dom == qd[:, None]) if domain_probs is None else \
+            np.take_along_axis(domain_probs, dom, axis=1)
+        sim = (wd * same + wt * (self.task[ids] == qt[:, None])
                + wm * (self.modifier[ids] == qm[:, None]))
         return np.where(cand_ids >= 0, sim, 0.0).astype(np.float32)
 
     def scores(self, query_codes: np.ndarray, cand_ids: np.ndarray, cand_scores: np.ndarray,
-               w: float | None = None) -> np.ndarray:
+               w: float | None = None, domain_probs: np.ndarray | None = None) -> np.ndarray:
         """(B, K) blended scores; -inf at padded candidates."""
         q = self._check(query_codes, cand_ids, cand_scores)
         w = self.w if w is None else self._check_w(w)
+        if domain_probs is not None:
+            domain_probs = check_domain_probs(domain_probs, len(q))
         real = cand_ids >= 0
         base = normalize_scores(np.where(real, cand_scores, -np.inf))
         base = np.where(real, base, 0.0)  # 0 * -inf would be NaN at w = 1
-        blended = (1.0 - w) * base + w * self.lane_similarity(q, cand_ids)
+        blended = (1.0 - w) * base + w * self.lane_similarity(q, cand_ids, domain_probs)
         return np.where(real, blended, -np.inf).astype(np.float32)
 
     def rerank(self, query_codes: np.ndarray, cand_ids: np.ndarray, cand_scores: np.ndarray,
-               keep: int, w: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+               keep: int, w: float | None = None, domain_probs: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
         """The best `keep` candidates per query -> (ids (B, keep) int64, scores (B, keep)
         float32), by blended score, ties kept in stage-2 order."""
         cand_ids = np.asarray(cand_ids)
@@ -152,14 +193,14 @@ class TmdReranker:
         if cand_ids.ndim == 2 and not 1 <= keep <= cand_ids.shape[1]:
             raise ValueError(f"tmd rerank: keep must be in [1, {cand_ids.shape[1]}] (the "
                              f"candidates per query), got {keep}")
-        s = self.scores(query_codes, cand_ids, cand_scores, w)
+        s = self.scores(query_codes, cand_ids, cand_scores, w, domain_probs)
         order = np.argsort(-s, axis=1, kind="stable")[:, :keep]
         return (np.take_along_axis(cand_ids, order, axis=1).astype(np.int64),
                 np.take_along_axis(s, order, axis=1))
 
     def fit_w(self, query_codes: np.ndarray, cand_ids: np.ndarray, cand_scores: np.ndarray,
-              target_rows: np.ndarray, grid: tuple[float, ...] = DEFAULT_W_GRID, keep: int = 10
-              ) -> tuple[float, list[dict]]:
+              target_rows: np.ndarray, grid: tuple[float, ...] = DEFAULT_W_GRID, keep: int = 10,
+              domain_probs: np.ndarray | None = None) -> tuple[float, list[dict]]:
         """The w of `grid` with the best Hit@keep (percent) of `target_rows` (B,) after
         reranking; ties go to the smaller w, so w = 0 wins unless the lane strictly helps.
         Fit it on val candidates. -> (best w, [{"w", "hit@keep"} for each w, ascending])."""
@@ -172,7 +213,8 @@ class TmdReranker:
         table = []
         best_w, best = None, -1.0
         for w in sorted(grid):
-            ids, _ = self.rerank(query_codes, cand_ids, cand_scores, keep, w=w)
+            ids, _ = self.rerank(query_codes, cand_ids, cand_scores, keep, w=w,
+                                 domain_probs=domain_probs)
             hit = 100.0 * float((ids == target_rows[:, None]).any(axis=1).mean()) \
                 if len(ids) else 0.0
             table.append({"w": float(w), f"hit@{keep}": hit})
@@ -192,11 +234,17 @@ def lanes_of_codes(codes: list[np.ndarray]) -> np.ndarray:
     return context_lanes(padded, mask)
 
 
-def tagged_lanes(vectors: list[np.ndarray], centroids: DomainCentroids | None) -> np.ndarray:
-    """(B,) lanes of contexts sent as vectors: each chunk tagged by `tag_context` (the domain of
-    the context's mean vector; domain 0 without centroids). Serving and the tuning of w on val
-    both call this, so the w is tuned on the lanes it is served with."""
-    return lanes_of_codes([tag_context(v, centroids=centroids) for v in vectors])
+def tagged_lanes(vectors: list[np.ndarray], centroids: DomainCentroids | None,
+                 classifier: DomainClassifier | None = None) -> Lanes:
+    """Lanes of contexts sent as vectors: with `classifier`, the domain distribution of each
+    context's mean vector (its most likely domain in the codes); else each chunk tagged by
+    `tag_context` (the domain of the context's mean vector by the centroids; 0 without).
+    Serving and the tuning of w on val both call this, so w is tuned on the lanes it serves."""
+    if classifier is not None:
+        probs = classifier.context_proba(vectors)
+        return Lanes(probs.argmax(axis=1).astype(np.int64) << DOMAIN_SHIFT, "tagged", probs)
+    return Lanes(lanes_of_codes([tag_context(v, centroids=centroids) for v in vectors]),
+                 "tagged")
 
 
 def pair_lanes(bank_codes: np.ndarray, pairs: Pairs) -> np.ndarray:
@@ -205,8 +253,8 @@ def pair_lanes(bank_codes: np.ndarray, pairs: Pairs) -> np.ndarray:
     return context_lanes(np.asarray(bank_codes, np.int64)[rows], mask)
 
 
-def pair_tagged_lanes(vectors: np.ndarray, pairs: Pairs,
-                      centroids: DomainCentroids | None) -> np.ndarray:
-    """`tagged_lanes` of every pair's context as a vector client sends it -> (P,)."""
+def pair_tagged_lanes(vectors: np.ndarray, pairs: Pairs, centroids: DomainCentroids | None,
+                      classifier: DomainClassifier | None = None) -> Lanes:
+    """`tagged_lanes` of every pair's context as a vector client sends it."""
     return tagged_lanes([vectors[s:e] for s, e in zip(pairs.ctx_start, pairs.ctx_end,
-                                                      strict=True)], centroids)
+                                                      strict=True)], centroids, classifier)

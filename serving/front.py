@@ -67,6 +67,9 @@ def _why(stage: str, err: grpc.RpcError, share_ms: float) -> str:
     return f"{stage} failed: {code.name} {err.details()}"
 
 
+LANE_SOURCE = {"codes": pb.LANE_SOURCE_CODES, "tagged": pb.LANE_SOURCE_TAGGED}
+
+
 class CascadeServicer(rpc.CascadeServicer):
     name = "front"
 
@@ -135,11 +138,12 @@ class CascadeServicer(rpc.CascadeServicer):
                 predictions=None if pred is None else vectors_to_proto(pred.cpu().numpy())),
                 end, deadline_s * share.lvm_share, stage_ms, degraded) or ranking
         if self.tmd is not None:
-            source = self.cascade.lane_source(rows, None)
             ranking = self.rerank("tmd", self.tmd.Rerank, pb.TmdRequest(
-                query_codes=lanes.tolist(), candidates=ranking,
+                query_codes=lanes.codes.tolist(), candidates=ranking,
                 keep=min(cfg.k_tmd, len(ranking[0].ids)),
-                lane_source=pb.LANE_SOURCE_CODES if source == "codes" else pb.LANE_SOURCE_TAGGED),
+                lane_source=LANE_SOURCE[lanes.source],
+                domain_probs=None if lanes.domain_probs is None else
+                lanes.domain_probs.ravel().tolist()),
                 end, deadline_s * share.tmd_share, stage_ms, degraded) or ranking
         stage_ms["total"] = 1000 * (time.perf_counter() - t0)
         return pb.SearchResponse(hits=self.hits(ranking[0], k), stage1=kind,

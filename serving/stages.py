@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
+from cascade.tmd import DOMAINS
 from serving.batcher import Batcher
 from serving.config import ServingConfig
 from serving.convert import (
@@ -264,7 +265,15 @@ class TmdServicer(_Stage, rpc.TmdRerankerServicer):
         if source is None:
             raise ValueError("lane_source: must be LANE_SOURCE_CODES or LANE_SOURCE_TAGGED (the "
                              "blend weight is tuned for each)")
+        probs = None
+        if request.domain_probs:
+            probs = np.asarray(request.domain_probs, np.float32)
+            if len(probs) != len(ids) * len(DOMAINS):
+                raise ValueError(f"domain_probs: {len(probs)} values for {len(ids)} contexts "
+                                 f"(expected {len(DOMAINS)} per context)")
+            probs = probs.reshape(len(ids), len(DOMAINS))
         ids, scores = self.cascade.tmd.rerank(codes, ids, scores, keep=request.keep,
-                                              w=self.cascade.config.tmd_w_for(source))
+                                              w=self.cascade.config.tmd_w_for(source),
+                                              domain_probs=probs)
         return pb.RerankResponse(results=candidates_to_proto(ids, scores),
                                  seconds=time.perf_counter() - t0)

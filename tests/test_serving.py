@@ -24,9 +24,9 @@ import torch
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from cascade.bank import save_bank
+from cascade.bank import save_bank, sha256_file
 from cascade.pipeline import Cascade, ContextRows
-from cascade.tagger import DomainCentroids, centroids_path
+from cascade.tagger import DomainCentroids, DomainClassifier, centroids_path
 from cascade.tmd import pack, unpack
 from serving.client import CascadeClient
 from serving.config import DEFAULT_CONFIG, ServingConfig, TlsConfig, load_config
@@ -84,8 +84,12 @@ def deployed(tmp_path_factory):
     train(cfg_for(root, "lvm", epochs=1, require_gain=False))
     # Stage 3 with a different w > 0 for each lane source, so an answer computed with the other
     # form's w shows (test_stage3_serves_the_w_of_the_contexts_form).
+    # Vector contexts' lanes by a domain classifier (soft domains sent to the TMD server).
     deploy = json.loads((root / "deploy.json").read_text())
     deploy["cascade"].update(tmd_w=0.8, tmd_w_tagged=0.2)
+    DomainClassifier.fit(bank.vectors, domains, 1e-3, steps=50).save(root / "tagger.npz")
+    deploy["domain_classifier"] = {"file": str(root / "tagger.npz"),
+                                   "sha256": sha256_file(root / "tagger.npz")}
     (root / "deploy.json").write_text(json.dumps(deploy))
     return root, bank
 
@@ -217,6 +221,26 @@ def test_stage3_serves_the_w_of_the_contexts_form(serving, in_process, deployed)
                 differs[form] += [h.row for h in served.hits] != \
                     wrong.search(ctx).ids[0].tolist()
     assert all(differs.values()), differs
+
+
+def test_the_tmd_server_needs_the_lane_source_and_checks_domain_probs(serving, in_process):
+    cands = [pb.Candidates(ids=[0, 1, 2], scores=[0.9, 0.5, 0.1])]
+    with grpc.insecure_channel(serving.cfg.server("tmd").addresses[0]) as ch:
+        stub = rpc.TmdRerankerStub(ch)
+        for request, message in (
+                (pb.TmdRequest(query_codes=[0], candidates=cands, keep=2), "lane_source"),
+                (pb.TmdRequest(query_codes=[0], candidates=cands, keep=2,
+                               lane_source=pb.LANE_SOURCE_TAGGED, domain_probs=[0.5] * 3),
+                 "domain_probs: 3 values for 1 contexts")):
+            with pytest.raises(grpc.RpcError) as e:
+                stub.Rerank(request, timeout=30)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert message in e.value.details()
+        ok = stub.Rerank(pb.TmdRequest(query_codes=[0], candidates=cands, keep=2,
+                                       lane_source=pb.LANE_SOURCE_TAGGED,
+                                       domain_probs=[1.0 / 16] * 16), timeout=30)
+        assert len(ok.results[0].ids) == 2
+    assert in_process.classifier is not None  # vector contexts get soft domains here
 
 
 def test_the_lvm_server_answers_alike_with_the_callers_predictions(serving, in_process,

@@ -160,3 +160,52 @@ def test_constructor_refusals():
         TmdReranker(pack(np.zeros(3, np.int64)), w=-0.1)
     with pytest.raises(ValueError, match="non-empty"):
         TmdReranker(np.zeros(0, np.uint16), w=0.1)
+
+
+def test_soft_domains_one_hot_is_the_code_and_a_probability_weighs_each_domain(setup):
+    bank_codes, q, ids, scores = setup
+    r = TmdReranker(bank_codes, w=0.4)
+    one_hot = np.eye(16, dtype=np.float32)[unpack(q)[0]]
+    for keep in (10, 50):
+        a = r.rerank(q, ids, scores, keep)
+        b = r.rerank(q, ids, scores, keep, domain_probs=one_hot)
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_allclose(a[1], b[1])
+    # Soft: the domain term of each candidate is P(its domain), checked against a loop.
+    probs = np.random.default_rng(2).dirichlet(np.ones(16), size=len(q)).astype(np.float32)
+    sim = r.lane_similarity(q, ids, probs)
+    dom = unpack(bank_codes)[0]
+    for b_ in (0, 3, 17):
+        expected = [probs[b_, dom[i]] if i >= 0 else 0.0 for i in ids[b_]]
+        np.testing.assert_allclose(sim[b_], expected, atol=1e-6)
+    with pytest.raises(ValueError, match=r"domain_probs: expected shape \(64, 16\)"):
+        r.rerank(q, ids, scores, 10, domain_probs=probs[:5])
+    with pytest.raises(ValueError, match="a probability in"):
+        r.rerank(q, ids, scores, 10, domain_probs=probs + 1)
+
+
+def test_the_domain_classifier_learns_the_codes_and_round_trips(tmp_path):
+    from cascade.tagger import DomainClassifier
+    from cascade.tmd_rerank import tagged_lanes
+
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(4, 32))
+    domains = rng.integers(0, 4, 3000)
+    x = centres[domains] + 0.8 * rng.normal(size=(3000, 32))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    clf = DomainClassifier.fit(x[:2000], domains[:2000], weight_decay=1e-3)
+    p = clf.proba(x[2000:])
+    assert p.shape == (1000, 16) and np.allclose(p.sum(1), 1, atol=1e-5)
+    assert (p.argmax(1) == domains[2000:]).mean() > 0.9
+    assert p[:, 4:].max() < 0.05  # domains never seen get (almost) nothing
+    clf.save(tmp_path / "c.npz")
+    back = DomainClassifier.load(tmp_path / "c.npz")
+    np.testing.assert_array_equal(back.proba(x[:10]), clf.proba(x[:10]))
+    lanes = tagged_lanes([x[2000:2003], x[2003:2004]], None, back)
+    assert lanes.source == "tagged" and lanes.domain_probs.shape == (2, 16)
+    np.testing.assert_array_equal(unpack(lanes.codes)[0], lanes.domain_probs.argmax(1))
+    (tmp_path / "bad.npz").write_bytes(b"not a file")
+    with pytest.raises(ValueError, match="not a domain classifier file"):
+        DomainClassifier.load(tmp_path / "bad.npz")
+    with pytest.raises(ValueError, match="dimension 8, the classifier 32"):
+        clf.proba(np.zeros((2, 8), np.float32))

@@ -60,9 +60,9 @@ from cascade.metrics import paired_difference, target_ranks
 from cascade.negatives import clean_negatives
 from cascade.pairs import TRAIN, Pairs, PairsError, context_windows, load_pairs
 from cascade.stage1 import DUP_COS, Stage1
-from cascade.tagger import bank_centroids
-from cascade.tmd import DOMAIN_SHIFT
-from cascade.tmd_rerank import TmdReranker, pair_lanes, pair_tagged_lanes
+from cascade.tagger import DomainClassifier, bank_centroids
+from cascade.tmd import DOMAIN_SHIFT, unpack
+from cascade.tmd_rerank import Lanes, TmdReranker, pair_lanes, pair_tagged_lanes
 from training.config import ConfigError, merge, to_yaml
 
 EXIT_BAD_INPUT = 2
@@ -95,6 +95,10 @@ class LvmTrainConfig:
     # form (the stage-2 gate). false: name it whatever the gate says (experiments, tests of the
     # serving path); the verdict is still logged and written to deploy.json's lvm_gate.
     require_gain: bool = True
+    # Vector contexts' TMD lanes: a softmax domain classifier fitted on the train side's rows,
+    # its L2 weight decay chosen on val (log-loss against the bank's codes); it replaces the
+    # centroid tagger only where its stage-3 Hit@10 on val is higher.
+    tagger_weight_decays: list[float] = field(default_factory=lambda: [1.0e-4, 1.0e-3, 1.0e-2])
     grad_clip: float = 1.0
     seed: int = 42
     threads: int = 0  # torch threads; 0 = torch's default
@@ -326,26 +330,58 @@ def ranks_by(logits: torch.Tensor, cands: Candidates, keep: int | None = None
     return target_ranks(ids, cands.pairs.target), ids, scores
 
 
-def tune_tmd_w(bank: Bank, stage1: Stage1, pairs: Pairs,
-               before: dict[str, tuple[np.ndarray, np.ndarray]], keep: int) -> dict | None:
+def fit_tagger(bank: Bank, train_pairs: Pairs, val: Pairs, cfg: LvmTrainConfig
+               ) -> tuple[DomainClassifier, dict]:
+    """The domain classifier for vector contexts: fitted on the rows of the train side's
+    articles against the bank's domain codes, weight decay chosen by val log-loss (the
+    domains of val contexts' own codes)."""
+    rows = np.isin(bank.article_indices, bank.article_indices[train_pairs.target])
+    domains = unpack(bank.tmd_codes)[0]
+    truth = pair_lanes(bank.tmd_codes, val) >> DOMAIN_SHIFT
+    contexts = [bank.vectors[s:e] for s, e in zip(val.ctx_start, val.ctx_end, strict=True)]
+    best, grid = None, []
+    for wd in cfg.tagger_weight_decays:
+        clf = DomainClassifier.fit(bank.vectors[rows], domains[rows], wd, seed=cfg.seed)
+        p = clf.context_proba(contexts)
+        entry = {"weight_decay": wd, "val_log_loss": float(
+            -np.log(np.maximum(p[np.arange(len(p)), truth], 1e-9)).mean()),
+            "val_accuracy": float(100 * (p.argmax(axis=1) == truth).mean())}
+        grid.append(entry)
+        if best is None or entry["val_log_loss"] < best[1]["val_log_loss"]:
+            best = (clf, entry)
+    return best[0], {**best[1], "train_rows": int(rows.sum()), "grid": grid}
+
+
+def tune_tmd_w(bank: Bank, pairs: Pairs, before: dict[str, tuple[np.ndarray, np.ndarray]],
+               keep: int, classifier: DomainClassifier | None) -> dict | None:
     """Stage 3's w on val for each lane source, on the lists stage 3 gets in the form that
     source serves: lanes from the bank's codes on the rows form's list, lanes tagged from the
-    vectors (as serving tags them) on the vectors form's list. Grid search for Hit@keep, ties
-    to the smaller w. None for a bank without TMD codes."""
+    vectors (as serving tags them: by the centroids, or by `classifier`, whichever reaches the
+    higher Hit@keep) on the vectors form's list. Grid search for Hit@keep, ties to the smaller
+    w. None for a bank without TMD codes."""
     if bank.tmd_codes is None:
         return None
     centroids = bank_centroids(bank.path, bank.meta) if bank.path else None
-    lanes = {"codes": ("rows", pair_lanes(bank.tmd_codes, pairs)),
-             "tagged": ("vectors", pair_tagged_lanes(bank.vectors, pairs, centroids))}
+    truth = pair_lanes(bank.tmd_codes, pairs)
     tmd = TmdReranker(bank.tmd_codes, 0.0)
-    out = {}
-    for source, (form, q) in lanes.items():
+
+    def fit(lanes, form: str) -> dict:
         ids, scores = before[form]
-        w, table = tmd.fit_w(q, ids, scores, pairs.target, keep=keep)
-        out[source] = {"w": w, "form": form, "grid": table}
-    codes_domain = pair_lanes(bank.tmd_codes, pairs) >> DOMAIN_SHIFT
-    out["tagged"]["domain_agreement"] = float(
-        100 * np.mean(codes_domain == lanes["tagged"][1] >> DOMAIN_SHIFT)) if len(pairs) else 0.0
+        w, table = tmd.fit_w(lanes.codes, ids, scores, pairs.target, keep=keep,
+                             domain_probs=lanes.domain_probs)
+        agree = (lanes.codes >> DOMAIN_SHIFT) == (truth >> DOMAIN_SHIFT)
+        return {"w": w, "form": form, "grid": table, f"hit@{keep}": max(
+            g[f"hit@{keep}"] for g in table), "domain_agreement": float(100 * agree.mean())}
+
+    out = {"codes": fit(Lanes(truth, "codes"), "rows")}
+    taggers = {"centroids": fit(pair_tagged_lanes(bank.vectors, pairs, centroids), "vectors")}
+    if classifier is not None:
+        taggers["classifier"] = fit(pair_tagged_lanes(bank.vectors, pairs, centroids,
+                                                      classifier), "vectors")
+    chosen = max(taggers, key=lambda t: (taggers[t][f"hit@{keep}"], t == "centroids"))
+    out["tagged"] = {**taggers[chosen], "tagger": chosen,
+                     "taggers": {t: {k: v for k, v in r.items() if k != "grid"}
+                                 for t, r in taggers.items()}}
     return out
 
 
@@ -458,7 +494,14 @@ def train(cfg: LvmTrainConfig, resume: bool = False, stop_after: int = 0) -> dic
     # The head, on val contexts (never trained on by stage 1 or the predictor).
     model = build_lvm(load_lvm_state(out / "checkpoints" / "best.pt", bank.fingerprint()))
     t = time.perf_counter()
-    result, settings = fit_on_val(model, bank, stage1, va, cfg, cascade)
+    classifier, tagger = (fit_tagger(bank, train_pairs, val, cfg) if bank.tmd_codes is not None
+                          else (None, None))
+    if tagger is not None:
+        log.info(f"domain classifier for vector contexts: weight decay "
+                 f"{tagger['weight_decay']}, val accuracy {tagger['val_accuracy']:.1f}% "
+                 f"({tagger['train_rows']:,} train rows)")
+    result, settings = fit_on_val(model, bank, stage1, va, cfg, cascade, classifier)
+    result["domain_classifier"] = tagger
     result.update({"val_pairs": len(val), "features": cfg.model.features,
                    f"stage1_recall@{cfg.k}": hits(s1_val, cfg.k), "folds": cfg.folds,
                    "head_seconds": time.perf_counter() - t, "history": history})
@@ -469,7 +512,11 @@ def train(cfg: LvmTrainConfig, resume: bool = False, stop_after: int = 0) -> dic
     atomic_write(out / "result.json", lambda f: f.write(json.dumps(result, indent=2).encode()))
     gate = result["gate"]
     named = gate["passed"] or not cfg.require_gain
-    update_deploy(cfg.deploy, lvm_path if named else None, cfg, settings, gate)
+    tagger_path = None
+    if result["tmd"] is not None and result["tmd"]["tagged"]["tagger"] == "classifier":
+        tagger_path = out / "domain_classifier.npz"
+        classifier.save(tagger_path)
+    update_deploy(cfg.deploy, lvm_path if named else None, cfg, settings, gate, tagger_path)
     log.info(f"wrote {lvm_path}; {cfg.deploy}: "
              + ("names it as stage 2" if gate["passed"] else
                 "names it as stage 2 although it missed the gate (require_gain: false)" if named
@@ -533,7 +580,8 @@ def lvm_gate(ranks: dict[str, tuple[np.ndarray, np.ndarray]], clusters: np.ndarr
 
 
 def fit_on_val(model: Lvm, bank: Bank, stage1: Stage1, va: Candidates, cfg: LvmTrainConfig,
-               cascade: CascadeConfig) -> tuple[dict, dict]:
+               cascade: CascadeConfig, classifier: DomainClassifier | None
+               ) -> tuple[dict, dict]:
     """Fit the head on val, judge stage 2 against stage 1 in each context form, pick the
     repeat threshold and stage 3's w per lane source. -> (result, deploy settings)."""
     dup = near_dup_cos(bank, va.pairs)
@@ -556,7 +604,7 @@ def fit_on_val(model: Lvm, bank: Bank, stage1: Stage1, va: Candidates, cfg: LvmT
     served = gate["passed"] or not cfg.require_gain
     before_tmd = {f: (ranked[f][1], ranked[f][2]) if served else
                   (cands[f].ids, cands[f].scores) for f in FORMS}
-    tmd = tune_tmd_w(bank, stage1, va.pairs, before_tmd, cascade.k_tmd)
+    tmd = tune_tmd_w(bank, va.pairs, before_tmd, cascade.k_tmd, classifier)
     result = {"forms": {f: {"stage1": {f"hit@{k}": hits(cands[f].ranks, k) for k in (1, 5, 10, 50)},
                             "lvm_cross_fitted": {f"hit@{k}": hits(ranked[f][0], k)
                                                  for k in (1, 5, 10, 50)}} for f in FORMS},
@@ -575,20 +623,25 @@ def fit_on_val(model: Lvm, bank: Bank, stage1: Stage1, va: Candidates, cfg: LvmT
         for source, t in tmd.items():
             at0 = t["grid"][0][f"hit@{cascade.k_tmd}"]
             best = max(g[f"hit@{cascade.k_tmd}"] for g in t["grid"])
-            log.info(f"TMD w on val, lanes from {source}: {t['w']} (Hit@{cascade.k_tmd} "
-                     f"{best:.2f}% vs {at0:.2f}% at w = 0)")
+            log.info(f"TMD w on val, lanes from {source}"
+                     + (f" (by the {t['tagger']}, domain agreement with the codes "
+                        f"{t['domain_agreement']:.1f}%)" if source == "tagged" else "")
+                     + f": {t['w']} (Hit@{cascade.k_tmd} {best:.2f}% vs {at0:.2f}% at w = 0)")
     return result, settings
 
 
 def update_deploy(deploy_path: str, lvm_path: Path | None, cfg: LvmTrainConfig, settings: dict,
-                  gate: dict) -> None:
-    """Name the LVM (with its sha256) or leave it out, as the gate says; stage 3's w per lane
-    source and the repeat threshold; keep everything else."""
+                  gate: dict, tagger_path: Path | None = None) -> None:
+    """Name the LVM (with its sha256) or leave it out, as the gate says; the domain classifier
+    of vector contexts when it won on val; stage 3's w per lane source and the repeat
+    threshold; keep everything else."""
     deploy = read_deploy(deploy_path)
-    if lvm_path is not None:
-        deploy["lvm"] = {"checkpoint": str(lvm_path), "sha256": sha256_file(lvm_path)}
-    else:
-        deploy.pop("lvm", None)
+    for key, path, entry in (("lvm", lvm_path, "checkpoint"),
+                             ("domain_classifier", tagger_path, "file")):
+        if path is not None:
+            deploy[key] = {entry: str(path), "sha256": sha256_file(path)}
+        else:
+            deploy.pop(key, None)
     deploy["lvm_gate"] = {"passed": gate["passed"], "deployed": lvm_path is not None,
                           "reason": gate["reason"]}
     cascade = dict(deploy.get("cascade") or {})
