@@ -84,6 +84,20 @@ def shipped_profile_for(bank: str) -> str | None:
     return None
 
 
+def choose_profile(profile: str | None, bank: str | None) -> tuple[str, str | None, bool]:
+    """(profile, bank to put in its place or None for its own, whether the gates are relative to
+    the heuristic) for `--profile` / `--bank` as given. A named profile keeps its own gates."""
+    if profile is not None:
+        return profile, bank, False
+    # `make train-v4 BANK=artifacts/sotu_bank.npz` gets the profile made for that bank.
+    shipped = shipped_profile_for(bank) if bank else None
+    if shipped and shipped != "default":
+        return shipped, None, False  # its own bank: built when missing, like the default's
+    # Any other bank: the default recipe, with gates that fit the bank (ARCHITECTURE.md
+    # "Gates"), measured on its own val split.
+    return "default", bank, bool(bank) and shipped is None
+
+
 def load_profile(name_or_path: str, bank: str | None) -> tuple[Profile, str]:
     """The profile with `bank` (if given) in place of its own; and its own bank."""
     p = Path(name_or_path)
@@ -310,17 +324,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.nproc < 1:
         print(f"error: --nproc must be >= 1, got {args.nproc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    relative = False
-    if args.profile is None:
-        # `make train-v4 BANK=artifacts/sotu_bank.npz` gets the profile made for that bank.
-        shipped = shipped_profile_for(args.bank) if args.bank else None
-        args.profile = shipped or "default"
-        if shipped and shipped != "default":
-            print(f"profile {args.profile}: the shipped profile for {args.bank}")
-            args.bank = None  # the profile's own bank: built when missing, like the default's
-        # Any other bank: the default recipe, with gates that fit the bank (ARCHITECTURE.md
-        # "Gates"), measured on its own val split.
-        relative = bool(args.bank) and shipped is None
+    named_bank = args.bank
+    chosen, args.bank, relative = choose_profile(args.profile, args.bank)
+    if args.profile is None and chosen != "default":
+        print(f"profile {chosen}: the shipped profile for {named_bank}")
+    args.profile = chosen
     if args.bank and not Path(args.bank).exists():
         # Only the profile's own bank is built when missing: building the default corpus into a
         # path the user named would train on data they did not ask for.
