@@ -138,7 +138,7 @@ def check_sanity(pairs: Pairs, bank: Bank) -> CheckResult:
     for name in SIDE_NAMES.values():
         if values[f"{name}_pairs"] == 0:
             problems.append(f"the {name} split is empty: " + reexpand(
-                pairs, bank, "--train-split and --test-split set the article fractions; the "
+                pairs, bank, "--train-split and --test-split set the article fractions, the "
                 "default 0.8 / 0.1 leaves 0.1 to val") + ", or ingest more articles (make "
                 "data CORPUS=...)")
     # The splits that select (val) and judge (test) by article-resampled CIs need enough pairs
