@@ -43,7 +43,7 @@ NEXT_BANK = $(if $(filter command line,$(origin BANK)), BANK=$(BANK))
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
-	@echo "  variables: BANK=$(BANK) PROFILE=$(or $(PROFILE),default) (default|smoke|long) CORPUS=<jsonl> LIMIT=<articles> NPROC=<processes (DDP)>"
+	@echo "  variables: BANK=$(BANK) PROFILE=$(or $(PROFILE),default) (default|smoke|long) CORPUS=<jsonl> LIMIT=<articles> NPROC=<processes (DDP)> TEXT=<make query's text>"
 
 # The long-document corpus (make data-long): only its text files are read, so it is installed
 # without its dependencies (pandas).

@@ -25,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from cascade import checkpoint as ck
-from cascade.bank import BankError, load_bank, sha256_file, write_json
+from cascade.bank import BankError, atomic_write, load_bank, sha256_file, write_json
 from cascade.deploy import CascadeConfig
 from cascade.pairs import load_pairs
 from cascade.split import SplitSpec, key_kind
@@ -38,6 +38,7 @@ from training.config import (
     from_dict,
     load_config,
     load_yaml,
+    merge,
     relative_to_heuristic,
     to_yaml,
 )
@@ -162,6 +163,8 @@ def relative_config(profile: Profile, bank, pairs_path: str, cfg: TrainConfig) -
     table, _ = compare_methods(bank, val, {"heuristic": ("exp_weighted", None)},
                                tuple(cfg.eval_ks))
     out, lines = relative_to_heuristic(cfg, table["heuristic"], profile.relative_gates, where)
+    out = merge(out, {"bank": bank.path, "pairs": pairs_path,
+                      "out": profile.path(profile.v4_out)}, "relative gates")
     for line in lines:
         print(f"  {line}")
     path = Path(profile.path(profile.deploy)).with_name("v4_relative.yaml")
@@ -169,7 +172,8 @@ def relative_config(profile: Profile, bank, pairs_path: str, cfg: TrainConfig) -
     head = [f"# {profile.v4_config} with gates and abort trigger relative to the exp-weighted",
             f"# heuristic on {bank.path}'s {where}, written by training.checklist:",
             *(f"#   {line}" for line in lines)]
-    path.write_text("\n".join(head) + "\n" + to_yaml(out))
+    text = "\n".join(head) + "\n" + to_yaml(out)
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
     print(f"wrote {path}")
     return str(path)
 
