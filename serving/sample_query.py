@@ -53,8 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     target = int(test.target[i])
     cpe = bank.cpe_ids[target] if bank.cpe_ids is not None else bank.article_indices[target]
     article = (cpe.decode("utf-8") if isinstance(cpe, bytes) else str(cpe)).rsplit(":", 1)[0]
+    span = f"rows {rows[0]}-{rows[-1]}" if len(rows) > 1 else f"row {rows[0]}"
     print(f"context: test pair {i} of {len(test):,} in {args.pairs} (seed {args.seed}), "
-          f"article {article}, bank rows {rows[0]}-{rows[-1]}:")
+          f"article {article}, bank {span}:")
     texts = [bank.text(r) for r in rows]
     for r, text in zip(rows, texts, strict=True):
         print(f"  [{r}] {text}")
