@@ -20,9 +20,11 @@ NPROC ?=
 # make train-lvm DEVICE=cuda (auto, cpu, cuda, cuda:N, mps): where the LVM trains (default cpu)
 DEVICE ?=
 # make query TEXT="..." asks make serve about that text; without it, a context drawn from the
-# bank's own test split. Passed through the environment, so any quote or $ in it is safe.
+# bank's own test split. It reaches the client through the environment unexpanded (value), so
+# any quote or $ in it arrives as typed.
 TEXT ?=
-export TEXT
+QUERY_TEXT := $(value TEXT)
+export QUERY_TEXT
 BANK_STEM = $(basename $(notdir $(BANK)))
 RUN ?= runs/$(BANK_STEM)/twotower_v4
 DEPLOY ?= runs/$(BANK_STEM)/deploy.json
@@ -70,11 +72,11 @@ serve: $(GEN)  ## the gRPC stages + front on DEPLOY (after make train-v4 / train
 	$(PY) -m serving.server --config $(SERVE_CONFIG) --deploy $(DEPLOY)
 
 query: $(GEN)  ## ask make serve: TEXT="..." (default: a context from BANK's own test split)
-ifeq ($(strip $(TEXT)),)
+ifeq ($(strip $(QUERY_TEXT)),)
 	$(PY) -m serving.sample_query --config $(SERVE_CONFIG) --bank $(BANK) \
 		--pairs artifacts/twotower/$(BANK_STEM)/pairs_v4.npz
 else
-	$(PY) -m serving.client --config $(SERVE_CONFIG) "$$TEXT"
+	$(PY) -m serving.client --config $(SERVE_CONFIG) "$$QUERY_TEXT"
 endif
 	@echo "another: make query$(NEXT_BANK) TEXT=\"...\""
 

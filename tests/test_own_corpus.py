@@ -205,3 +205,31 @@ def test_relative_gates_follow_the_rule_and_say_where_they_come_from():
     assert (out.gates.metric, out.gates.success, out.gates.partial) == ("recall@500", 100.0,
                                                                          98.0)
 
+
+
+def test_each_make_target_of_the_path_prints_the_next_command():
+    def dry(*args: str) -> str:
+        r = subprocess.run(["make", "-n", *args], cwd=REPO, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    bank = "BANK=artifacts/my_bank.npz"
+    assert 'echo "next: make train-v4 BANK=artifacts/my_bank.npz"' in dry("data",
+                                                                         "CORPUS=x/my.jsonl")
+    assert "next: make train-lvm BANK=artifacts/my_bank.npz" in dry("train-v4", bank)
+    assert "next: make serve BANK=artifacts/my_bank.npz" in dry("train-lvm", bank)
+    serve = dry("serve", bank)
+    assert "make query BANK=artifacts/my_bank.npz" in serve
+    assert "--deploy runs/my_bank/deploy.json" in serve
+    # make query: a context from the bank's own test split, or TEXT= passed through the
+    # environment (quotes and $ in it stay as typed).
+    query = dry("query", bank)
+    assert ("serving.sample_query --config serving/serving.yaml --bank artifacts/my_bank.npz"
+            in query and "artifacts/twotower/my_bank/pairs_v4.npz" in query)
+    assert 'serving.client --config serving/serving.yaml "$QUERY_TEXT"' in dry(
+        "query", bank, 'TEXT=it\'s "$x"')
+    said = subprocess.run(["make", "-s", "-f", "-", "show", 'TEXT=it\'s "$x" $(y)'],
+                          input=(REPO / "Makefile").read_text().split(".DEFAULT_GOAL")[0]
+                          + '\nshow:\n\t@printf "%s" "$$QUERY_TEXT"\n', cwd=REPO,
+                          capture_output=True, text=True)
+    assert said.stdout == 'it\'s "$x" $(y)', said
