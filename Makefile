@@ -19,6 +19,12 @@ RESUME ?=
 NPROC ?=
 # make train-lvm DEVICE=cuda (auto, cpu, cuda, cuda:N, mps): where the LVM trains (default cpu)
 DEVICE ?=
+# make query TEXT="..." asks make serve about that text; without it, a context drawn from the
+# bank's own test split. It reaches the client through the environment unexpanded (value), so
+# any quote or $ in it arrives as typed.
+TEXT ?=
+QUERY_TEXT := $(value TEXT)
+export QUERY_TEXT
 BANK_STEM = $(basename $(notdir $(BANK)))
 RUN ?= runs/$(BANK_STEM)/twotower_v4
 DEPLOY ?= runs/$(BANK_STEM)/deploy.json
@@ -30,6 +36,8 @@ GEN := serving/_gen/cascade_pb2.py
 CHECKLIST_ARGS = $(if $(PROFILE),--profile $(PROFILE)) $(if $(filter command line,$(origin BANK)),--bank $(BANK)) $(if $(RESUME),--resume) $(if $(NPROC),--nproc $(NPROC))
 # What `make monitor` needs to find the run train-v4 makes with the same PROFILE= / BANK=.
 MONITOR_VARS = $(if $(filter command line,$(origin PROFILE)),PROFILE=$(PROFILE)) $(if $(filter command line,$(origin BANK)),BANK=$(BANK))
+# BANK= as the next command printed by a target needs it (the default bank needs none).
+NEXT_BANK = $(if $(filter command line,$(origin BANK)), BANK=$(BANK))
 
 .DEFAULT_GOAL := help
 .PHONY: help setup data data-long test test-slow lint clean train-v4 train-v4-bg train-lvm \
@@ -37,7 +45,7 @@ MONITOR_VARS = $(if $(filter command line,$(origin PROFILE)),PROFILE=$(PROFILE))
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
-	@echo "  variables: BANK=$(BANK) PROFILE=$(or $(PROFILE),default) (default|smoke|long) CORPUS=<jsonl> LIMIT=<articles> NPROC=<processes (DDP)>"
+	@echo "  variables: BANK=$(BANK) PROFILE=$(or $(PROFILE),default) (default|smoke|long) CORPUS=<jsonl> LIMIT=<articles> NPROC=<processes (DDP)> TEXT=<make query's text>"
 
 # The long-document corpus (make data-long): only its text files are read, so it is installed
 # without its dependencies (pandas).
@@ -60,19 +68,24 @@ $(GEN): $(wildcard protos/cascade/v1/*.proto) $(STAMP)
 protos: $(GEN)  ## generate the Python gRPC stubs from protos/ into serving/_gen/
 
 serve: $(GEN)  ## the gRPC stages + front on DEPLOY (after make train-v4 / train-lvm); Ctrl-C stops
+	@echo "next, from another shell once it says ready: make query$(NEXT_BANK) (TEXT=\"...\" to ask your own)"
 	$(PY) -m serving.server --config $(SERVE_CONFIG) --deploy $(DEPLOY)
 
-query: $(GEN)  ## an example query against make serve
-	$(PY) -m serving.client --config $(SERVE_CONFIG) \
-		"The Moon is Earth's only natural satellite." \
-		"It orbits at an average distance of 384,400 km."
+query: $(GEN)  ## ask make serve: TEXT="..." (default: a context from BANK's own test split)
+ifeq ($(strip $(QUERY_TEXT)),)
+	$(PY) -m serving.sample_query --config $(SERVE_CONFIG) --bank $(BANK) \
+		--pairs artifacts/twotower/$(BANK_STEM)/pairs_v4.npz
+else
+	$(PY) -m serving.client --config $(SERVE_CONFIG) "$$QUERY_TEXT"
+endif
+	@echo "another: make query$(NEXT_BANK) TEXT=\"...\""
 
 # CORPUS= without BANK= names the bank after the corpus: it never replaces the default bank.
 DATA_BANK = $(if $(and $(CORPUS),$(filter-out command line,$(origin BANK))),artifacts/$(basename $(notdir $(CORPUS)))_bank.npz,$(BANK))
 
 data: $(STAMP)  ## build the bank: the Wikipedia default corpus, or CORPUS=my.jsonl (-> artifacts/my_bank.npz)
 	$(PY) -m training.ingest --out $(DATA_BANK) $(if $(CORPUS),--corpus $(CORPUS)) $(if $(LIMIT),--limit-articles $(LIMIT))
-	$(if $(CORPUS),@echo "train on it: make train-v4 BANK=$(DATA_BANK)")
+	@echo "next: make train-v4$(if $(filter-out $(BANK),$(DATA_BANK))$(filter command line,$(origin BANK)), BANK=$(DATA_BANK))"
 
 # make data-long writes artifacts/sotu_bank.npz unless BANK= names another path (with LIMIT=80,
 # say: the first 80 speeches).
@@ -81,8 +94,10 @@ LONG_BANK = $(if $(filter command line,$(origin BANK)),$(BANK),artifacts/sotu_ba
 data-long: $(STAMP)  ## build artifacts/sotu_bank.npz: 249 State of the Union speeches, ~75k sentences (see README)
 	$(PY) -m training.ingest --corpus sotu --out $(LONG_BANK) $(if $(LIMIT),--limit-articles $(LIMIT))
 
+# Exit 3 (v4 aborted) still wrote deploy.json (stage 1 = the heuristic): the path goes on.
 train-v4: $(STAMP)  ## the whole v4 checklist: data, v3 baseline, post-mortem, pairs, pre-flight, v4, gate, deploy.json
-	$(PY) -m training.checklist $(CHECKLIST_ARGS)
+	$(PY) -m training.checklist $(CHECKLIST_ARGS); rc=$$?; \
+		if [ $$rc -eq 0 ] || [ $$rc -eq 3 ]; then echo "next: make train-lvm$(NEXT_BANK)"; fi; exit $$rc
 
 train-v4-bg: $(STAMP)  ## the same in the background (as the checklist's overnight script); see make monitor
 	@mkdir -p logs
@@ -92,6 +107,7 @@ train-v4-bg: $(STAMP)  ## the same in the background (as the checklist's overnig
 train-lvm: $(STAMP)  ## stage 2 after train-v4: the LVM reranker on stage 1's own top-500; names it in deploy.json
 	$(PY) -m training.train_lvm --config lvm_default.yaml --deploy runs/$(BANK_STEM)/deploy.json \
 		--pairs artifacts/twotower/$(BANK_STEM)/pairs_v4.npz --out runs/$(BANK_STEM)/lvm $(if $(RESUME),--resume) $(if $(DEVICE),--device $(DEVICE))
+	@echo "next: make serve$(NEXT_BANK)"
 
 monitor: $(STAMP)  ## latest epoch, Recall@500, separation margin and whether the run is alive (RUN=...)
 	@$(PY) -m training.monitor $(if $(filter command line,$(origin RUN)),--run $(RUN),$(if $(PROFILE),--profile $(PROFILE)) $(if $(filter command line,$(origin BANK)),--bank $(BANK)))

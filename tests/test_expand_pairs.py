@@ -22,6 +22,7 @@ from training.expand_pairs import (
     expand_pairs,
     near_duplicate_mask,
     resolve,
+    split_spec,
 )
 from training.synth_bank import SynthConfig, synth_bank
 
@@ -257,3 +258,50 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path, small_bank_path, args, me
     assert proc.stderr.strip().count("\n") == 0 and message in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "p.npz").exists()
+
+
+def test_duplicated_context_never_lands_on_two_sides():
+    """Sentences repeated across articles: a held-out pair whose context equals a train context
+    is dropped and counted; no article changes side, and pre-flight's leakage check passes."""
+    from cascade.split import row_sides
+    from training.preflight import check_leakage
+
+    bank = _bank([5] * 150, dim=16, seed=4)
+    cfg = resolve(ExpandConfig(seed=3), bank)
+    starts, _ = bank.article_bounds()
+    sides = row_sides(bank, split_spec(bank, cfg))
+    art_side = sides[starts]
+    train_art = np.flatnonzero(art_side == TRAIN)
+    held_art = np.flatnonzero(art_side != TRAIN)
+    assert len(held_art) >= 6
+    a = starts[train_art[0]]
+    for b in starts[held_art[:3]]:  # the same first sentence (a one-row context)
+        bank.vectors[b] = bank.vectors[a]
+    for b in starts[held_art[3:6]]:  # the same first two sentences
+        bank.vectors[b:b + 2] = bank.vectors[a:a + 2]
+    pairs = expand_pairs(bank, cfg)
+
+    train_ctx = {bank.vectors[s:e].tobytes() for s, e in
+                 zip(pairs.ctx_start[pairs.split == TRAIN], pairs.ctx_end[pairs.split == TRAIN],
+                     strict=True)}
+    held = pairs.split != TRAIN
+    assert not any(bank.vectors[s:e].tobytes() in train_ctx
+                   for s, e in zip(pairs.ctx_start[held], pairs.ctx_end[held], strict=True))
+    dropped = pairs.meta["duplicate_context_pairs_dropped"]
+    assert sum(dropped.values()) >= 3 and set(dropped) == {"val", "test"}
+    assert pairs.meta["duplicate_context_first"] is not None
+    # Every pair keeps its article's side (a pure function of the article key and the seed).
+    assert np.array_equal(pairs.split, sides[pairs.target])
+    assert check_leakage(pairs, bank).status == "pass"
+    # Held-out pairs of those articles whose context differs from every train context stay.
+    kept_from = set(bank.article_indices[pairs.target[held]].tolist())
+    assert {int(bank.article_indices[b]) for b in starts[held_art[:6]]} <= kept_from
+
+
+def test_no_duplicate_contexts_changes_nothing(small_bank):
+    """On a bank whose pairs pass pre-flight, the drop is a no-op: every window is kept."""
+    pairs = expand_pairs(small_bank, resolve(ExpandConfig(seed=7), small_bank))
+    m = pairs.meta
+    assert m["duplicate_context_pairs_dropped"] == {"val": 0, "test": 0}
+    assert m["duplicate_context_first"] is None
+    assert len(pairs) == m["windows_before_cap"] - m["near_duplicate_targets_dropped"]

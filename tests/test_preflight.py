@@ -4,6 +4,7 @@ force, the manifest's contents, and the CLI's exit codes (0 go, 1 blocker, 2 unu
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from datetime import datetime
@@ -19,7 +20,9 @@ from training.preflight import (
     BLOCKER,
     PASS,
     WARNING,
+    CheckResult,
     check_alignment,
+    check_checkpoint_leakage,
     check_filter,
     check_leakage,
     check_sanity,
@@ -390,3 +393,79 @@ def test_unusable_inputs_exit_2(tmp_path, small_bank_path, clean, capsys, fault)
     want = {"missing_key": "missing key 'target'", "bad_expansion_args": "not valid JSON",
             "expansion_args_not_object": "JSON object"}.get(fault, "no such file")
     assert want in err
+
+
+# ---------------------------------------------------------------------------------------------
+# every blocker names its remedy
+
+REMEDY = re.compile(r"python -m training\.\w+ --|make \w+ \w+=|--[a-z][a-z-]+")
+
+
+def _blockers(small_bank, clean, tmp_path) -> dict[str, list[CheckResult]]:
+    """Each way a check can block, by name: -> the blocker results it gives."""
+    s, e, t, split = (getattr(clean, k).copy() for k in KEYS)
+    i = int(np.flatnonzero(clean.lengths >= 2)[3])
+    fp = small_bank.fingerprint()
+
+    def sanity(**cols) -> Pairs:
+        c = {"ctx_start": s, "ctx_end": e, "target": t, "split": split, **cols}
+        return Pairs(c["ctx_start"], c["ctx_end"], c["target"], c["split"], fp)
+
+    def at(col: np.ndarray, value) -> np.ndarray:
+        col = col.copy()
+        col[i] = value
+        return col
+
+    out: dict[str, list[CheckResult]] = {}
+    out["shape"] = [check_sanity(sanity(target=t[:-1]), small_bank)]
+    out["target_not_after_context"] = [check_sanity(sanity(ctx_end=at(e, e[i] - 1)),
+                                                    small_bank)]
+    out["bad_split"] = [check_sanity(sanity(split=at(split, 3)), small_bank)]
+    j = _first_of_article(clean, small_bank)
+    crossing = s.copy()
+    crossing[j] -= 1
+    out["crosses_article"] = [check_sanity(sanity(ctx_start=crossing), small_bank)]
+    out["no_val"] = [check_sanity(sanity(split=np.where(split == VAL, TRAIN, split)),
+                                  small_bank)]
+    art = small_bank.article_indices[clean.target]
+    keep = (clean.split != VAL) | np.isin(art, np.unique(art[clean.split == VAL])[:2])
+    out["too_few_val"] = [check_sanity(clean.subset(np.flatnonzero(keep)), small_bank)]
+    out["other_bank"] = [check_sanity(Pairs(s, e, t, split, "sha256:0123"), small_bank)]
+    # Out of bounds: data_sanity and the checks it stops ("not run").
+    out["out_of_bounds"] = run_preflight(sanity(target=at(t, small_bank.n + 5)), small_bank,
+                                         sample=100)
+    out["shared_articles"] = [check_leakage(
+        _copy(clean, split=np.random.default_rng(0).permutation(clean.split)), small_bank)]
+    va, tr = np.flatnonzero(clean.split == VAL), np.flatnonzero(clean.split == TRAIN)
+    a, b = va[clean.lengths[va] == 5][0], tr[clean.lengths[tr] == 5][-1]
+    for case in ("dup_target", "dup_context"):
+        V = small_bank.vectors.copy()
+        if case == "dup_target":
+            V[clean.target[a]] = V[clean.target[b]]
+        else:
+            V[clean.ctx_start[a]:clean.ctx_end[a]] = V[clean.ctx_start[b]:clean.ctx_end[b]]
+        out[case] = [check_leakage(clean, _bank_like(small_bank, V))]
+    out["checkpoint_unreadable"] = [check_checkpoint_leakage(clean, small_bank,
+                                                             [str(tmp_path / "none.pt")])]
+    out["schedule"] = [check_schedule("0-5:none;7-10:8@0.82-0.92", 30)]
+    for threshold in (0.9, 1.0):
+        out[f"filter_{threshold}"] = [check_filter(clean, small_bank, threshold, 20,
+                                                   np.random.default_rng(0))]
+    (tmp_path / "file").write_text("")
+    out["manifest"] = [write_manifest(tmp_path / "file" / "m.json", clean, small_bank, [],
+                                      preflight.DEFAULT_SCHEDULE, 0.98, {})]
+    return out
+
+
+def test_every_blocker_names_the_command_or_flag_that_fixes_it(tmp_path, small_bank, clean):
+    for case, results in _blockers(small_bank, clean, tmp_path).items():
+        blockers = [r for r in results if r.status == BLOCKER]
+        assert blockers, case
+        for r in blockers:
+            # data_sanity and leakage join their problems with "; ": each names its remedy.
+            joined = r.name in ("data_sanity", "leakage") and not r.detail.startswith("not run")
+            for problem in r.detail.split("; ") if joined else [r.detail]:
+                assert REMEDY.search(problem), (case, r.name, problem)
+    leak = _blockers(small_bank, clean, tmp_path)["dup_context"][0]
+    assert "python -m training.expand_pairs --bank" in leak.detail
+    assert "drops the val/test pairs whose context equals a train context" in leak.detail

@@ -4,9 +4,10 @@
     python -m training.checklist --profile smoke        # a small synthetic bank, ~1-2 minutes
 
 Steps: bank (built if missing) -> v3 baseline pairs + training (if missing) -> post-mortem of v3
--> v4 pair expansion (with the checklist's retry) -> pre-flight (stops on a blocker) -> v4
-training -> gate -> deploy.json (stage 1 = v4 or the heuristic, and why). Each step is the same
-`python -m training.<step>` a user can run by hand, with the checklist's flag names.
+-> v4 pair expansion (with the checklist's retry) -> pre-flight (stops on a blocker) -> gates
+relative to the heuristic on val (a bank without a shipped profile) -> v4 training -> gate ->
+deploy.json (stage 1 = v4 or the heuristic, and why). Each step is the same `python -m
+training.<step>` a user can run by hand, with the checklist's flag names.
 """
 
 from __future__ import annotations
@@ -24,11 +25,23 @@ from pathlib import Path
 import yaml
 
 from cascade import checkpoint as ck
-from cascade.bank import BankError, load_bank, sha256_file, write_json
+from cascade.bank import BankError, atomic_write, load_bank, sha256_file, write_json
 from cascade.deploy import CascadeConfig
+from cascade.pairs import load_pairs
 from cascade.split import SplitSpec, key_kind
 from training import expand_pairs, postmortem, preflight, train_v4
-from training.config import CONFIG_DIR, ConfigError, from_dict, load_config, load_yaml
+from training.config import (
+    CONFIG_DIR,
+    ConfigError,
+    RelativeGates,
+    TrainConfig,
+    from_dict,
+    load_config,
+    load_yaml,
+    merge,
+    relative_to_heuristic,
+    to_yaml,
+)
 
 EXIT_BLOCKED = 1
 EXIT_BAD_INPUT = 2
@@ -52,6 +65,12 @@ class Profile:
     deploy: str = "runs/{bank}/deploy.json"
     mine_schedule: str = ""  # empty: the v4 config's schedule
     epochs: int = 0  # 0: the v4 config's epochs
+    # config: v4 runs with its config's gates and abort trigger. heuristic: they are set from
+    # the exp-weighted heuristic measured on this bank's val split by relative_gates (written to
+    # runs/{bank}/v4_relative.yaml). `make train-v4 BANK=...` without PROFILE= on a bank that no
+    # shipped profile is made for runs the default profile with "heuristic".
+    gates: str = "config"
+    relative_gates: RelativeGates = field(default_factory=RelativeGates)
 
     def path(self, template: str) -> str:
         return template.format(bank=Path(self.bank).stem)
@@ -66,6 +85,20 @@ def shipped_profile_for(bank: str) -> str | None:
     return None
 
 
+def choose_profile(profile: str | None, bank: str | None) -> tuple[str, str | None, bool]:
+    """(profile, bank to put in its place or None for its own, whether the gates are relative to
+    the heuristic) for `--profile` / `--bank` as given. A named profile keeps its own gates."""
+    if profile is not None:
+        return profile, bank, False
+    # `make train-v4 BANK=artifacts/sotu_bank.npz` gets the profile made for that bank.
+    shipped = shipped_profile_for(bank) if bank else None
+    if shipped and shipped != "default":
+        return shipped, None, False  # its own bank: built when missing, like the default's
+    # Any other bank: the default recipe, with gates that fit the bank (ARCHITECTURE.md
+    # "Gates"), measured on its own val split.
+    return "default", bank, bool(bank) and shipped is None
+
+
 def load_profile(name_or_path: str, bank: str | None) -> tuple[Profile, str]:
     """The profile with `bank` (if given) in place of its own; and its own bank."""
     p = Path(name_or_path)
@@ -74,6 +107,8 @@ def load_profile(name_or_path: str, bank: str | None) -> tuple[Profile, str]:
     if not p.exists():
         raise ConfigError(f"{name_or_path}: no such profile (try default or smoke)")
     profile = from_dict(Profile, load_yaml(p), str(p))
+    if profile.gates not in ("config", "heuristic"):
+        raise ConfigError(f"{p}: 'gates' is {profile.gates!r} (config or heuristic)")
     own_bank = profile.bank
     if bank:
         profile.bank = bank
@@ -116,6 +151,33 @@ def call(module, argv: list[str]) -> int:
     return module.main(argv)
 
 
+def relative_config(profile: Profile, bank, pairs_path: str, cfg: TrainConfig) -> str:
+    """Measure the exp-weighted heuristic on the pairs' val split (the evaluation the trainer
+    and the final gate use), set `cfg`'s gates and abort margin from it by the profile's rule,
+    and write that config beside deploy.json: -> its path."""
+    from training.report import compare_methods  # imports torch's towers: only when needed
+
+    val = load_pairs(pairs_path, bank).val()
+    articles = len(set(val.articles(bank).tolist()))
+    where = f"val ({len(val):,} pairs from {articles:,} articles)"
+    table, _ = compare_methods(bank, val, {"heuristic": ("exp_weighted", None)},
+                               tuple(cfg.eval_ks))
+    out, lines = relative_to_heuristic(cfg, table["heuristic"], profile.relative_gates, where)
+    out = merge(out, {"bank": bank.path, "pairs": pairs_path,
+                      "out": profile.path(profile.v4_out)}, "relative gates")
+    for line in lines:
+        print(f"  {line}")
+    path = Path(profile.path(profile.deploy)).with_name("v4_relative.yaml")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    head = [f"# {profile.v4_config} with gates and abort trigger relative to the exp-weighted",
+            f"# heuristic on {bank.path}'s {where}, written by training.checklist:",
+            *(f"#   {line}" for line in lines)]
+    text = "\n".join(head) + "\n" + to_yaml(out)
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+    print(f"wrote {path}")
+    return str(path)
+
+
 def run_checklist(profile: Profile, resume: bool = False, gates_bank: str | None = None,
                   nproc: int = 1) -> int:
     """The checklist on `profile`; `gates_bank` is the bank its v4 config's gates were set for
@@ -137,7 +199,8 @@ def run_checklist(profile: Profile, resume: bool = False, gates_bank: str | None
     bank = load_bank(bank_path)
     v4_cfg = load_config(profile.v4_config)
     shipped = (CONFIG_DIR / profile.v4_config).exists() and not Path(profile.v4_config).exists()
-    if shipped and gates_bank and Path(gates_bank).resolve() != Path(bank_path).resolve():
+    if (profile.gates == "config" and shipped and gates_bank
+            and Path(gates_bank).resolve() != Path(bank_path).resolve()):
         # Gate thresholds measure difficulty, which depends on the bank (ARCHITECTURE.md "Gates").
         print(f"note: the gates of {profile.v4_config} ({v4_cfg.gates.metric} success >= "
               f"{v4_cfg.gates.success}%, partial >= {v4_cfg.gates.partial}%) were set for "
@@ -202,9 +265,13 @@ def run_checklist(profile: Profile, resume: bool = False, gates_bank: str | None
         return rc
 
     # 4. v4 training, gates and report.
+    v4_config = profile.v4_config
+    if profile.gates == "heuristic":
+        step("4a. Gates relative to the heuristic on this bank's val split")
+        v4_config = relative_config(profile, bank, v4_pairs, v4_cfg)
     step("4. v4 training")
     v4_out = profile.path(profile.v4_out)
-    args = ["--config", profile.v4_config, "--bank", bank_path, "--pairs", v4_pairs, "--out",
+    args = ["--config", v4_config, "--bank", bank_path, "--pairs", v4_pairs, "--out",
             v4_out, "--mine-schedule", schedule, "--epochs", str(epochs),
             "--baseline", f"v3={v3_best}"]
     args += ["--resume"] if resume else []
@@ -261,12 +328,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.nproc < 1:
         print(f"error: --nproc must be >= 1, got {args.nproc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    if args.profile is None:
-        # `make train-v4 BANK=artifacts/sotu_bank.npz` gets the profile made for that bank.
-        args.profile = (shipped_profile_for(args.bank) if args.bank else None) or "default"
-        if args.bank and args.profile != "default":
-            print(f"profile {args.profile}: the shipped profile for {args.bank}")
-            args.bank = None  # the profile's own bank: built when missing, like the default's
+    named_bank = args.bank
+    chosen, args.bank, relative = choose_profile(args.profile, args.bank)
+    if args.profile is None and chosen != "default":
+        print(f"profile {chosen}: the shipped profile for {named_bank}")
+    args.profile = chosen
     if args.bank and not Path(args.bank).exists():
         # Only the profile's own bank is built when missing: building the default corpus into a
         # path the user named would train on data they did not ask for.
@@ -276,6 +342,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     try:
         profile, own_bank = load_profile(args.profile, args.bank)
+        if relative:
+            profile.gates = "heuristic"
+            print(f"{args.bank}: no shipped profile is made for this bank; the default profile "
+                  f"runs with gates relative to the heuristic on its val split (PROFILE= runs a "
+                  f"profile with its own gates)")
         return run_checklist(profile, resume=args.resume, gates_bank=own_bank, nproc=args.nproc)
     except (ConfigError, BankError) as e:
         print(f"error: {e}", file=sys.stderr)

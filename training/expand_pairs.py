@@ -8,9 +8,11 @@ it; targets are taken every `--stride` chunks from `--min-context` on, at most `
 article (evenly spread). A pair whose target nearly duplicates (cos > 0.999) an earlier kept
 target is dropped. Train, val and test hold disjoint articles, and an article's side is a
 function of its stable key and --seed alone (cascade.split), so every pairs file of a bank
-agrees. Unset flags take per-bank defaults: short articles (median < 32 chunks, e.g. the
-default bank) use stride 1 and context 8, long ones the checklist's stride 32 / cap 30 /
-context 100.
+agrees. A val/test pair whose context holds exactly the vectors of a train pair's context
+(sentences repeated across articles) is dropped, counted in the manifest: pre-flight's leakage
+check, which uses the same test, would block it. Unset flags take per-bank defaults: short
+articles (median < 32 chunks, e.g. the default bank) use stride 1 and context 8, long ones the
+checklist's stride 32 / cap 30 / context 100.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ import numpy as np
 from cascade.bank import Bank, BankError, load_bank, write_json
 from cascade.index import build_index
 from cascade.pairs import Pairs, save_pairs
-from cascade.split import SIDE_NAMES, SplitSpec, key_kind, row_sides
+from cascade.split import SIDE_NAMES, TRAIN, SplitSpec, key_kind, row_sides
+from training.preflight import duplicate_contexts
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +134,15 @@ def expand_pairs(bank: Bank, cfg: ExpandConfig) -> Pairs:
     first_row = _article_start_of(bank, targets)
     ctx_start = np.maximum(first_row, targets - cfg.context_len)
     spec = split_spec(bank, cfg)
-    split = row_sides(bank, spec)[targets]
+    split = row_split = row_sides(bank, spec)[targets]
+    # Real corpora repeat sentences ("Return a new ..."), so a val/test context can hold exactly
+    # the vectors of a train context, which pre-flight's leakage check blocks. Such pairs are
+    # dropped; no article changes side, and a bank without them gets the same arrays.
+    dup_ctx = duplicate_held_out_contexts(bank, ctx_start, targets, split)
+    example = ([int(ctx_start[dup_ctx][0]), int(targets[dup_ctx][0])] if dup_ctx.any()
+               else None)
+    targets, ctx_start, split = targets[~dup_ctx], ctx_start[~dup_ctx], split[~dup_ctx]
+    articles = articles[~dup_ctx]
     lengths = targets - ctx_start
     hist = np.bincount(lengths, minlength=cfg.context_len + 1)
     meta = {
@@ -146,11 +157,35 @@ def expand_pairs(bank: Bank, cfg: ExpandConfig) -> Pairs:
         "near_duplicate_targets_dropped": int(dup.sum()),
         "near_duplicate_search": ("exact" if len(dup) <= NEAR_DUP_EXACT_MAX
                                   else f"ivf, nprobe {NEAR_DUP_NPROBE}"),
+        "duplicate_context_pairs_dropped": {
+            name: int((dup_ctx & (row_split == side)).sum())
+            for side, name in SIDE_NAMES.items() if side != TRAIN},
+        "duplicate_context_rule": DUPLICATE_CONTEXT_RULE,
+        "duplicate_context_first": example,  # [ctx_start, target] of the first dropped pair
         **stats,
         "context_length_histogram": {str(i): int(c) for i, c in enumerate(hist) if c},
         "mean_context_length": round(float(lengths.mean()), 3) if len(lengths) else 0.0,
     }
     return Pairs(ctx_start, targets.copy(), targets, split, bank.fingerprint(), meta)
+
+
+DUPLICATE_CONTEXT_RULE = ("a val/test pair whose context holds the same vectors (byte for "
+                          "byte, in order) as a train pair's context is dropped: pre-flight's "
+                          "leakage check would block it; articles keep their sides")
+
+
+def duplicate_held_out_contexts(bank: Bank, ctx_start: np.ndarray, targets: np.ndarray,
+                                split: np.ndarray) -> np.ndarray:
+    """(P,) True for each val/test pair whose context equals a train pair's (pre-flight's own
+    test, `training.preflight.duplicate_contexts`)."""
+    held = split != TRAIN
+    dup = np.zeros(len(targets), bool)
+    if not held.any() or held.all():
+        return dup
+    candidates = Pairs(ctx_start, targets.copy(), targets, split)
+    dup[held] = duplicate_contexts(bank.vectors, candidates.subset(np.flatnonzero(~held)),
+                                   candidates.subset(np.flatnonzero(held)))
+    return dup
 
 
 def _article_start_of(bank: Bank, rows: np.ndarray) -> np.ndarray:
@@ -253,6 +288,13 @@ def main(argv: list[str] | None = None) -> int:
           f"{m['articles_too_short']:,} articles too short, {m['articles_capped']:,} capped, "
           f"{m['near_duplicate_targets_dropped']:,} near-duplicate targets dropped; "
           f"mean context {m['mean_context_length']}")
+    dropped = m["duplicate_context_pairs_dropped"]
+    if sum(dropped.values()):
+        s, t = m["duplicate_context_first"]
+        print(f"  dropped {sum(dropped.values()):,} val/test pairs (val {dropped['val']:,}, "
+              f"test {dropped['test']:,}) whose context equals a train context, as pre-flight's "
+              f"leakage check would block them (repeated sentences across articles; first: "
+              f"context [{s}, {t}) target {t}); no article changed side")
     print(f"  manifest {manifest_path}")
     return 0
 

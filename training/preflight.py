@@ -77,6 +77,21 @@ class CheckResult:
 
 
 # ---------------------------------------------------------------------------------------------
+# remedies: every blocker says which command or flag fixes it
+
+
+def expand_command(pairs: Pairs, bank: Bank) -> str:
+    """The command that re-expands these pairs from this bank (training.expand_pairs writes
+    pairs that pass the data and leakage checks)."""
+    return (f"python -m training.expand_pairs --bank {bank.path or '<bank.npz>'} "
+            f"--out {pairs.path or '<pairs.npz>'}")
+
+
+def reexpand(pairs: Pairs, bank: Bank, why: str) -> str:
+    return f"re-expand them with `{expand_command(pairs, bank)}` ({why})"
+
+
+# ---------------------------------------------------------------------------------------------
 # 1. data sanity
 
 
@@ -87,7 +102,8 @@ def check_sanity(pairs: Pairs, bank: Bank) -> CheckResult:
     for key, col in zip(KEYS, cols, strict=True):
         if col.ndim != 1 or len(col) != p:
             return CheckResult("data_sanity", BLOCKER,
-                               f"key '{key}' has shape {col.shape}, expected ({p},)")
+                               f"key '{key}' has shape {col.shape}, expected ({p},): "
+                               + reexpand(pairs, bank, "it writes every key alike"))
     s, e, t, split = cols
     n, art = bank.n, bank.article_indices
     out = (s < 0) | (s >= n) | (e < 1) | (e > n) | (t < 0) | (t >= n)
@@ -111,16 +127,20 @@ def check_sanity(pairs: Pairs, bank: Bank) -> CheckResult:
             if name == "crosses_article":
                 where += f" (articles {art[s0[i]]}..{art[e0[i]]} -> {art[t0[i]]})"
             problems.append(f"{int(mask.sum()):,} pairs {name.replace('_', ' ')}: first {where} "
-                            f"{what}")
+                            f"{what}: " + reexpand(pairs, bank, "it writes no such pair"))
     if pairs.bank_fingerprint and pairs.bank_fingerprint != bank.fingerprint():
         problems.insert(0, f"pairs pin bank {pairs.bank_fingerprint[:19]}..., this bank is "
-                           f"{bank.fingerprint()[:19]}...")
+                           f"{bank.fingerprint()[:19]}...: "
+                        + reexpand(pairs, bank, "from this bank"))
     values = {"pairs": p, "bank_rows": n, "dim": bank.dim,
               **{k: int(m.sum()) for k, (m, _) in violations.items()}}
     values.update(_counts(pairs, bank, ok))
     for name in SIDE_NAMES.values():
         if values[f"{name}_pairs"] == 0:
-            problems.append(f"the {name} split is empty")
+            problems.append(f"the {name} split is empty: " + reexpand(
+                pairs, bank, "--train-split and --test-split set the article fractions, the "
+                "default 0.8 / 0.1 leaves 0.1 to val") + ", or ingest more articles (make "
+                "data CORPUS=...)")
     # The splits that select (val) and judge (test) by article-resampled CIs need enough pairs
     # and articles (a 2-article corpus gave 1 val pair, passed, and the gate meant nothing).
     for name in ("val", "test"):
@@ -129,7 +149,9 @@ def check_sanity(pairs: Pairs, bank: Bank) -> CheckResult:
             problems.append(f"the {name} split has {n_pairs:,} pairs from {n_articles:,} "
                             f"articles, too few for a confidence interval to mean anything "
                             f"(need >= {MIN_EVAL_PAIRS} pairs from >= {MIN_EVAL_ARTICLES} "
-                            f"articles): ingest more articles")
+                            f"articles): ingest more articles (make data CORPUS=<a larger "
+                            f"corpus>), or give val and test a larger share of them ("
+                            f"--train-split / --test-split of `{expand_command(pairs, bank)}`)")
     if problems:
         return CheckResult("data_sanity", BLOCKER, "; ".join(problems), values)
     sides = ", ".join(f"{name} {values[name + '_pairs']:,} ({values[name + '_articles']:,} "
@@ -220,6 +242,20 @@ def _same_windows(words: np.ndarray, a: Pairs, b: Pairs, batch: int = 256) -> np
     return same
 
 
+def duplicate_contexts(vectors: np.ndarray, tr: Pairs, va: Pairs,
+                       row_hash: np.ndarray | None = None) -> np.ndarray:
+    """(V,) whether each of va's contexts holds the same vectors, byte for byte and in order, as
+    one of tr's contexts. The leakage check's test; training.expand_pairs drops the val/test
+    pairs it finds, so the two agree on what a duplicate is."""
+    words = vectors.view(f"u{vectors.itemsize}")
+    row_hash = row_hashes(vectors) if row_hash is None else row_hash
+    vi, ti = _hash_matches(window_hashes(row_hash, tr.ctx_start, tr.ctx_end),
+                           window_hashes(row_hash, va.ctx_start, va.ctx_end))
+    dup_context = np.zeros(len(va), bool)
+    dup_context[vi[_same_windows(words, va.subset(vi), tr.subset(ti))]] = True
+    return dup_context
+
+
 def _duplicates(vectors: np.ndarray, tr: Pairs, va: Pairs, progress: bool = False
                 ) -> tuple[np.ndarray, np.ndarray]:
     """(V,) masks: val pairs whose target vector / context equals a train pair's, byte for byte.
@@ -231,11 +267,7 @@ def _duplicates(vectors: np.ndarray, tr: Pairs, va: Pairs, progress: bool = Fals
     vi, ti = _hash_matches(row_hash[tr.target], row_hash[va.target])
     dup_target = np.zeros(len(va), bool)
     dup_target[vi[(words[va.target[vi]] == words[tr.target[ti]]).all(axis=1)]] = True
-    vi, ti = _hash_matches(window_hashes(row_hash, tr.ctx_start, tr.ctx_end),
-                           window_hashes(row_hash, va.ctx_start, va.ctx_end))
-    dup_context = np.zeros(len(va), bool)
-    dup_context[vi[_same_windows(words, va.subset(vi), tr.subset(ti))]] = True
-    return dup_target, dup_context
+    return dup_target, duplicate_contexts(vectors, tr, va, row_hash)
 
 
 def check_leakage(pairs: Pairs, bank: Bank, progress: bool = False) -> CheckResult:
@@ -264,19 +296,22 @@ def check_leakage(pairs: Pairs, bank: Bank, progress: bool = False) -> CheckResu
     problems = []
     if len(shared):
         problems.append(f"{len(shared):,} articles in train and val/test (first: article "
-                        f"{shared[0]})")
-    for key, mask, what in (("overlapping_val_windows", overlap, "overlap train windows"),
-                            ("duplicate_val_targets", dup_target, "have a target vector equal "
-                                                                  "to a train target's"),
-                            ("duplicate_val_contexts", dup_context, "have a context equal to a "
-                                                                    "train context")):
+                        f"{shared[0]}): " + reexpand(pairs, bank, "it splits by article"))
+    for key, mask, what, fix in (
+            ("overlapping_val_windows", overlap, "overlap train windows",
+             "it splits by article, so no window crosses sides"),
+            ("duplicate_val_targets", dup_target, "have a target vector equal to a train "
+                                                  "target's",
+             "it drops near-duplicate targets bank-wide"),
+            ("duplicate_val_contexts", dup_context, "have a context equal to a train context",
+             "it drops the val/test pairs whose context equals a train context")):
         if mask.any():
             i = int(np.argmax(mask))
             problems.append(f"{values[key]:,} val/test pairs {what} (first: pair {val_rows[i]}, "
-                            f"context [{va.ctx_start[i]}, {va.ctx_end[i]}) target {va.target[i]})")
+                            f"context [{va.ctx_start[i]}, {va.ctx_end[i]}) target "
+                            f"{va.target[i]}): " + reexpand(pairs, bank, fix))
     if problems:
-        hint = " - split by article (training.expand_pairs does)" if len(shared) else ""
-        return CheckResult("leakage", BLOCKER, "; ".join(problems) + hint, values)
+        return CheckResult("leakage", BLOCKER, "; ".join(problems), values)
     return CheckResult("leakage", PASS, "no shared articles, no overlapping windows, no exact "
                        "duplicate targets or contexts across train and val/test", values)
 
@@ -291,11 +326,15 @@ def check_checkpoint_leakage(pairs: Pairs, bank: Bank, checkpoints: list[str]) -
         try:
             spec = split_spec_of(load_checkpoint(path, bank.fingerprint()))
         except CheckpointError as e:
-            problems.append(str(e))
+            problems.append(f"{e}: leave out --ckpt {path}, or retrain it on this bank "
+                            f"(python -m training.train_v4 --bank {bank.path or '<bank.npz>'} "
+                            f"--pairs {pairs.path or '<pairs.npz>'} --out <run>)")
             continue
         if spec is None:
             problems.append(f"{path} records no article split (trained before splits were "
-                            f"pinned): retrain it on pairs of this bank")
+                            f"pinned): retrain it on pairs of this bank (python -m "
+                            f"training.train_v4 --pairs {pairs.path or '<pairs.npz>'} --out "
+                            f"<run>), or leave out --ckpt {path}")
             continue
         leaked = leaked_rows(bank, pairs.target, pairs.split, spec)
         arts = np.unique(bank.article_indices[pairs.target[leaked]])
@@ -304,7 +343,9 @@ def check_checkpoint_leakage(pairs: Pairs, bank: Bank, checkpoints: list[str]) -
         if len(leaked):
             problems.append(f"{len(leaked):,} val/test pairs ({len(arts):,} articles) are train "
                             f"articles of {path} (its split: seed {spec.seed}, key {spec.key}, "
-                            f"train {spec.train}, test {spec.test}): retrain it with this split")
+                            f"train {spec.train}, test {spec.test}): retrain it with this split "
+                            f"(python -m training.train_v4 --pairs {pairs.path or '<pairs.npz>'} "
+                            f"--out <run>), or leave out --ckpt {path}")
     if problems:
         return CheckResult("checkpoint_leakage", BLOCKER, "; ".join(problems), values)
     detail = (f"no val/test article of these pairs is a train article of {len(checkpoints)} "
@@ -342,7 +383,9 @@ def check_schedule(schedule: str, epochs: int) -> CheckResult:
         segments = parse_schedule(schedule)
         check_covers(segments, epochs)
     except ScheduleError as e:
-        return CheckResult("schedule", BLOCKER, f"{e}", {"schedule": schedule, "epochs": epochs})
+        return CheckResult("schedule", BLOCKER, f"{e}: fix --mine-schedule (FIRST-LAST:none|"
+                           f"COUNT@COS_MIN-COS_MAX;... covering epochs 1-{epochs}) or --epochs",
+                           {"schedule": schedule, "epochs": epochs})
     values = {"schedule": format_schedule(segments), "epochs": epochs,
               "segments": [asdict(s) for s in segments]}
     mining = [s for s in segments if s.count]
@@ -367,12 +410,13 @@ def check_filter(pairs: Pairs, bank: Bank, threshold: float, queries: int,
         valid = True
     except ConfigError as e:
         valid, problem = False, str(e).removeprefix("config: ")
+    fix = f"pass --filter-threshold in ({FILTER_MIN}, 1), e.g. {DEFAULT_FILTER_THRESHOLD}"
     if not valid:
         status, verdict = BLOCKER, (f"{problem} (at or below {FILTER_MIN} it drops genuine hard "
-                                    f"negatives)")
+                                    f"negatives): {fix}")
     elif threshold >= 1.0:
         status, verdict = BLOCKER, (f"threshold {threshold} turns the filter off (the v3 "
-                                    f"recipe); the v4 curriculum needs it below 1")
+                                    f"recipe); the v4 curriculum needs it below 1: {fix}")
     elif threshold > FILTER_LAX:
         status, verdict = WARNING, (f"threshold {threshold} > {FILTER_LAX} is too lax to catch "
                                     f"near-duplicates of the positive")
@@ -423,7 +467,8 @@ def run_preflight(pairs: Pairs, bank: Bank, schedule: str = DEFAULT_SCHEDULE,
 
     sanity = timed(check_sanity, pairs, bank)
     usable = indices_usable(sanity)
-    not_run = "not run: the pairs do not index the bank (see data_sanity)"
+    not_run = ("not run: the pairs do not index the bank (see data_sanity): "
+               + reexpand(pairs, bank, "from this bank"))
     if usable:
         timed(check_leakage, pairs, bank, progress)
         timed(check_checkpoint_leakage, pairs, bank, list(checkpoints or []))
@@ -497,7 +542,8 @@ def write_manifest(path: str | Path, pairs: Pairs, bank: Bank, results: list[Che
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json(path, manifest)
     except OSError as e:
-        return CheckResult("manifest", BLOCKER, f"cannot write {path}: {e}", manifest)
+        return CheckResult("manifest", BLOCKER, f"cannot write {path}: {e}: pass --manifest-out "
+                           f"a writable path", manifest)
     detail = f"wrote {path} (commit {commit or 'unknown'})"
     return CheckResult("manifest", checks["manifest"], "; ".join([detail, *warnings]), manifest)
 
