@@ -129,7 +129,9 @@ def test_own_corpus_from_jsonl_to_a_served_answer(tmp_path):
     run(["training.train_lvm", "--config", "lvm_default.yaml", "--deploy", str(deploy_path),
          "--pairs", str(pairs_path), "--out", "runs/kitchen_bank/lvm", "--epochs", "1"],
         tmp_path)
-    assert json.loads(deploy_path.read_text()).get("lvm")
+    # The LVM is served only if it beat stage 1 on val; either way deploy.json says what and why.
+    deploy = json.loads(deploy_path.read_text())
+    assert deploy["lvm_gate"]["deployed"] == ("lvm" in deploy) and deploy["lvm_gate"]["reason"]
 
     # make serve BANK=...: one real gRPC front on a free port running the cascade in process.
     config = tmp_path / "serving.yaml"
