@@ -363,6 +363,14 @@ def test_backpressure_is_resource_exhausted_beyond_the_limit(serving):
             codes = list(pool.map(call, range(24)))
     assert codes.count("OK") >= 3 and codes.count("RESOURCE_EXHAUSTED") >= 1, codes
     assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}, codes
+    # gRPC refuses them before any handler runs; the front counts them itself (shed load
+    # shows on a dashboard), with its limit and calls in flight beside.
+    url = f"http://127.0.0.1:{serving.cfg.front.metrics_port}/metrics"
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    rejected = [line for line in text.splitlines()
+                if line.startswith('cascade_rejected_total{method="Cascade.Search"}')]
+    assert rejected and float(rejected[0].split()[-1]) >= 1, rejected
+    assert "cascade_max_concurrent_rpcs 3.0" in text and "cascade_in_flight" in text
 
 
 def test_shipped_yaml_shows_every_default():
@@ -491,30 +499,34 @@ def test_mutual_tls_then_a_dead_reranker_degrades_then_sigterm_drains(deployed, 
         s.stop()
 
 
-def test_v4_a_late_reranker_and_stage1_down(deployed, tmp_path):
-    """Each server started on its own (`--only`, one unit per stage) on a deploy.json that
-    chose v4, the LVM with a deadline share (10 us of 10 s) no call can meet; then stage 1 is
-    killed: UNAVAILABLE while it is down, full answers again once its supervisor restarted it."""
-    import torch
-
+def write_v4_deploy(root: Path, bank, out: Path) -> Path:
+    """out/deploy.json: the deploy of `root` with stage 1 = a v4 checkpoint (out/best.pt)."""
     from cascade import checkpoint as ck
     from cascade.bank import sha256_file
     from cascade.towers import TowerConfig, build_towers
 
-    root, bank = deployed
     torch.manual_seed(0)
     cfg = TowerConfig(dim=DIM, hidden=16, max_len=4)
     query, doc = build_towers(cfg)
     with torch.no_grad():  # move it away from the heuristic it starts as
         query.out.weight.normal_(0, 0.05)
-    path = tmp_path / "best.pt"
+    path = out / "best.pt"
     ck.save_checkpoint(path, {ck.QUERY_TOWER: query.state_dict(), ck.DOC_TOWER: doc.state_dict(),
                               ck.MODEL_CONFIG: cfg.to_dict(), ck.EPOCH: 1,
                               ck.BANK_FINGERPRINT: bank.fingerprint()})
     deploy = json.loads((root / "deploy.json").read_text())
     deploy.update(stage1="v4", checkpoint=str(path), checkpoint_sha256=sha256_file(path),
                   reason="v4 passed its gate")
-    (tmp_path / "deploy.json").write_text(json.dumps(deploy))
+    (out / "deploy.json").write_text(json.dumps(deploy))
+    return out / "deploy.json"
+
+
+def test_v4_a_late_reranker_and_stage1_down(deployed, tmp_path):
+    """Each server started on its own (`--only`, one unit per stage) on a deploy.json that
+    chose v4, the LVM with a deadline share (10 us of 10 s) no call can meet; then stage 1 is
+    killed: UNAVAILABLE while it is down, full answers again once its supervisor restarted it."""
+    root, bank = deployed
+    write_v4_deploy(root, bank, tmp_path)
     config = write_config(root, "v4", lvm_share=1e-6)
     v4 = ("--deploy", str(tmp_path / "deploy.json"))
     sets = {name: ServingSet(config, "--only", name, *v4, wait=False)
