@@ -33,7 +33,7 @@ MONITOR_VARS = $(if $(filter command line,$(origin PROFILE)),PROFILE=$(PROFILE))
 
 .DEFAULT_GOAL := help
 .PHONY: help setup data data-long test test-slow lint clean train-v4 train-v4-bg train-lvm \
-	monitor bench bench-scale protos serve query
+	monitor bench bench-scale protos serve query chaos
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -61,6 +61,9 @@ protos: $(GEN)  ## generate the Python gRPC stubs from protos/ into serving/_gen
 
 serve: $(GEN)  ## the gRPC stages + front on DEPLOY (after make train-v4 / train-lvm); Ctrl-C stops
 	$(PY) -m serving.server --config $(SERVE_CONFIG) --deploy $(DEPLOY)
+
+chaos: $(STAMP) $(GEN)  ## the serving set killed and swapped under 8 callers for 90 s (after make train-lvm; not in make test)
+	$(PY) -m benchmarks.chaos --deploy $(DEPLOY)
 
 query: $(GEN)  ## an example query against make serve
 	$(PY) -m serving.client --config $(SERVE_CONFIG) \
