@@ -92,7 +92,7 @@ def retry(method, request, until: float, retry_wait_s: float, error: grpc.RpcErr
     `retry_wait_s` for a process to take the call (Search and Rerank are idempotent); raises
     `error` itself when no process takes it."""
     left = until - time.perf_counter()
-    if error.code() != grpc.StatusCode.UNAVAILABLE or left <= 0:
+    if error.code() != grpc.StatusCode.UNAVAILABLE or left <= 0 or retry_wait_s <= 0:
         raise error
     wait = min(left, retry_wait_s)
     try:
@@ -143,10 +143,17 @@ class CascadeServicer(rpc.CascadeServicer):
         self.deploys = Deploys()
         self.degraded_log = EveryNSeconds(cfg.front.degraded_log_s)
         self.embed_lock = threading.Lock()
+        self.stage_up: dict[str, bool] = {}  # by the last health check of each stage (watch)
 
     @property
     def loaded(self) -> bool:
         return self.deploys.live is not None
+
+    def retry_wait(self, stage: str) -> float:
+        """How long a retried call to `stage` waits for a process: channel.retry_wait_ms, or 0
+        while the last health check found none of its processes answering (a stage down waits
+        for its restart; its calls should not each wait for it too)."""
+        return self.cfg.channel.retry_wait_ms / 1000 if self.stage_up.get(stage, True) else 0.0
 
     @property
     def cascade(self):
@@ -248,6 +255,7 @@ class CascadeServicer(rpc.CascadeServicer):
                         "tmd": cascade.tmd is not None}
                 for name in (n for n in STAGES if used[n]):
                     ok = any(up(stub, SERVICE_NAMES[name]) for stub in stubs[name])
+                    self.stage_up[name] = ok
                     s1 = ok if name == "stage1" else s1
                     health_servicer.set(SERVICE_NAMES[name],
                                         status.SERVING if ok else status.NOT_SERVING)
@@ -420,7 +428,7 @@ class CascadeServicer(rpc.CascadeServicer):
                           "the deadline after embedding (and the rerankers' shares)")
         queries = vectors_to_proto(cascade.stage1.queries(vectors))
         request = pb.Stage1Request(contexts=[ctx], k=k1, queries=queries, deploy=d.id)
-        retry_s = self.cfg.channel.retry_wait_ms / 1000
+        retry_s = self.retry_wait("stage1")
         calls = [stub.Search.future(request, timeout=max(until - time.perf_counter(), 0.001))
                  for stub in self.shards]
         beside = self.beside.submit(cascade.beside_stage1, vectors, rows, None)
@@ -481,8 +489,7 @@ class CascadeServicer(rpc.CascadeServicer):
         t = time.perf_counter()
         timeout = min(share_s, end - t)
         try:
-            resp = call_with_retry(call, request, t + max(timeout, 0.001),
-                                   self.cfg.channel.retry_wait_ms / 1000)
+            resp = call_with_retry(call, request, t + max(timeout, 0.001), self.retry_wait(stage))
         except grpc.RpcError as e:
             why = _why(stage, e, 1000 * timeout)
             degraded.append(why)
