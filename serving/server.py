@@ -468,6 +468,20 @@ def _stop_in_order(procs: list[tuple[str, subprocess.Popen]], grace: float) -> N
                 p.wait()
 
 
+def die_with_supervisor() -> None:
+    """A server its supervisor started gets SIGTERM (and drains) when the supervisor dies, even
+    by SIGKILL: no orphan keeps the set's ports, so the set starts again at once (Linux)."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the supervisor's own stop still applies
+        return
+    if os.getppid() == 1:  # it died before the line above
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m serving.server", description=__doc__.split("\n")[0])
     p.add_argument("--config", default="serving/serving.yaml", help="serving YAML")
@@ -503,6 +517,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{len(cfg.stage1.shards)})", file=sys.stderr)
         return EXIT_BAD_CONFIG
     if args.serve:
+        if args.ready_fd is not None:
+            die_with_supervisor()
         try:
             rc = serve(cfg, args.serve, args.address, args.process, args.ready_fd,
                        args.shard or 0)

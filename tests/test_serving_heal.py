@@ -88,6 +88,38 @@ def test_16_concurrent_text_callers_all_succeed(heal, deployed):  # noqa: F811
         assert_same(answers[i], cascade.search(cascade.embed(texts[i])))
 
 
+def test_a_late_stage1_is_deadline_exceeded_not_a_starved_reranker(heal, deployed):  # noqa: F811
+    """A front (in this process) whose rerankers' shares leave stage 1 0.01% of the deadline:
+    with 1 s, stage 1 has 0.1 ms (less than any round trip) and the call is DEADLINE_EXCEEDED
+    naming stage 1, answered by the front itself long before the caller's deadline; with
+    3,000 s (stage 1: 300 ms) the same front's answer is whole."""
+    import dataclasses
+
+    from serving.front import CascadeServicer
+
+    s, _ = heal
+    _, bank = deployed
+    cfg = dataclasses.replace(s.cfg, front=dataclasses.replace(
+        s.cfg.front, lvm_share=0.4999, tmd_share=0.5, metrics_port=0))
+    address = f"127.0.0.1:{free_port()}"
+    servicer = CascadeServicer(cfg)
+    server, _ = build_server(cfg, "front", address, servicer)
+    servicer.load()
+    rows = contexts(bank, 1)[0].tolist()
+    try:
+        with grpc.insecure_channel(address) as ch:
+            stub = rpc.CascadeStub(ch)
+            request = pb.SearchRequest(context=pb.Context(rows=pb.Rows(rows=rows)))
+            with pytest.raises(grpc.RpcError) as e:
+                stub.Search(request, timeout=1.0)
+            assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert "stage 1" in e.value.details(), e.value.details()
+            whole = stub.Search(request, timeout=3000)
+            assert whole.hits and not whole.degraded, whole.degraded_reason
+    finally:
+        server.stop(0)
+
+
 def test_swap_under_load_drops_nothing_and_a_bad_deploy_is_refused(heal, deployed):  # noqa: F811
     s, work = heal
     _, bank = deployed
@@ -167,10 +199,27 @@ def test_a_restart_loop_stops_at_its_cap_and_the_set_degrades(heal, deployed):  
                               ("cascade.v1.Cascade", status.SERVING)):
             assert health.Check(health_pb2.HealthCheckRequest(service=service),
                                 timeout=5).status == want, service
-    # Stopped after kills: every port is free again at once (TIME_WAIT left behind or not).
-    assert s.stop() == 0
-    check_free([*s.cfg.front.addresses, *s.cfg.stage1.addresses, *s.cfg.lvm.addresses,
-                *s.cfg.tmd.addresses])
+    # The supervisor itself killed: its servers drain and exit with it, and the set starts
+    # again on the same ports at once (TIME_WAIT left behind or not).
+    replace(work / "b" / "deploy.json", work / "live" / "deploy.json")
+    os.kill(s.proc.pid, signal.SIGKILL)
+    s.proc.wait(10)
+    addresses = [*s.cfg.front.addresses, *s.cfg.stage1.addresses, *s.cfg.lvm.addresses,
+                 *s.cfg.tmd.addresses]
+    end = time.monotonic() + 60
+    while True:
+        try:
+            check_free(addresses)
+            break
+        except OSError:
+            assert time.monotonic() < end, "the servers outlived their supervisor"
+            time.sleep(0.2)
+    again = ServingSet(s.config)
+    try:
+        with again.client(timeout=30) as client:
+            assert client.search_rows(rows).hits
+    finally:
+        assert again.stop() == 0
 
 
 # ---------------------------------------------------------------------------------------------
