@@ -261,6 +261,45 @@ def test_a_call_before_load_is_unavailable_and_health_not_serving(deployed):  # 
         server.stop(0)
 
 
+def test_in_process_front_swaps_its_one_cascade(deployed, tmp_path):  # noqa: F811
+    """`front.stages: in_process`: a swap replaces the front's one cascade; answers name the
+    deploy and are its cascade's; a deploy that does not load leaves the old one serving."""
+    import dataclasses
+
+    from serving.front import CascadeServicer
+
+    root, bank = deployed
+    (tmp_path / "b").mkdir()
+    b = write_v4_deploy(root, bank, tmp_path / "b")
+    live = tmp_path / "deploy.json"
+    shutil.copy(root / "deploy.json", live)
+    cfg = load_config(write_config(root, "in_process_swap", stages="in_process"))
+    cfg = dataclasses.replace(cfg, deploy=str(live), front=dataclasses.replace(
+        cfg.front, metrics_port=0))
+    servicer = CascadeServicer(cfg)
+    address = f"127.0.0.1:{free_port()}"
+    server, _ = build_server(cfg, "front", address, servicer)
+    servicer.load()
+    rows = contexts(bank, 1)[0]
+    request = pb.SearchRequest(context=pb.Context(rows=pb.Rows(rows=rows.tolist())))
+    try:
+        with grpc.insecure_channel(address) as ch:
+            stub = rpc.CascadeStub(ch)
+            r = stub.Search(request, timeout=30)
+            assert r.deploy == deploy_id(root / "deploy.json") and r.stage1 == "heuristic"
+            replace(b, live)
+            assert servicer.reload() == deploy_id(b)
+            r = stub.Search(request, timeout=30)
+            assert r.deploy == deploy_id(b) and r.stage1 == "v4"
+            assert_same(r, Cascade.from_deploy(b).search(ContextRows(rows)))
+            live.write_text("{not json")
+            with pytest.raises(ValueError, match="not valid JSON"):
+                servicer.reload()
+            assert stub.Search(request, timeout=30).deploy == deploy_id(b)
+    finally:
+        server.stop(0)
+
+
 class Failing(rpc.TmdRerankerServicer):
     """A servicer whose work meets an error no check foresaw (what `guarded` is for)."""
     name = "tmd"
