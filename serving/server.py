@@ -310,6 +310,7 @@ class Supervisor:
                    str(s)]
             self.slots.append(Slot(name, address, cmd, env, self.write_fd))
         self.swap: dict | None = None  # the swap under way: phase, pids asked, answers
+        self.serving: str | None = None  # the deploy id of the last swap done
 
     def by_pid(self, pid: str) -> Slot | None:
         return next((x for x in self.slots if x.proc and str(x.proc.pid) == pid), None)
@@ -342,6 +343,7 @@ class Supervisor:
             if event == "ready" and slot is not None:
                 slot.up = True
                 say(f"{name:>6} restarted on {address} (pid {pid}){' ' + rest[0] if rest else ''}")
+                self.catch_up(slot, rest[0] if rest else "")
             elif event in ("swapped", "refused") and self.swap is not None:
                 self.swap["answers"][pid] = (event, name, address, rest[0] if rest else "")
         now = time.monotonic()
@@ -372,6 +374,16 @@ class Supervisor:
         if self.swap is not None:
             self.move_swap(now)
 
+    def catch_up(self, slot: Slot, describe: str) -> None:
+        """A process that started loading before a swap and came up after it serves the deploy
+        it read then: SIGHUP swaps it to the one the set serves now."""
+        words = describe.replace(":", " ").split()
+        has = words[words.index("deploy") + 1] if "deploy" in words[:-1] else None
+        if self.serving is not None and has is not None and has != self.serving:
+            say(f"{slot} (pid {slot.proc.pid}) came up on deploy {has}, the set serves "
+                f"{self.serving}: swapping it")
+            slot.proc.send_signal(signal.SIGHUP)
+
     def begin_swap(self) -> None:
         if self.swap is not None:
             say("swap: one is under way; SIGHUP ignored")
@@ -387,6 +399,7 @@ class Supervisor:
                          self.cfg.supervisor.swap_timeout_s)
         self.swap["asked"] = {str(x.proc.pid): x for x in self.slots
                               if x.name in names and x.up and x.proc is not None}
+        self.swap.setdefault("ever", set()).update(self.swap["asked"])
         for x in self.swap["asked"].values():
             x.proc.send_signal(signal.SIGHUP)
 
@@ -412,7 +425,12 @@ class Supervisor:
             self.ask("fronts")
         else:
             self.swap = None
+            self.serving = next(iter(ids)) if len(ids) == 1 else self.serving
             say(f"swap done: every front serves deploy {', '.join(sorted(ids)) or '?'}")
+            for x in self.slots:  # came up during the swap (it may have read the old file)
+                if x.up and x.proc is not None and str(x.proc.pid) not in sw["ever"]:
+                    say(f"{x} (pid {x.proc.pid}) came up during the swap: swapping it too")
+                    x.proc.send_signal(signal.SIGHUP)
 
     def stop(self) -> None:
         _stop_in_order([(x.name, x.proc) for x in self.slots if x.proc is not None],
