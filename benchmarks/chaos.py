@@ -292,9 +292,11 @@ def analyse(records, events, t0, args, ids, b_is, pss_before, pss_after, lines) 
     for e in (e for e in events if e["event"].startswith("swap")):
         start = t0 + e["t"]
         end = t0 + (e["done_t"] if e["done_t"] is not None else args.seconds) + 1.0
+        until = next((t0 + x["t"] for x in events if x["t"] > e["t"]), t0 + args.seconds)
         within = [r for r in recs if start <= r[0] <= end]
-        after = [r for r in recs if e["done_t"] is not None and r[0] > t0 + e["done_t"]
-                 and r[0] < start + 5 and r[2] in ("ok", "degraded")]
+        # Every answer begun after "swap done" and before the next event names the new deploy.
+        after = [r for r in recs if e["done_t"] is not None and t0 + e["done_t"] < r[0] < until
+                 and r[2] in ("ok", "degraded")]
         swaps.append({**e, "calls": len(within),
                       "failed": sum(r[2] not in ("ok", "degraded") for r in within),
                       "answers_after_done_naming_the_old_deploy":

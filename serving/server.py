@@ -315,12 +315,15 @@ class Supervisor:
     def by_pid(self, pid: str) -> Slot | None:
         return next((x for x in self.slots if x.proc and str(x.proc.pid) == pid), None)
 
-    def start_all(self) -> None:
-        """Every process, SERVING; raises if one exits first (a set that cannot start)."""
+    def start_all(self, stop: threading.Event) -> None:
+        """Every process, SERVING; raises if one exits first (a set that cannot start), or on
+        `stop` (SIGTERM while loading)."""
         for slot in self.slots:
             slot.start()
         deadline = time.monotonic() + READY_TIMEOUT_S
         while not all(x.up for x in self.slots):
+            if stop.is_set():
+                raise RuntimeError("stopped while the servers were loading")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{sum(not x.up for x in self.slots)} server(s) not SERVING "
                                    f"after {READY_TIMEOUT_S:.0f}s")
@@ -453,7 +456,7 @@ def run_set(cfg: ServingConfig, config_path: str, only: str | None, shard: int |
         pid_file.parent.mkdir(parents=True, exist_ok=True)
         pid_file.write_text(f"{os.getpid()}\n")
         sup = Supervisor(cfg, config_path, todo)
-        sup.start_all()
+        sup.start_all(stop)
         print(f"ready; stop with SIGTERM or Ctrl-C, swap the deploy with SIGHUP (pid "
               f"{os.getpid()}, in {pid_file})", flush=True)
         while not stop.is_set():
