@@ -31,8 +31,6 @@ LIMIT = prom.Gauge("cascade_max_concurrent_rpcs", "calls in flight beyond which 
 REJECTED = prom.Counter("cascade_rejected_total", "calls refused with RESOURCE_EXHAUSTED because "
                         "max_concurrent_rpcs were in flight (before any handler runs)",
                         ["method"])
-RESTARTS = prom.Counter("cascade_restarts_total", "server processes the supervisor started again",
-                        ["server"])
 
 
 def start(port: int, host: str = "127.0.0.1") -> None:
