@@ -41,7 +41,7 @@ NEXT_BANK = $(if $(filter command line,$(origin BANK)), BANK=$(BANK))
 
 .DEFAULT_GOAL := help
 .PHONY: help setup data data-long test test-slow lint clean train-v4 train-v4-bg train-lvm \
-	monitor bench bench-scale protos serve query
+	monitor bench bench-scale protos serve query chaos
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -79,6 +79,9 @@ else
 	$(PY) -m serving.client --config $(SERVE_CONFIG) "$$QUERY_TEXT"
 endif
 	@echo "another: make query$(NEXT_BANK) TEXT=\"...\""
+
+chaos: $(STAMP) $(GEN)  ## the serving set killed and swapped under 8 callers for 90 s (after make train-lvm; not in make test)
+	$(PY) -m benchmarks.chaos --deploy $(DEPLOY)
 
 # CORPUS= without BANK= names the bank after the corpus: it never replaces the default bank.
 DATA_BANK = $(if $(and $(CORPUS),$(filter-out command line,$(origin BANK))),artifacts/$(basename $(notdir $(CORPUS)))_bank.npz,$(BANK))

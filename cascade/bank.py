@@ -440,4 +440,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as `python -m cascade.bank`, this file is `__main__`, and its BankError is not the
+    # `cascade.bank.BankError` that cascade.convert raises: run the imported module's main so
+    # every refusal is caught as one line.
+    from cascade.bank import main as library_main
+
+    sys.exit(library_main())

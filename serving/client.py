@@ -7,8 +7,9 @@
     with CascadeClient("127.0.0.1:50051", timeout=1.0) as client:
         response = client.search_texts(["First sentence.", "Second sentence."], k=10)
 
-Calls retry on UNAVAILABLE only (a server restarting, a connection not up yet), within the
-call's deadline; every other status is the answer.
+Calls retry on UNAVAILABLE only (a front process that died under the call, a server restarting,
+a connection not up yet), within the call's deadline, waiting for a connection to a live
+process (Search is idempotent); every other status is the answer.
 """
 
 from __future__ import annotations
@@ -48,8 +49,9 @@ class CascadeClient:
                     **kw) -> CascadeClient:
         """A client of the fronts that `cfg` describes (balanced per call over several), with
         its TLS settings."""
+        from serving.front import channel_options
         from serving.server import channel_credentials, message_options
-        options = message_options(cfg) + (extra_options or [])
+        options = message_options(cfg) + channel_options(cfg) + (extra_options or [])
         address = cfg.front.addresses[0]
         if len(cfg.front.addresses) > 1:
             address = "ipv4:" + ",".join(cfg.front.addresses)
@@ -72,7 +74,10 @@ class CascadeClient:
         wait = self.backoff
         for attempt in range(self.retries + 1):
             try:
-                return self.stub.Search(request, timeout=max(end - time.monotonic(), 0.001))
+                # A retry waits for the channel to reconnect (to another process sharing the
+                # port, or a restarted one) instead of failing at once while it is down.
+                return self.stub.Search(request, timeout=max(end - time.monotonic(), 0.001),
+                                        wait_for_ready=attempt > 0 or None)
             except grpc.RpcError as e:
                 last = attempt == self.retries or time.monotonic() + wait >= end
                 if e.code() != grpc.StatusCode.UNAVAILABLE or last:

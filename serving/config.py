@@ -67,8 +67,17 @@ class FrontConfig(ServerConfig):
     workers: int = 16
     max_concurrent_rpcs: int = 64
     deadline_ms: float = 1000.0  # deadline of a call that brings none
+    # Each step's share of the call's deadline. Embedding texts may take embed_share; stage 1
+    # gets what is left less the rerankers' shares (late: DEADLINE_EXCEEDED); each reranker
+    # its own share (late: skipped, degraded).
+    embed_share: float = 0.25
     lvm_share: float = 0.3  # the LVM stage's share of the call's deadline
     tmd_share: float = 0.2  # the TMD stage's share of the call's deadline
+    # Texts of concurrent calls embedded as one encoder call (one at a time: the tokenizer is
+    # not thread-safe); 1 = each call alone, still one at a time.
+    embed_max_batch: int = 16
+    health_interval_s: float = 1.0  # how often the front checks the stages it calls
+    degraded_log_s: float = 1.0  # degraded answers: one log line per cause per this many s
     max_texts: int = 64  # most chunk texts in one context
     max_text_chars: int = 4000  # longest chunk text
     # "servers": each stage is its own gRPC server (stages may run on other hosts) and the front
@@ -96,6 +105,33 @@ class TlsConfig:
 
 
 @dataclass
+class ChannelConfig:
+    # How the front reaches the stages (and CascadeClient.from_config the fronts): a restarted
+    # server is reconnected within max_reconnect_backoff_ms (gRPC's own default is 120 s).
+    initial_reconnect_backoff_ms: int = 100
+    min_reconnect_backoff_ms: int = 100
+    max_reconnect_backoff_ms: int = 1000
+    # A call that met a dying process is retried once (Search and Rerank are idempotent),
+    # waiting at most this long, within its deadline, for another process to take it.
+    retry_wait_ms: float = 500.0
+
+
+@dataclass
+class SupervisorConfig:
+    # python -m serving.server writes its pid here (SIGHUP to it: swap to what deploy.json
+    # names now; SIGTERM: stop). Relative to the working directory.
+    pid_file: str = "logs/serving.pid"
+    # A process that exits is started again after restart_backoff_s, doubling with each
+    # restart within restart_window_s up to restart_backoff_max_s; more than max_restarts
+    # restarts within the window: the supervisor gives up on that process and says so.
+    restart_backoff_s: float = 0.5
+    restart_backoff_max_s: float = 10.0
+    max_restarts: int = 5
+    restart_window_s: float = 60.0
+    swap_timeout_s: float = 300.0  # every process must load, check and warm a new deploy in this
+
+
+@dataclass
 class ServingConfig:
     deploy: str = "runs/wikipedia_vital_bank/deploy.json"  # what stage 1 serves, and from what
     # Torch device of the models in every server process (encoder, towers, LVM): auto, cpu,
@@ -110,6 +146,8 @@ class ServingConfig:
     tmd: ServerConfig = field(default_factory=lambda: ServerConfig(
         addresses=["127.0.0.1:50063"], metrics_port=9430))
     tls: TlsConfig = field(default_factory=TlsConfig)
+    channel: ChannelConfig = field(default_factory=ChannelConfig)
+    supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
 
     def server(self, name: str) -> ServerConfig:
         return getattr(self, name)
@@ -175,6 +213,16 @@ def validate(cfg: ServingConfig, where: str) -> None:
     if f.lvm_share <= 0 or f.tmd_share <= 0 or f.lvm_share + f.tmd_share >= 1:
         raise ConfigError(f"{where}: front.lvm_share and front.tmd_share must be > 0 with a "
                           f"sum < 1 (stage 1 needs the rest), got {f.lvm_share}, {f.tmd_share}")
+    if not 0 < f.embed_share < 1 or f.embed_max_batch < 1 or f.health_interval_s <= 0:
+        raise ConfigError(f"{where}: front.embed_share must be in (0, 1), embed_max_batch >= 1 "
+                          f"and health_interval_s > 0, got {f.embed_share}, "
+                          f"{f.embed_max_batch}, {f.health_interval_s}")
+    sv = cfg.supervisor
+    if sv.max_restarts < 0 or sv.restart_backoff_s < 0 or sv.restart_window_s <= 0 or \
+            sv.restart_backoff_max_s < sv.restart_backoff_s:
+        raise ConfigError(f"{where}: supervisor: need max_restarts >= 0, restart_backoff_s >= 0"
+                          f", restart_backoff_max_s >= restart_backoff_s and restart_window_s > "
+                          f"0, got {sv}")
     if (cfg.tls.cert is None) != (cfg.tls.key is None):
         raise ConfigError(f"{where}: tls.cert and tls.key go together")
     for key in ("cert", "key", "client_ca", "ca", "client_cert", "client_key"):

@@ -8,6 +8,15 @@
 Every process loads its models before it reports SERVING (grpc.health.v1, per service); on
 SIGTERM it stops taking calls, lets the calls in flight finish (`grace_seconds`) and exits. The
 supervisor stops the front first, then the stages, so no call in flight loses a stage under it.
+
+The supervisor starts again any process that exits (`supervisor` in serving.yaml: backoff
+doubling per restart, and a cap after which it gives up on that process and says so). SIGHUP to
+it (its pid is printed and written to `supervisor.pid_file`) swaps the deploy: every stage
+process loads what deploy.json names now, checks its sha256 pins and warms it, then the fronts
+do; calls in flight finish on the deploy they began with (serving.swap); a deploy that any
+process refuses is not swapped in by the fronts, which keep serving the old one. A server
+started on its own (`--only`, one unit per stage under systemd or Kubernetes) swaps on its own
+SIGHUP.
 """
 
 from __future__ import annotations
@@ -99,7 +108,8 @@ def build_server(cfg: ServingConfig, name: str, address: str, servicer
     # started by mistake on a busy port must fail, not silently take half the calls.
     options = message_options(cfg) + [("grpc.so_reuseport", int(sc.processes > 1))]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=sc.workers),
-                         interceptors=[metrics.MetricsInterceptor()], options=options,
+                         interceptors=[metrics.MetricsInterceptor(sc.max_concurrent_rpcs)],
+                         options=options,
                          maximum_concurrent_rpcs=sc.max_concurrent_rpcs)
     _ADD[name](servicer, server)
     health_servicer = health.HealthServicer()
@@ -118,9 +128,16 @@ def build_server(cfg: ServingConfig, name: str, address: str, servicer
     return server, health_servicer
 
 
+def _tell(fd: int | None, line: str) -> None:
+    """One line to the supervisor (one write below PIPE_BUF: lines never interleave)."""
+    if fd is not None:
+        os.write(fd, (" ".join(line.split())[:1000] + "\n").encode())
+
+
 def serve(cfg: ServingConfig, name: str, address: str, process: int = 0,
           ready_fd: int | None = None, shard: int = 0) -> int:
-    """Run one server until SIGTERM/SIGINT: listen, load, report SERVING, drain on signal."""
+    """Run one server until SIGTERM/SIGINT: listen, load, report SERVING, swap the deploy on
+    SIGHUP, drain on SIGTERM."""
     from cascade.threads import set_threads  # imports torch and FAISS: only servers need them
 
     sc = cfg.server(name)
@@ -130,6 +147,7 @@ def serve(cfg: ServingConfig, name: str, address: str, process: int = 0,
     servicer = make_servicer(cfg, name, shard)
     server, health_servicer = build_server(cfg, name, address, servicer)
     stopped = threading.Event()
+    me = f"{name} {address} {os.getpid()}"
 
     def drain(signum, frame):
         log.info("%s %s: signal %d, draining (grace %.0fs)", name, address, signum,
@@ -139,17 +157,35 @@ def serve(cfg: ServingConfig, name: str, address: str, process: int = 0,
         log.info("%s %s: stopped", name, address)
         stopped.set()
 
+    def swap():
+        t = time.perf_counter()
+        try:
+            new = servicer.reload()
+        except Exception as e:  # a bad deploy: refused, the live one keeps serving
+            log.error("%s %s: deploy %s refused, still serving %s: %s", name, address,
+                      cfg.deploy, servicer.deploys.live.id, e)
+            _tell(ready_fd, f"refused {me} {type(e).__name__}: {e}")
+            return
+        log.info("%s %s: serving deploy %s (swapped in %.1fs)", name, address, new,
+                 time.perf_counter() - t)
+        _tell(ready_fd, f"swapped {me} {new}")
+
     signal.signal(signal.SIGTERM, lambda s, f: threading.Thread(target=drain, args=(s, f)).start())
     signal.signal(signal.SIGINT, lambda s, f: threading.Thread(target=drain, args=(s, f)).start())
+    hup_while_loading = threading.Event()  # SIGHUP's default would kill a loading server
+    signal.signal(signal.SIGHUP, lambda s, f: hup_while_loading.set())
     t0 = time.perf_counter()
     servicer.load()
     for svc in ("", SERVICE_NAMES[name]):
         health_servicer.set(svc, health_pb2.HealthCheckResponse.SERVING)
+    if hasattr(servicer, "watch"):
+        servicer.watch(health_servicer)
+    signal.signal(signal.SIGHUP, lambda s, f: threading.Thread(target=swap).start())
+    if hup_while_loading.is_set():
+        threading.Thread(target=swap).start()
     log.info("%s serving on %s (pid %d, loaded in %.1fs)%s", name, address, os.getpid(),
              time.perf_counter() - t0, servicer.describe())
-    if ready_fd is not None:
-        os.write(ready_fd, f"{name} {address} {os.getpid()}{servicer.describe()}\n".encode())
-        os.close(ready_fd)
+    _tell(ready_fd, f"ready {me}{servicer.describe()}")
     while not stopped.wait(1.0):
         pass
     return 0
@@ -199,12 +235,15 @@ def plan(cfg: ServingConfig, only: str | None, shard: int | None = None
 
 def check_free(addresses: list[str]) -> None:
     """OSError naming an address something already listens on. With SO_REUSEPORT a second set
-    would otherwise bind beside the first and silently take part of its calls."""
+    would otherwise bind beside the first and silently take part of its calls. SO_REUSEADDR
+    (as gRPC binds) lets the check pass over the TIME_WAIT connections a killed server leaves
+    for a minute, while a listener still makes it fail."""
     import socket
 
     for address in dict.fromkeys(addresses):
         host, _, port = address.rpartition(":")
         with socket.socket(socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind((host.strip("[]"), int(port)))
             except OSError as e:
@@ -212,63 +251,227 @@ def check_free(addresses: list[str]) -> None:
                               f"there? stop it, or change the address in the config)") from None
 
 
-def _wait_ready(procs: list[subprocess.Popen], read_fd: int, timeout: float) -> list[str]:
-    """Lines of the processes that reported SERVING; raises if one exits first."""
-    lines, buf, deadline = [], b"", time.monotonic() + timeout
-    while len(lines) < len(procs):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{len(procs) - len(lines)} server(s) not SERVING after "
-                               f"{timeout:.0f}s")
-        for p in procs:
-            if p.poll() is not None:
-                raise RuntimeError(f"server process {p.pid} ({' '.join(p.args[-4:])}) exited "
-                                   f"with code {p.returncode} before SERVING; see its log above")
-        r, _, _ = select.select([read_fd], [], [], 0.2)
-        if r:
-            buf += os.read(read_fd, 65536)
-            *done, buf = buf.split(b"\n")
-            lines += [d.decode() for d in done]
-    return lines
+def say(message: str, loud: bool = False) -> None:
+    """What the supervisor tells its operator: stdout (as the listening lines), and the log."""
+    print(message, flush=True)
+    if loud:
+        log.error(message)
+
+
+class Slot:
+    """One server process of the set, started again when it exits."""
+
+    def __init__(self, name: str, address: str, cmd: list[str], env: dict, write_fd: int):
+        self.name, self.address, self.cmd, self.env = name, address, cmd, env
+        self.write_fd = write_fd
+        self.proc: subprocess.Popen | None = None
+        self.restarts: list[float] = []  # when, within the window
+        self.due: float | None = None  # when to start it again
+        self.given_up = False
+        self.up = False  # reported SERVING
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.cmd, env=self.env, pass_fds=(self.write_fd,))
+        self.up = False
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.address}"
+
+
+class Lines:
+    """The lines server processes write to the supervisor's pipe."""
+
+    def __init__(self, fd: int):
+        self.fd, self.buf = fd, b""
+
+    def read(self, timeout: float) -> list[list[str]]:
+        r, _, _ = select.select([self.fd], [], [], timeout)
+        if not r:
+            return []
+        self.buf += os.read(self.fd, 65536)
+        *done, self.buf = self.buf.split(b"\n")
+        return [d.decode().split(" ", 4) for d in done]
+
+
+class Supervisor:
+    """Starts the set's processes, restarts what exits (backoff, cap), swaps on SIGHUP."""
+
+    def __init__(self, cfg: ServingConfig, config_path: str, todo: list[tuple]):
+        self.cfg = cfg
+        self.read_fd, self.write_fd = os.pipe()
+        self.lines = Lines(self.read_fd)
+        self.slots: list[Slot] = []
+        for name, address, process, s in todo:
+            threads = str(cfg.server(name).threads)
+            env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+            cmd = [sys.executable, "-m", "serving.server", "--config", config_path,
+                   "--deploy", cfg.deploy, "--serve", name, "--address", address,
+                   "--process", str(process), "--ready-fd", str(self.write_fd), "--shard",
+                   str(s)]
+            self.slots.append(Slot(name, address, cmd, env, self.write_fd))
+        self.swap: dict | None = None  # the swap under way: phase, pids asked, answers
+        self.serving: str | None = None  # the deploy id of the last swap done
+
+    def by_pid(self, pid: str) -> Slot | None:
+        return next((x for x in self.slots if x.proc and str(x.proc.pid) == pid), None)
+
+    def start_all(self, stop: threading.Event) -> None:
+        """Every process, SERVING; raises if one exits first (a set that cannot start), or on
+        `stop` (SIGTERM while loading)."""
+        for slot in self.slots:
+            slot.start()
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not all(x.up for x in self.slots):
+            if stop.is_set():
+                raise RuntimeError("stopped while the servers were loading")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{sum(not x.up for x in self.slots)} server(s) not SERVING "
+                                   f"after {READY_TIMEOUT_S:.0f}s")
+            for x in self.slots:
+                if x.proc.poll() is not None:
+                    raise RuntimeError(f"server process {x.proc.pid} ({x}) exited with code "
+                                       f"{x.proc.returncode} before SERVING; see its log above")
+            for event, name, address, pid, *rest in self.lines.read(0.2):
+                slot = self.by_pid(pid)
+                if event == "ready" and slot is not None:
+                    slot.up = True
+                    print(f"{name:>6} listening on {address} (pid {pid})"
+                          f"{' ' + rest[0] if rest else ''}", flush=True)
+
+    def tick(self) -> None:
+        """Read what the processes said, restart what exited, move a swap along."""
+        sv = self.cfg.supervisor
+        for event, name, address, pid, *rest in self.lines.read(0.2):
+            slot = self.by_pid(pid)
+            if event == "ready" and slot is not None:
+                slot.up = True
+                say(f"{name:>6} restarted on {address} (pid {pid}){' ' + rest[0] if rest else ''}")
+                self.catch_up(slot, rest[0] if rest else "")
+            elif event in ("swapped", "refused") and self.swap is not None:
+                self.swap["answers"][pid] = (event, name, address, rest[0] if rest else "")
+        now = time.monotonic()
+        for slot in self.slots:
+            if slot.given_up:
+                continue
+            if slot.proc is not None and slot.proc.poll() is not None:
+                code = slot.proc.returncode
+                slot.proc, slot.up = None, False
+                slot.restarts = [t for t in slot.restarts if now - t < sv.restart_window_s]
+                if len(slot.restarts) >= sv.max_restarts:
+                    slot.given_up = True
+                    say(f"GIVING UP on {slot} (exited with code {code}): {len(slot.restarts)} "
+                        f"restarts in {sv.restart_window_s:.0f}s (supervisor.max_restarts "
+                        f"{sv.max_restarts}); the set goes on without it: fix it, then "
+                        f"restart the set", loud=True)
+                    continue
+                wait = min(sv.restart_backoff_s * 2 ** len(slot.restarts),
+                           sv.restart_backoff_max_s)
+                slot.due = now + wait
+                say(f"{slot} exited with code {code}; starting it again in {wait:.1f}s "
+                    f"(restart {len(slot.restarts) + 1} of at most {sv.max_restarts} in "
+                    f"{sv.restart_window_s:.0f}s)", loud=True)
+            if slot.proc is None and slot.due is not None and now >= slot.due:
+                slot.due = None
+                slot.restarts.append(now)
+                slot.start()
+        if self.swap is not None:
+            self.move_swap(now)
+
+    def catch_up(self, slot: Slot, describe: str) -> None:
+        """A process that started loading before a swap and came up after it serves the deploy
+        it read then: SIGHUP swaps it to the one the set serves now."""
+        words = describe.replace(":", " ").split()
+        has = words[words.index("deploy") + 1] if "deploy" in words[:-1] else None
+        if self.serving is not None and has is not None and has != self.serving:
+            say(f"{slot} (pid {slot.proc.pid}) came up on deploy {has}, the set serves "
+                f"{self.serving}: swapping it")
+            slot.proc.send_signal(signal.SIGHUP)
+
+    def begin_swap(self) -> None:
+        if self.swap is not None:
+            say("swap: one is under way; SIGHUP ignored")
+            return
+        say(f"swap: loading {self.cfg.deploy} in every stage process")
+        self.swap = {"phase": "stages", "answers": {}, "asked": {}}
+        self.ask("stages")
+
+    def ask(self, phase: str) -> None:
+        """SIGHUP to the processes of this phase that are up; their pids are awaited."""
+        names = ("front",) if phase == "fronts" else STAGES
+        self.swap.update(phase=phase, answers={}, until=time.monotonic() +
+                         self.cfg.supervisor.swap_timeout_s)
+        self.swap["asked"] = {str(x.proc.pid): x for x in self.slots
+                              if x.name in names and x.up and x.proc is not None}
+        self.swap.setdefault("ever", set()).update(self.swap["asked"])
+        for x in self.swap["asked"].values():
+            x.proc.send_signal(signal.SIGHUP)
+
+    def move_swap(self, now: float) -> None:
+        sw = self.swap
+        alive = {pid for pid, x in sw["asked"].items()
+                 if x.proc is not None and str(x.proc.pid) == pid}
+        waiting = alive - set(sw["answers"])
+        if waiting and now < sw["until"]:
+            return
+        refused = [f"{n} {a} (pid {pid}): {why}" for pid, (e, n, a, why) in sw["answers"].items()
+                   if e == "refused"]
+        if waiting:
+            refused += [f"{sw['asked'][pid]} (pid {pid}): no answer within "
+                        f"{self.cfg.supervisor.swap_timeout_s:.0f}s" for pid in waiting]
+        ids = {why for e, _, _, why in sw["answers"].values() if e == "swapped"}
+        if refused:
+            self.swap = None
+            say("swap REFUSED, the fronts keep serving the deploy they had: "
+                + "; ".join(refused), loud=True)
+        elif sw["phase"] == "stages":
+            say(f"swap: stages hold deploy {', '.join(sorted(ids)) or '?'}; now the fronts")
+            self.ask("fronts")
+        else:
+            self.swap = None
+            self.serving = next(iter(ids)) if len(ids) == 1 else self.serving
+            say(f"swap done: every front serves deploy {', '.join(sorted(ids)) or '?'}")
+            for x in self.slots:  # came up during the swap (it may have read the old file)
+                if x.up and x.proc is not None and str(x.proc.pid) not in sw["ever"]:
+                    say(f"{x} (pid {x.proc.pid}) came up during the swap: swapping it too")
+                    x.proc.send_signal(signal.SIGHUP)
+
+    def stop(self) -> None:
+        _stop_in_order([(x.name, x.proc) for x in self.slots if x.proc is not None],
+                       self.cfg.grace_seconds)
 
 
 def run_set(cfg: ServingConfig, config_path: str, only: str | None, shard: int | None = None
             ) -> int:
-    """Start every server process, print where they listen, stop them in order on a signal."""
-    read_fd, write_fd = os.pipe()
-    env = dict(os.environ)
-    procs: list[tuple[str, subprocess.Popen]] = []
-    stop = threading.Event()
+    """Start every server process, print where they listen, keep them running (restarts,
+    swaps on SIGHUP), stop them in order on SIGTERM."""
+    stop, hup = threading.Event(), threading.Event()
     signal.signal(signal.SIGTERM, lambda s, f: stop.set())
     signal.signal(signal.SIGINT, lambda s, f: stop.set())
+    signal.signal(signal.SIGHUP, lambda s, f: hup.set())
+    pid_file = Path(cfg.supervisor.pid_file)
+    sup = None
     try:
         todo = plan(cfg, only, shard)
         check_free([address for _, address, _, _ in todo])
-        for name, address, process, s in todo:
-            threads = str(cfg.server(name).threads)
-            env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
-            cmd = [sys.executable, "-m", "serving.server", "--config", config_path,
-                   "--deploy", cfg.deploy, "--serve", name, "--address", address,
-                   "--process", str(process), "--ready-fd", str(write_fd), "--shard", str(s)]
-            procs.append((name, subprocess.Popen(cmd, env=env, pass_fds=(write_fd,))))
-        os.close(write_fd)
-        for line in _wait_ready([p for _, p in procs], read_fd, READY_TIMEOUT_S):
-            name, address, pid, *rest = line.split(" ", 3)
-            print(f"{name:>6} listening on {address} (pid {pid}){' ' + rest[0] if rest else ''}",
-                  flush=True)
-        print(f"ready; stop with SIGTERM or Ctrl-C (pid {os.getpid()})", flush=True)
-        while not stop.wait(0.5):
-            for name, p in procs:
-                if p.poll() is not None and not getattr(p, "_reported", False):
-                    p._reported = True
-                    log.error("%s (pid %d) exited with code %s%s", name, p.pid, p.returncode,
-                              "" if name != "front" else "; stopping the set")
-                    if name == "front":
-                        stop.set()
+        pid_file.parent.mkdir(parents=True, exist_ok=True)
+        pid_file.write_text(f"{os.getpid()}\n")
+        sup = Supervisor(cfg, config_path, todo)
+        sup.start_all(stop)
+        print(f"ready; stop with SIGTERM or Ctrl-C, swap the deploy with SIGHUP (pid "
+              f"{os.getpid()}, in {pid_file})", flush=True)
+        while not stop.is_set():
+            if hup.is_set():
+                hup.clear()
+                sup.begin_swap()
+            sup.tick()
     except (RuntimeError, TimeoutError, OSError) as e:
         print(f"serving: {e}", file=sys.stderr)
         return 1
     finally:
-        _stop_in_order(procs, cfg.grace_seconds)
+        if sup is not None:
+            sup.stop()
+        if pid_file.exists() and pid_file.read_text().strip() == str(os.getpid()):
+            pid_file.unlink()
     return 0
 
 
@@ -284,6 +487,20 @@ def _stop_in_order(procs: list[tuple[str, subprocess.Popen]], grace: float) -> N
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+
+
+def die_with_supervisor() -> None:
+    """A server its supervisor started gets SIGTERM (and drains) when the supervisor dies, even
+    by SIGKILL: no orphan keeps the set's ports, so the set starts again at once (Linux)."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the supervisor's own stop still applies
+        return
+    if os.getppid() == 1:  # it died before the line above
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -321,6 +538,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{len(cfg.stage1.shards)})", file=sys.stderr)
         return EXIT_BAD_CONFIG
     if args.serve:
+        if args.ready_fd is not None:
+            die_with_supervisor()
         try:
             rc = serve(cfg, args.serve, args.address, args.process, args.ready_fd,
                        args.shard or 0)

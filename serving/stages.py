@@ -28,12 +28,15 @@ from serving.convert import (
     vectors_from_proto,
 )
 from serving.protos import pb, rpc
+from serving.swap import Deploys, Loaded, NotHeld, deploy_id, same_bank
 
 log = logging.getLogger("serving")
 
 
 def guarded(method):
-    """Calls before loading -> UNAVAILABLE; the library's ValueError -> INVALID_ARGUMENT."""
+    """Calls before loading -> UNAVAILABLE; the library's ValueError -> INVALID_ARGUMENT; a
+    deploy this server does not hold -> FAILED_PRECONDITION; anything else unexpected ->
+    INTERNAL with a short message (logged with its traceback, counted as INTERNAL)."""
 
     @functools.wraps(method)
     def call(self, request, context):
@@ -41,10 +44,28 @@ def guarded(method):
             context.abort(grpc.StatusCode.UNAVAILABLE, f"{self.name}: still loading")
         try:
             return method(self, request, context)
+        except NotHeld as e:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{self.name}: {e}")
         except ValueError as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        except Exception as e:
+            if context.code() is not None:  # context.abort's own exception: already answered
+                raise
+            log.exception("%s: unexpected error", self.name)
+            context.abort(grpc.StatusCode.INTERNAL,
+                          f"{self.name}: internal error ({type(e).__name__}: {e})"[:300])
 
     return call
+
+
+def warm_cascade(cascade) -> None:
+    """One search of a context of bank rows through every stage the cascade has, so what the
+    library builds on first use (the exact index's 8-bit copy, torch's first pass) is built
+    before the cascade takes calls."""
+    from cascade.stage1 import ContextRows
+
+    cascade.stage1.prepare()
+    cascade.search(ContextRows([np.arange(min(2, cascade.bank.n - 1))]), k=1)
 
 
 def stage_contexts(msgs, field: str = "contexts"):
@@ -68,6 +89,7 @@ class _Search:
     vectors: list[np.ndarray] | None
     rows: list[np.ndarray] | None
     queries: np.ndarray | None
+    model: object = None  # the Stage1 of the deploy the call named
 
     @property
     def size(self) -> int:
@@ -83,6 +105,7 @@ class _Rerank:
     scores: np.ndarray
     keep: int
     pred: np.ndarray | None = None
+    model: object = None  # the Cascade of the deploy the call named
 
 
 def _joined(parts: list) -> list | None:
@@ -95,26 +118,52 @@ class _Stage:
 
     def __init__(self, cfg: ServingConfig):
         self.cfg = cfg
-        self.cascade = None
+        self.deploys = Deploys()
 
     @property
     def loaded(self) -> bool:
-        return self.cascade is not None
+        return self.deploys.live is not None
+
+    @property
+    def cascade(self):
+        """The live deploy's model."""
+        return self.deploys.live.model
 
     def batcher_for(self) -> Batcher:
         sc = self.cfg.server(self.name)
         return Batcher(self.name, self.run_batch, sc.max_batch, sc.max_wait_ms)
 
     def load(self) -> None:
+        self.deploys.put(Loaded(deploy_id(self.cfg.deploy), self.build(None)))
+
+    def reload(self) -> str:
+        """Swap to what deploy.json names now (SIGHUP), keeping the one before for the calls
+        that still name it; raises (and keeps the live deploy) when it does not load. -> the
+        deploy id now served."""
+        with self.deploys.swapping:
+            new_id = deploy_id(self.cfg.deploy)
+            if new_id != self.deploys.live.id:
+                self.deploys.put(Loaded(new_id, self.build(self.cascade)))
+            return new_id
+
+    def build(self, old):
         # Every reranker loads the cascade deploy.json names (sha256s checked) and serves its
         # part: the bank, stage 1's exact index (no copy of the bank) and the models are small
         # beside the process itself, and the stages cannot disagree on what was deployed.
         from cascade.device import resolve_device
         from cascade.pipeline import Cascade
-        self.cascade = Cascade.from_deploy(self.cfg.deploy, device=resolve_device(self.cfg.device))
+        bank = same_bank(self.cfg.deploy, old.bank if old is not None else None)
+        cascade = Cascade.from_deploy(self.cfg.deploy, bank=bank,
+                                      device=resolve_device(self.cfg.device))
+        self.check(cascade)
+        warm_cascade(cascade)
+        return cascade
+
+    def check(self, cascade) -> None:
+        """Refuses a cascade this server cannot serve its part of."""
 
     def describe(self) -> str:
-        return ""
+        return f" deploy {self.deploys.live.id}"
 
 
 class Stage1Servicer(_Stage, rpc.Stage1Servicer):
@@ -125,58 +174,63 @@ class Stage1Servicer(_Stage, rpc.Stage1Servicer):
     def __init__(self, cfg: ServingConfig, shard: int = 0):
         super().__init__(cfg)
         self.shard = shard
-        self.stage1 = None
         self.batcher = self.batcher_for()
 
-    @property
-    def loaded(self) -> bool:
-        return self.stage1 is not None
-
-    def load(self) -> None:
+    def build(self, old):
         from cascade.device import resolve_device
-        from cascade.stage1 import Stage1
+        from cascade.stage1 import ContextRows, Stage1
 
         shards = len(self.cfg.stage1.shards)
-        self.stage1 = Stage1.from_deploy(self.cfg.deploy,
-                                         shard=(self.shard, shards) if shards > 1 else None,
-                                         device=resolve_device(self.cfg.device))
-        self.stage1.prepare()  # loaded before SERVING: no first-call build
+        bank = same_bank(self.cfg.deploy, old.bank if old is not None and shards == 1 else None)
+        stage1 = Stage1.from_deploy(self.cfg.deploy, bank=bank,
+                                    shard=(self.shard, shards) if shards > 1 else None,
+                                    device=resolve_device(self.cfg.device))
+        if old is not None and (stage1.row_start, stage1.row_end) != (old.row_start,
+                                                                       old.row_end):
+            raise ValueError(f"{self.cfg.deploy}: its bank gives this server rows "
+                             f"[{stage1.row_start}, {stage1.row_end}), the served one "
+                             f"[{old.row_start}, {old.row_end}): a new bank needs a restart")
+        stage1.prepare()  # loaded before SERVING: no first-call build
+        if not stage1.sharded:
+            stage1.search(ContextRows([np.arange(min(2, stage1.bank.n - 1))]), 1)
+        return stage1
 
     def describe(self) -> str:
-        s1 = self.stage1
+        s1 = self.cascade
         shard = (f", shard {self.shard} of {len(self.cfg.stage1.shards)}: rows "
                  f"[{s1.row_start}, {s1.row_end})" if s1.sharded else "")
-        return f" stage 1 = {s1.kind}" + (f" ({s1.reason})" if s1.kind != "v4" else "") + shard
+        return (f" deploy {self.deploys.live.id}: stage 1 = {s1.kind}"
+                + (f" ({s1.reason})" if s1.kind != "v4" else "") + shard)
 
     @guarded
     def Search(self, request, context):
         t0 = time.perf_counter()
-        call = self.check(request)
-        ids, scores = self.batcher.submit(call, (call.rows is None, call.queries is None),
-                                          context)
-        s1 = self.stage1
+        d = self.deploys.get(request.deploy)
+        call = self.check_call(request, d.model)
+        ids, scores = self.batcher.submit(
+            call, (d.id, call.rows is None, call.queries is None), context)
+        s1 = d.model
         return pb.Stage1Response(results=candidates_to_proto(ids, scores), kind=s1.kind,
                                  reason=s1.reason, seconds=time.perf_counter() - t0,
-                                 row_start=s1.row_start, row_end=s1.row_end)
+                                 row_start=s1.row_start, row_end=s1.row_end, deploy=d.id)
 
-    def check(self, request) -> _Search:
+    def check_call(self, request, s1) -> _Search:
         """One call checked as `Stage1.search` checks it (ValueError naming what is wrong)."""
-        s1 = self.stage1
         k = s1.check_k(request.k)
         contexts = stage_contexts(request.contexts)
         if not request.HasField("queries"):
             vectors, rows = s1.contexts(contexts)
-            return _Search(k, vectors, rows, None)
+            return _Search(k, vectors, rows, None, s1)
         from cascade.stage1 import check_queries
         vectors, rows = s1.contexts(contexts, need_vectors=False)
         queries = check_queries(vectors_from_proto(request.queries, "queries"),
                                 len(rows if rows is not None else vectors), s1.dim)
-        return _Search(k, vectors, rows, queries)
+        return _Search(k, vectors, rows, queries, s1)
 
     def run_batch(self, calls: list[_Search]) -> list[tuple[np.ndarray, np.ndarray]]:
         """`Stage1.search` of calls of one form at once, with their largest k: (ids, scores)
         of each call, cut to its k (exact search: the top k are the top max-k's first k)."""
-        s1 = self.stage1
+        s1 = calls[0].model  # one deploy per batch (the batch key)
         vectors = _joined([c.vectors for c in calls])
         rows = _joined([c.rows for c in calls])
         q = (s1.queries(vectors) if calls[0].queries is None else
@@ -196,9 +250,8 @@ class LvmServicer(_Stage, rpc.LvmRerankerServicer):
         super().__init__(cfg)
         self.batcher = self.batcher_for()
 
-    def load(self) -> None:
-        super().load()
-        if self.cascade.lvm is None:
+    def check(self, cascade) -> None:
+        if cascade.lvm is None:
             raise ValueError(f"{self.cfg.deploy}: names no LVM checkpoint ('lvm'); run "
                              f"`make train-lvm`, or leave the lvm server out")
 
@@ -206,31 +259,33 @@ class LvmServicer(_Stage, rpc.LvmRerankerServicer):
     def Rerank(self, request, context):
         t0 = time.perf_counter()
         from cascade.lvm import check_candidates
-        vectors, _ = self.cascade.stage1.contexts(stage_contexts(request.contexts))
+        d = self.deploys.get(request.deploy)
+        cascade = d.model
+        vectors, _ = cascade.stage1.contexts(stage_contexts(request.contexts))
         ids, scores = candidates_from_proto(request.candidates, "candidates")
-        ids, scores = check_candidates(ids, scores, len(vectors), self.cascade.bank.n,
+        ids, scores = check_candidates(ids, scores, len(vectors), cascade.bank.n,
                                        request.keep)
         pred = None
         if request.HasField("predictions"):
             from cascade.stage1 import check_queries
 
             pred = check_queries(vectors_from_proto(request.predictions, "predictions"),
-                                 len(vectors), self.cascade.bank.dim, "predictions")
-        call = _Rerank(vectors, ids, scores, request.keep, pred)
-        # One candidate width per batch, and calls with predictions apart from those without.
-        ids, scores = self.batcher.submit(call, (ids.shape[1], pred is None), context)
+                                 len(vectors), cascade.bank.dim, "predictions")
+        call = _Rerank(vectors, ids, scores, request.keep, pred, cascade)
+        # One deploy and candidate width per batch, and calls with predictions apart.
+        ids, scores = self.batcher.submit(call, (d.id, ids.shape[1], pred is None), context)
         return pb.RerankResponse(results=candidates_to_proto(ids, scores),
-                                 seconds=time.perf_counter() - t0)
+                                 seconds=time.perf_counter() - t0, deploy=d.id)
 
     def run_batch(self, calls: list[_Rerank]) -> list[tuple[np.ndarray, np.ndarray]]:
         """`LvmReranker.rerank` of calls with as many candidates each at once, keeping their
         largest keep: each call's rows, cut to its keep."""
         import torch
 
+        lvm = calls[0].model.lvm  # one deploy per batch (the batch key)
         pred = (None if calls[0].pred is None else
-                torch.from_numpy(np.concatenate([c.pred for c in calls])).to(
-                    self.cascade.lvm.device))
-        result = self.cascade.lvm.rerank(
+                torch.from_numpy(np.concatenate([c.pred for c in calls])).to(lvm.device))
+        result = lvm.rerank(
             [v for c in calls for v in c.vectors], np.concatenate([c.ids for c in calls]),
             np.concatenate([c.scores for c in calls]), keep=max(c.keep for c in calls),
             pred=pred)
@@ -248,15 +303,15 @@ _LANE_SOURCES = {pb.LANE_SOURCE_CODES: "codes", pb.LANE_SOURCE_TAGGED: "tagged"}
 class TmdServicer(_Stage, rpc.TmdRerankerServicer):
     name = "tmd"
 
-    def load(self) -> None:
-        super().load()
-        if self.cascade.tmd is None:
+    def check(self, cascade) -> None:
+        if cascade.tmd is None:
             raise ValueError(f"{self.cfg.deploy}: its bank has no TMD codes, so the cascade "
                              f"has no TMD stage; leave the tmd server out")
 
     @guarded
     def Rerank(self, request, context):
         t0 = time.perf_counter()
+        d = self.deploys.get(request.deploy)
         ids, scores = candidates_from_proto(request.candidates, "candidates")
         codes = np.asarray(request.query_codes, dtype=np.int64)
         if len(codes) != len(ids):
@@ -272,8 +327,7 @@ class TmdServicer(_Stage, rpc.TmdRerankerServicer):
                 raise ValueError(f"domain_probs: {len(probs)} values for {len(ids)} contexts "
                                  f"(expected {len(DOMAINS)} per context)")
             probs = probs.reshape(len(ids), len(DOMAINS))
-        ids, scores = self.cascade.tmd.rerank(codes, ids, scores, keep=request.keep,
-                                              w=self.cascade.config.tmd_w_for(source),
-                                              domain_probs=probs)
+        ids, scores = d.model.tmd.rerank(codes, ids, scores, keep=request.keep,
+                                         w=d.model.config.tmd_w_for(source), domain_probs=probs)
         return pb.RerankResponse(results=candidates_to_proto(ids, scores),
-                                 seconds=time.perf_counter() - t0)
+                                 seconds=time.perf_counter() - t0, deploy=d.id)

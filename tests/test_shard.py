@@ -161,7 +161,9 @@ def sharded_set(banked):
                       "metrics_port": free_port()},
             "stage1": {**one, "shards": [[f"127.0.0.1:{free_port()}"] for _ in range(3)]},
             "lvm": {**one, "addresses": [f"127.0.0.1:{free_port()}"]},
-            "tmd": {**one, "addresses": [f"127.0.0.1:{free_port()}"]}}
+            "tmd": {**one, "addresses": [f"127.0.0.1:{free_port()}"]},
+            # A killed shard stays down (no restart): the tests below see a shard down.
+            "supervisor": {"max_restarts": 0, "pid_file": str(root / "sharded.pid")}}
     config = root / "sharded.yaml"
     config.write_text(yaml.safe_dump(data))
     s = ServingSet(config)
