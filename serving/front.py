@@ -86,7 +86,11 @@ class CascadeServicer(rpc.CascadeServicer):
         # The front checks contexts with the library before any stage sees them, forms stage
         # 1's queries, computes the TMD lanes of contexts, embeds texts, and holds the bank's
         # texts and ids for the hits.
-        self.cascade = Cascade.from_deploy(self.cfg.deploy, device=resolve_device(self.cfg.device))
+        # Stage 1's index only where this process searches it (in_process).
+        self.cascade = Cascade.from_deploy(
+            self.cfg.deploy, device=resolve_device(self.cfg.device),
+            min_containment=self.cfg.stage1.min_containment,
+            stage1_index=self.cfg.front.stages == "in_process")
         self.cascade.embed(["load the encoder before reporting SERVING"])
         if self.cfg.front.stages == "in_process":  # no stage servers to call
             self.cascade.stage1.prepare()  # what stage 1 builds on first use, before SERVING

@@ -105,12 +105,14 @@ class _Stage:
         return Batcher(self.name, self.run_batch, sc.max_batch, sc.max_wait_ms)
 
     def load(self) -> None:
-        # Every reranker loads the cascade deploy.json names (sha256s checked) and serves its
-        # part: the bank, stage 1's exact index (no copy of the bank) and the models are small
-        # beside the process itself, and the stages cannot disagree on what was deployed.
+        # A reranker loads the cascade deploy.json names (sha256s checked) and serves its part:
+        # the bank's vectors are memory-mapped (one copy per machine) and stage 1's index is
+        # not opened (a reranker never searches), so the stages cannot disagree on what was
+        # deployed and the bank costs nothing per process.
         from cascade.device import resolve_device
         from cascade.pipeline import Cascade
-        self.cascade = Cascade.from_deploy(self.cfg.deploy, device=resolve_device(self.cfg.device))
+        self.cascade = Cascade.from_deploy(self.cfg.deploy, device=resolve_device(self.cfg.device),
+                                           stage1_index=False)
 
     def describe(self) -> str:
         return ""
@@ -138,8 +140,14 @@ class Stage1Servicer(_Stage, rpc.Stage1Servicer):
         shards = len(self.cfg.stage1.shards)
         self.stage1 = Stage1.from_deploy(self.cfg.deploy,
                                          shard=(self.shard, shards) if shards > 1 else None,
-                                         device=resolve_device(self.cfg.device))
+                                         device=resolve_device(self.cfg.device),
+                                         min_containment=self.cfg.stage1.min_containment)
         self.stage1.prepare()  # loaded before SERVING: no first-call build
+        bank, size = self.stage1.bank, self.cfg.stage1.exact_max_size
+        if self.stage1.index_factory == "Flat" and bank.n * bank.dim > size:
+            log.warning("stage1: exact search over %d x %d rows, above stage1.exact_max_size "
+                        "%d: slow; python -m training.tune_index --deploy %s chooses an ANN "
+                        "index", bank.n, bank.dim, size, self.cfg.deploy)
 
     def describe(self) -> str:
         s1 = self.stage1
@@ -243,10 +251,17 @@ class LvmServicer(_Stage, rpc.LvmRerankerServicer):
 
 class TmdServicer(_Stage, rpc.TmdRerankerServicer):
     name = "tmd"
+    tmd = None
+
+    @property
+    def loaded(self) -> bool:
+        return self.tmd is not None
 
     def load(self) -> None:
-        super().load()
-        if self.cascade.tmd is None:
+        from cascade.pipeline import tmd_from_deploy
+
+        self.tmd = tmd_from_deploy(self.cfg.deploy)  # the bank's TMD codes, nothing else
+        if self.tmd is None:
             raise ValueError(f"{self.cfg.deploy}: its bank has no TMD codes, so the cascade "
                              f"has no TMD stage; leave the tmd server out")
 
@@ -257,6 +272,6 @@ class TmdServicer(_Stage, rpc.TmdRerankerServicer):
         codes = np.asarray(request.query_codes, dtype=np.int64)
         if len(codes) != len(ids):
             raise ValueError(f"query_codes: {len(codes)} codes for {len(ids)} candidate lists")
-        ids, scores = self.cascade.tmd.rerank(codes, ids, scores, keep=request.keep)
+        ids, scores = self.tmd.rerank(codes, ids, scores, keep=request.keep)
         return pb.RerankResponse(results=candidates_to_proto(ids, scores),
                                  seconds=time.perf_counter() - t0)
