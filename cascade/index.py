@@ -12,10 +12,12 @@ import faiss
 import numpy as np
 
 # Above this many rows x dims, stage 1 should serve an ANN index (training.tune_index) rather
-# than exact search: where one exact search (8-bit prefilter + rescore, one thread) costs about
-# twice the default bank's (36k x 384 = 14M), measured by benchmarks.latency. serving.yaml's
-# stage1.exact_max_size and tune_index's --exact-max-size default to it.
-EXACT_MAX_SIZE = 30_000_000
+# than exact search: where one served search costs about twice the default bank's. Measured
+# (issue 24, in_process, one client, the same build and machine): 6.7 ms on the default bank
+# (36k x 384 = 14M) and 24.5 ms on 500k x 384 (192M): a + b * size with a = 5.3 ms and
+# b = 0.1 ms per million, which doubles 6.7 ms at ~80M (e.g. 210k x 384 or 105k x 768).
+# serving.yaml's stage1.exact_max_size and tune_index's --exact-max-size default to it.
+EXACT_MAX_SIZE = 80_000_000
 FLAT_MAX_ROWS = 200_000  # above this, "auto" builds an IVF index
 # From this many queries per call, exact search computes scores with one BLAS matrix product per
 # block of queries (the bank is read once per block) instead of one SIMD dot product per (query,

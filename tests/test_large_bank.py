@@ -200,7 +200,7 @@ def test_the_serving_set_shares_one_mapping_of_the_bank_and_the_index(tuned):
         per = {p: file_memory(p, bank_file) for p in pids}
         mapping = [m for m in per.values() if m["rss"] > 0]
         vector_bytes = bank.vectors.nbytes
-        assert len(mapping) >= 3  # two stage-1 processes and the front (the bank's texts/ids)
+        assert len(mapping) == 3  # two stage-1 processes and the front; the TMD ones read codes
         rss = sum(m["rss"] for m in mapping)
         pss = sum(m["pss"] for m in mapping)
         assert rss >= 2 * vector_bytes * 0.9  # each process sees the whole bank resident...
