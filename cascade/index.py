@@ -143,7 +143,7 @@ class Int8Prefilter:
             self.widened += 1
 
     def rescore(self, q: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        exact = np.take(self.xb, rows, axis=0) @ q
+        exact = self.xb[rows] @ q  # fancy indexing: np.take is ~1000x slower on an unaligned map
         best = np.argsort(-exact, kind="stable")[:k]
         return exact[best].astype(np.float32), rows[best].astype(np.int64)
 
@@ -175,7 +175,7 @@ class RescoredIndex:
         I = np.full((len(xq), k), -1, np.int64)
         for b in range(len(xq)):
             rows = np.sort(cand[b][cand[b] >= 0])  # in file order: the map is read forwards
-            exact = np.take(self.xb, rows, axis=0) @ xq[b]
+            exact = self.xb[rows] @ xq[b]  # not np.take: slow on the unaligned map of an .npz
             order = np.lexsort((-rows, -exact))[:k]
             D[b, :len(order)], I[b, :len(order)] = exact[order], rows[order]
         return D, I
