@@ -63,15 +63,16 @@ def containment(ann: np.ndarray, exact: np.ndarray) -> float:
     return float(np.mean(shares)) if shares else float("nan")
 
 
-def settings(factory: str, index) -> list[str]:
-    """The search-parameter strings to try, cheapest first within each shortlist."""
+def settings(factory: str, index, shortlists: tuple[int, ...] = SHORTLISTS) -> list[str]:
+    """The search-parameter strings to try, cheapest first within each shortlist; a longer
+    shortlist tries only searches cheaper than one that already reached the target."""
     ivf = faiss.try_extract_index_ivf(index.ann)
     if ivf is not None:
         probes = [p for p in NPROBES if p <= ivf.nlist]
-        return [f"nprobe={p},shortlist={s}" for s in SHORTLISTS for p in probes]
+        return [f"nprobe={p},shortlist={s}" for s in shortlists for p in probes]
     if "HNSW" in factory:
-        return [f"efSearch={e},shortlist={s}" for s in SHORTLISTS for e in EF_SEARCH if e >= s]
-    return [f"shortlist={s}" for s in SHORTLISTS]
+        return [f"efSearch={e},shortlist={s}" for s in shortlists for e in EF_SEARCH if e >= s]
+    return [f"shortlist={s}" for s in shortlists]
 
 
 def one_query_ms(index, q: np.ndarray, ctx_start, ctx_end, k: int) -> float:
@@ -109,8 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--exact-max-size", type=int, default=EXACT_MAX_SIZE,
                    help="rows x dims up to which stage 1 stays exact")
     p.add_argument("--force", action="store_true", help="tune an ANN index below the size too")
+    p.add_argument("--shortlists", default=",".join(map(str, SHORTLISTS)),
+                   help="rows rescored exactly per query, to sweep (comma-separated)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    args.shortlists = tuple(int(x) for x in args.shortlists.split(","))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     try:
         return tune(args)
@@ -155,11 +159,12 @@ def tune(args) -> int:
         build_s = cached_build_seconds(cache) or round(time.perf_counter() - t0, 2)
         nbytes = os.path.getsize(cache)
         log.info("%s: built in %.1fs (or cached), %.1f MB", factory, build_s, nbytes / 1e6)
-        reached = set()
-        for params in settings(factory, index):
+        reached, cheapest = set(), None  # shortlists that reached; the least search that did
+        for params in settings(factory, index, args.shortlists):
             shortlist = params.rsplit("shortlist=", 1)[1]
-            if shortlist in reached:
-                continue  # a cheaper search of this shortlist already reached the target
+            search = int(params.split("=")[1].split(",")[0]) if "," in params else 0
+            if shortlist in reached or (cheapest is not None and search >= cheapest):
+                continue  # a cheaper setting already reached the target
             index = open_index(bank.vectors, factory, params, cache, bank.fingerprint())
             faiss.omp_set_num_threads(os.cpu_count() or 1)
             _, ann = search_batched(index, q_val, K, val.ctx_start, val.ctx_end)
@@ -172,6 +177,7 @@ def tune(args) -> int:
                      K, c, ms)
             if c >= args.target:
                 reached.add(shortlist)
+                cheapest = search if cheapest is None else min(cheapest, search)
                 if best is None or ms < best["one_query_ms"]:
                     best = row
     out_dir = Path(args.deploy).parent
