@@ -91,7 +91,11 @@ class CascadeServicer(rpc.CascadeServicer):
             self.cfg.deploy, device=resolve_device(self.cfg.device),
             min_containment=self.cfg.stage1.min_containment,
             stage1_index=self.cfg.front.stages == "in_process")
-        self.cascade.embed(["load the encoder before reporting SERVING"])
+        try:
+            self.cascade.embed(["load the encoder before reporting SERVING"])
+        except ValueError as e:  # a bank of another encoder's dimension (e.g. a 768-d scale
+            # bank beside MiniLM): it serves vector and row contexts; texts are refused
+            log.warning("front: %s: text contexts will be refused", e)
         if self.cfg.front.stages == "in_process":  # no stage servers to call
             self.cascade.stage1.prepare()  # what stage 1 builds on first use, before SERVING
             f = self.cfg.front
