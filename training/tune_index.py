@@ -199,9 +199,13 @@ def tune(args) -> int:
                        index_cache_path(bank, best["index_factory"]), bank.fingerprint())
     _, ann = search_batched(index, q_test, K, test.ctx_start, test.ctx_end)
     best["containment_test"] = containment(ann, exact_test)
+    # Stage 1's own answer above the rerankers: the share of test queries whose top 10 is
+    # exact search's top 10, in order.
+    best["top10_equal_test"] = float((ann[:, :10] == exact_test[:, :10]).all(axis=1).mean())
     record = {"index_factory": best["index_factory"], "index_params": best["index_params"],
               "k": K, "containment": {"val": best["containment_val"],
                                       "test": best["containment_test"]},
+              "top10_equal_test": best["top10_equal_test"],
               "tuned_on": "val", "queries": report["queries"], "pairs": str(args.pairs),
               "one_query_ms_val": best["one_query_ms"], "build_seconds": best["build_seconds"],
               "index_bytes": best["index_bytes"], "bank_fingerprint": bank.fingerprint(),
@@ -215,6 +219,7 @@ def tune(args) -> int:
     write_json(out_dir / "tune_index.json", report)
     print(f"stage 1 = {record['index_factory']}|{record['index_params']}: containment@{K} val "
           f"{record['containment']['val']:.4f}, test {record['containment']['test']:.4f} "
+          f"(stage 1's top 10 = exact's on {best['top10_equal_test']:.2%} of test queries) "
           f"({report['queries']['val']} / {report['queries']['test']} queries), one query "
           f"{best['one_query_ms']:.2f} ms, built in {best['build_seconds']:.0f}s, "
           f"{best['index_bytes'] / 1e6:.0f} MB; written to {args.deploy}")
