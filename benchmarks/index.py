@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     pairs_path = args.pairs or f"artifacts/twotower/{Path(args.bank).stem}/pairs_v4.npz"
     specs = args.index or list(DEFAULT_INDEXES)
     try:
-        bank = load_bank(args.bank)
+        bank = load_bank(args.bank, mmap=True)  # one mapped copy, however large
         split = load_pairs(pairs_path, bank).test()
         for spec in specs:  # a bad string fails here, before minutes of measuring
             factory, params = parse_spec(spec)

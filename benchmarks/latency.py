@@ -10,6 +10,12 @@
     python -m benchmarks.latency --layouts in_process   # front.stages: in_process alone
     python -m benchmarks.latency --batching             # each layout with the stages'
                                                         # micro-batching off, then on
+    python -m benchmarks.latency --scale runs/synth_500k_768/deploy.json [--scale ...]
+                                                        # large banks beside the default one
+                                                        # (the yardstick, same run): a table
+                                                        # per bank, see scale_main
+    python -m benchmarks.latency --bank artifacts/X.npz # a bank without a deploy: heuristic
+                                                        # stage 1 (exact) + an untrained LVM
 
 Measures one Search's p50/p99 (one client, sequential), throughput and latency with 1, 2, 4, 8
 and 16 concurrent clients (each its own connection) with the CPU each server spent per search
@@ -22,6 +28,7 @@ Writes benchmarks/results/latency.json (strict JSON) beside the printed table.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -269,7 +276,7 @@ def concurrent(cfg: ServingConfig, contexts: list[np.ndarray], clients: int, sec
 def bench_contexts(deploy_path: str, n: int = 200, length: int = 8, seed: int = 0
                    ) -> list[np.ndarray]:
     """`n` contexts of `length` consecutive chunks of random articles, as raw vectors."""
-    bank = load_bank(resolve(deploy_path, read_deploy(deploy_path)["bank"]))
+    bank = load_bank(resolve(deploy_path, read_deploy(deploy_path)["bank"]), mmap=True)
     starts, ends = bank.article_bounds()
     rng = np.random.default_rng(seed)
     out = []
@@ -367,6 +374,115 @@ def synthetic_deploy(n: int, root: Path) -> str:
     return str(deploy)
 
 
+def bank_deploy(bank_path: str, root: Path) -> str:
+    """A deploy.json for a bank that has none: the heuristic, exact stage 1, an LVM of the
+    default size at its initial weights (a serving cost; never a quality number)."""
+    import torch
+
+    from cascade.bank import sha256_file
+    from cascade.lvm import Lvm, LvmConfig, save_lvm
+
+    bank = load_bank(bank_path, mmap=True)
+    torch.manual_seed(0)
+    lvm = root / f"{Path(bank_path).stem}.lvm.pt"
+    save_lvm(lvm, Lvm(LvmConfig(dim=bank.dim)), bank.fingerprint())
+    deploy = root / f"{Path(bank_path).stem}.deploy.json"
+    deploy.write_text(json.dumps({
+        "stage1": "heuristic", "checkpoint": None, "reason": "benchmark bank",
+        "heuristic": {"kind": "exp_weighted", "alpha": 0.1}, "bank": str(bank_path),
+        "bank_fingerprint": bank.fingerprint(),
+        "lvm": {"checkpoint": str(lvm), "sha256": sha256_file(lvm)}}))
+    return str(deploy)
+
+
+def scale_row(base: ServingConfig, deploy_path: str, layout: str, tmp: Path,
+              clients: list[int], seconds: float, n: int) -> dict:
+    """One bank, one layout: start-up seconds (cached index), one search p50/p99 at 1 client,
+    searches/s at each client count, the serving set's PSS and RSS, and its PSS of the bank
+    file (counted once however many processes map it)."""
+    from cascade.memory import descendants, file_memory, set_memory
+
+    deploy = read_deploy(deploy_path)
+    bank_path = resolve(deploy_path, deploy["bank"])
+    cfg = dataclasses.replace(base, deploy=deploy_path)
+    contexts = bench_contexts(deploy_path)
+    t0 = time.perf_counter()
+    running = Running(layout_config(cfg, layout, tmp / "scale.yaml"))
+    startup = time.perf_counter() - t0
+    try:
+        out = {"startup_s": round(startup, 1), **measure(running.cfg, contexts, clients,
+                                                         seconds, n, texts=False,
+                                                         pids=running.pids())}
+        pids = descendants(running.proc.pid)
+        out["memory"] = set_memory(pids)
+        bank_map = [file_memory(p, bank_path) for p in pids]
+        out["memory"]["bank_file_pss"] = sum(m["pss"] for m in bank_map)
+        out["memory"]["bank_file_rss"] = sum(m["rss"] for m in bank_map)
+        out["load_avg"] = list(os.getloadavg())
+    finally:
+        running.stop()
+    return out
+
+
+def scale_main(args, base: ServingConfig, tmp: Path) -> dict:
+    """A table per bank: the default bank first (the yardstick, in the same run), then each
+    --scale deploy and --bank. Containment, index, build seconds and bytes come from the
+    deploy's `stage1_index` record (training.tune_index); an exact stage 1 contains 100%."""
+    deploys = [base.deploy] + list(args.scale or []) + [bank_deploy(b, tmp)
+                                                        for b in args.bank or []]
+    layouts = args.layouts.split(",") if args.layouts else ["reuseport", "in_process"]
+    clients = [int(c) for c in args.clients.split(",")] if args.clients_given else [1, 8, 16]
+    report = {"cpus": os.cpu_count(), "load_avg_at_start": list(os.getloadavg()), "banks": []}
+    for deploy_path in deploys:
+        deploy = read_deploy(deploy_path)
+        bank = load_bank(resolve(deploy_path, deploy["bank"]), mmap=True)
+        cascade = deploy.get("cascade") or {}
+        rec = deploy.get("stage1_index") or {}
+        entry = {"deploy": deploy_path, "rows": bank.n, "dim": bank.dim,
+                 "vector_bytes": int(bank.vectors.nbytes),
+                 "index": f"{cascade.get('index_factory', 'Flat')}|"
+                          f"{cascade.get('index_params', '')}",
+                 "build_s": rec.get("build_seconds"), "index_bytes": rec.get("index_bytes", 0),
+                 "containment": rec.get("containment") or {"val": 1.0, "test": 1.0},
+                 "layouts": {}}
+        del bank
+        print(f"bank {entry['rows']:,} x {entry['dim']} ({deploy_path}), stage 1 "
+              f"{entry['index']}:", flush=True)
+        for layout in layouts:
+            print(f" layout {layout}:", flush=True)
+            entry["layouts"][layout] = scale_row(base, deploy_path, layout, tmp, clients,
+                                                 args.seconds, args.n)
+        report["banks"].append(entry)
+    report["load_avg_at_end"] = list(os.getloadavg())
+    print_scale(report)
+    return report
+
+
+def print_scale(report: dict) -> None:
+    yard = report["banks"][0]
+    for entry in report["banks"]:
+        c = entry["containment"]
+        print(f"\n{entry['rows']:,} x {entry['dim']}  index {entry['index']}  build "
+              f"{entry['build_s'] if entry['build_s'] is not None else '-'} s  index "
+              f"{entry['index_bytes'] / 1e6:.0f} MB  containment@500 val {c.get('val')} test "
+              f"{c.get('test')}")
+        print(f"  {'layout':<11} {'start s':>7} {'p50 ms':>7} {'p99 ms':>7} {'/s @1':>7} "
+              f"{'/s @8':>7} {'/s @16':>7} {'PSS MB':>7} {'RSS MB':>7} {'bank PSS':>8} "
+              f"{'x p50':>6} {'x /s@8':>6}")
+        for layout, r in entry["layouts"].items():
+            rate = {x["clients"]: x["searches_per_s"] for x in r["curve"]}
+            y = yard["layouts"].get(layout)
+            yrate = {x["clients"]: x["searches_per_s"] for x in y["curve"]} if y else {}
+            ratio_p50 = r["one_search"]["p50_ms"] / y["one_search"]["p50_ms"] if y else None
+            ratio_8 = rate.get(8, 0) / yrate[8] if yrate.get(8) else None
+            m = r["memory"]
+            print(f"  {layout:<11} {r['startup_s']:>7.1f} {r['one_search']['p50_ms']:>7.1f} "
+                  f"{r['one_search']['p99_ms']:>7.1f} {rate.get(1, 0):>7.1f} "
+                  f"{rate.get(8, 0):>7.1f} {rate.get(16, 0):>7.1f} {m['pss'] / 1e6:>7.0f} "
+                  f"{m['rss'] / 1e6:>7.0f} {m['bank_file_pss'] / 1e6:>8.0f} "
+                  f"{ratio_p50 or 0:>6.2f} {ratio_8 or 0:>6.2f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.latency",
                                 description=__doc__.split("\n")[0])
@@ -387,9 +503,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layouts", default=None,
                    help="layouts to measure, of single, reuseport, replicas, mixed, in_process "
                         "(default: single; --compare: all five)")
+    p.add_argument("--scale", action="append", default=None, metavar="DEPLOY",
+                   help="a large bank's deploy.json (repeatable), measured beside the default "
+                        "deploy (the yardstick) in the same run: a table per bank")
+    p.add_argument("--bank", action="append", default=None, metavar="BANK",
+                   help="a bank without a deploy (repeatable): heuristic, exact stage 1, an "
+                        "untrained LVM; implies the --scale tables")
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv)
+    args.clients_given = "--clients" in (argv if argv is not None else sys.argv)
     base = load_config(args.config)
+    if args.scale or args.bank:
+        with tempfile.TemporaryDirectory(prefix="bench_scale_") as tmp:
+            if args.synthetic:
+                base.deploy = synthetic_deploy(args.synthetic, Path(tmp))
+            elif args.deploy:
+                base.deploy = args.deploy
+            report = scale_main(args, base, Path(tmp))
+        out = Path(args.out if args.out != str(RESULTS) else RESULTS.with_name("scale.json"))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_json(out, report)
+        print(f"wrote {out} (load average {report['load_avg_at_start'][0]:.1f} at the start: "
+              f"timings on a shared machine are noisy)")
+        return 0
     clients = [int(c) for c in args.clients.split(",")]
     layouts = (args.layouts.split(",") if args.layouts else
                list(LAYOUTS) if args.compare else ["single"])

@@ -16,6 +16,10 @@ from pathlib import Path
 from cascade.bank import sha256_file
 from cascade.tmd_rerank import LANE_SOURCES
 
+# Serving's floor for an ANN stage 1's measured containment@500 (serving.yaml
+# stage1.min_containment overrides it): the share of exact search's top 500 the index returns.
+MIN_CONTAINMENT = 0.99
+
 
 class DeployError(ValueError):
     """A deploy.json that is unreadable, incomplete, or names files that do not match it."""
@@ -121,3 +125,33 @@ def check_pinned(deploy_path: str | os.PathLike, what: str, file: str | None,
         raise DeployError(f"{deploy_path}: '{what}' {file} has sha256 {sha256_file(p)[:19]}..., "
                           f"deploy.json pins {sha256[:19]}... (retrain or rewrite deploy.json)")
     return p
+
+
+def check_ann_record(deploy_path: str | os.PathLike, deploy: dict, cfg: CascadeConfig,
+                     fingerprint: str, min_containment: float = MIN_CONTAINMENT) -> dict:
+    """The `stage1_index` record `python -m training.tune_index` wrote for an approximate
+    `cfg.index_factory`, refused (one line naming the numbers) when missing, measured for other
+    settings or another bank, or when its containment@500 on val or test is below the floor."""
+    spec = f"{cfg.index_factory}|{cfg.index_params}"
+    rec = deploy.get("stage1_index")
+    if not isinstance(rec, dict):
+        raise DeployError(f"{deploy_path}: cascade.index_factory {spec!r} is approximate and "
+                          f"deploy.json records no measured containment ('stage1_index'); run "
+                          f"python -m training.tune_index --deploy {deploy_path}")
+    measured = f"{rec.get('index_factory')}|{rec.get('index_params')}"
+    if measured != spec:
+        raise DeployError(f"{deploy_path}: containment was measured for {measured!r}, cascade "
+                          f"serves {spec!r}; rerun python -m training.tune_index")
+    if rec.get("bank_fingerprint") != fingerprint:
+        raise DeployError(f"{deploy_path}: containment was measured on bank "
+                          f"{str(rec.get('bank_fingerprint'))[:19]}..., the bank is now "
+                          f"{fingerprint[:19]}... (it moved); rerun python -m training.tune_index")
+    contained = rec.get("containment") or {}
+    for split in ("val", "test"):
+        c = contained.get(split)
+        if not isinstance(c, int | float) or c < min_containment:
+            raise DeployError(f"{deploy_path}: ANN stage 1 {spec!r} has containment@"
+                              f"{rec.get('k', 500)} {c} on {split}, below "
+                              f"stage1.min_containment {min_containment}; refusing it (retune "
+                              f"with python -m training.tune_index, or serve 'Flat')")
+    return rec

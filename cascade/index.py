@@ -11,6 +11,13 @@ import threading
 import faiss
 import numpy as np
 
+# Above this many rows x dims, stage 1 should serve an ANN index (training.tune_index) rather
+# than exact search: where one served search costs about twice the default bank's. Measured
+# (issue 24, in_process, one client, the same build and machine): 6.7 ms on the default bank
+# (36k x 384 = 14M) and 24.5 ms on 500k x 384 (192M): a + b * size with a = 5.3 ms and
+# b = 0.1 ms per million, which doubles 6.7 ms at ~80M (e.g. 210k x 384 or 105k x 768).
+# serving.yaml's stage1.exact_max_size and tune_index's --exact-max-size default to it.
+EXACT_MAX_SIZE = 80_000_000
 FLAT_MAX_ROWS = 200_000  # above this, "auto" builds an IVF index
 # From this many queries per call, exact search computes scores with one BLAS matrix product per
 # block of queries (the bank is read once per block) instead of one SIMD dot product per (query,
@@ -136,9 +143,42 @@ class Int8Prefilter:
             self.widened += 1
 
     def rescore(self, q: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        exact = np.take(self.xb, rows, axis=0) @ q
+        exact = self.xb[rows] @ q  # fancy indexing: np.take is ~1000x slower on an unaligned map
         best = np.argsort(-exact, kind="stable")[:k]
         return exact[best].astype(np.float32), rows[best].astype(np.int64)
+
+
+class RescoredIndex:
+    """An approximate (ANN) index's shortlist, rescored exactly from the bank's own vectors.
+
+    The ANN index (IVF or HNSW over 8-bit or PQ codes) only picks `shortlist` candidate rows;
+    their scores are then computed from `vectors` (the bank's memory map, shared by every
+    process: unlike FAISS's RFlat, which keeps a private float copy) and the best k returned in
+    FAISS's exact order (score descending, the larger id first on a tie). So every returned
+    score is the exact one; only which rows reach the shortlist is approximate, which is what
+    containment@500 measures (training.tune_index)."""
+
+    def __init__(self, ann: faiss.Index, vectors: np.ndarray, shortlist: int = 1000):
+        if ann.ntotal != len(vectors):
+            raise ValueError(f"the ANN index holds {ann.ntotal} rows, the bank {len(vectors)}")
+        self.ann = ann
+        self.xb = vectors
+        self.ntotal = int(ann.ntotal)
+        self.d = int(ann.d)
+        self.shortlist = int(shortlist)
+
+    def search(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        xq = np.ascontiguousarray(xq, dtype=np.float32)
+        fetch = min(max(self.shortlist, k), self.ntotal)
+        _, cand = self.ann.search(xq, fetch)
+        D = np.full((len(xq), k), -np.inf, np.float32)
+        I = np.full((len(xq), k), -1, np.int64)
+        for b in range(len(xq)):
+            rows = np.sort(cand[b][cand[b] >= 0])  # in file order: the map is read forwards
+            exact = self.xb[rows] @ xq[b]  # not np.take: slow on the unaligned map of an .npz
+            order = np.lexsort((-rows, -exact))[:k]
+            D[b, :len(order)], I[b, :len(order)] = exact[order], rows[order]
+        return D, I
 
 
 def build_index(vectors: np.ndarray, kind: str = "auto", nprobe: int = 32,

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
@@ -95,7 +96,9 @@ class BankStructure:
     """What the features need of the bank, as tensors sharing the bank's memory."""
 
     def __init__(self, bank: Bank):
-        self.vectors = torch.from_numpy(bank.vectors)
+        with warnings.catch_warnings():  # a mapped bank is read-only; the features only read
+            warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+            self.vectors = torch.from_numpy(bank.vectors)
         self.article = torch.from_numpy(np.ascontiguousarray(bank.article_indices, np.int64))
         chunk = np.ascontiguousarray(bank.chunk_indices, np.int64)
         self.is_first = torch.from_numpy(chunk == 0)

@@ -24,7 +24,14 @@ import numpy as np
 import torch
 
 from cascade.bank import Bank, load_bank
-from cascade.deploy import CascadeConfig, DeployError, check_pinned, read_deploy, resolve
+from cascade.deploy import (
+    MIN_CONTAINMENT,
+    CascadeConfig,
+    DeployError,
+    check_pinned,
+    read_deploy,
+    resolve,
+)
 from cascade.lvm import LvmReranker
 from cascade.result import StageResult
 from cascade.stage1 import ContextRows, Stage1
@@ -77,9 +84,14 @@ class Cascade:
         return self.stage1.bank
 
     @classmethod
-    def from_deploy(cls, deploy_path, *, bank: Bank | None = None, device="cpu") -> Cascade:
+    def from_deploy(cls, deploy_path, *, bank: Bank | None = None, device="cpu",
+                    min_containment: float = MIN_CONTAINMENT,
+                    stage1_index: bool = True) -> Cascade:
         """Stage 1 as deploy.json chose it, and the LVM it names (sha256 checked); the query
-        tower, the LVM and the encoder on `device` (FAISS and TMD stay on the CPU)."""
+        tower, the LVM and the encoder on `device` (FAISS and TMD stay on the CPU). The bank's
+        vectors are memory-mapped: every process of a machine shares one copy. An approximate
+        stage 1 needs a recorded containment >= `min_containment`; `stage1_index=False` opens
+        no index (a process that never searches stage 1: the LVM server)."""
         deploy = read_deploy(deploy_path)
         cfg = CascadeConfig.from_dict(deploy.get("cascade"), f"{deploy_path}: cascade")
         if bank is None:
@@ -87,8 +99,9 @@ class Cascade:
             if not path.exists():
                 raise DeployError(f"{deploy_path}: 'bank' names {deploy['bank']}, which does "
                                   f"not exist")
-            bank = load_bank(path)
-        stage1 = Stage1.from_deploy(deploy_path, bank=bank, config=cfg, device=device)
+            bank = load_bank(path, mmap=True)
+        stage1 = Stage1.from_deploy(deploy_path, bank=bank, config=cfg, device=device,
+                                    min_containment=min_containment, with_index=stage1_index)
         lvm = None
         if deploy.get("lvm"):
             entry = deploy["lvm"]
@@ -198,3 +211,27 @@ class Cascade:
             stages["tmd"] = final = StageResult(ids, scores, time.perf_counter() - t + waited)
         return CascadeResult(final.ids[:, :k], final.scores[:, :k], stages, self.stage1.kind,
                              time.perf_counter() - t0)
+
+
+def tmd_from_deploy(deploy_path) -> tuple[TmdReranker, CascadeConfig] | None:
+    """Stage 3 alone, as `Cascade.from_deploy` builds it, from the bank's `tmd_codes` only (the
+    TMD server reads nothing else of the bank), with the cascade's config (its w per lane
+    source); None when the bank has no codes. The bank file must be the one deploy.json pins
+    (its fingerprint, from the sidecar when it is current)."""
+    from cascade.bank import BankError, load_columns
+    from cascade.shard import whole_fingerprint
+
+    deploy = read_deploy(deploy_path)
+    cfg = CascadeConfig.from_dict(deploy.get("cascade"), f"{deploy_path}: cascade")
+    path = resolve(deploy_path, deploy["bank"])
+    if not path.exists():
+        raise DeployError(f"{deploy_path}: 'bank' names {deploy['bank']}, which does not exist")
+    try:
+        fingerprint = whole_fingerprint(str(path))
+    except BankError:  # vectors not mappable in place: the converted copy's, via load_bank
+        fingerprint = load_bank(path, mmap=True).fingerprint()
+    if fingerprint != deploy["bank_fingerprint"]:
+        raise DeployError(f"{deploy_path}: bank {path} has fingerprint {fingerprint[:19]}..., "
+                          f"deploy.json pins {str(deploy['bank_fingerprint'])[:19]}...")
+    codes = load_columns(path, ("tmd_codes",)).get("tmd_codes")
+    return None if codes is None else (TmdReranker(codes, cfg.tmd_w), cfg)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import struct
 import zipfile
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from cascade.bank import (
     Bank,
     BankError,
     _file_stamp,
+    npz_member,
     sidecar_path,
     validate,
 )
@@ -67,36 +67,12 @@ def merge_topk(parts: list[tuple[np.ndarray, np.ndarray]], k: int
 # reading a row range of a bank file
 
 
-def _member(path: str, z: zipfile.ZipFile, key: str) -> tuple[np.dtype, tuple, int]:
-    """(dtype, shape, byte offset of the data in the file) of `key`.npy, stored uncompressed."""
-    info = z.getinfo(f"{key}.npy")
-    if info.compress_type != zipfile.ZIP_STORED:
-        raise BankError(f"{path}: key '{key}' is compressed; a shard reads its rows through a "
-                        f"memory map and needs the bank saved uncompressed (np.savez, as "
-                        f"save_bank writes it)")
-    with z.open(info) as f:
-        version = np.lib.format.read_magic(f)
-        read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                else np.lib.format.read_array_header_2_0)
-        shape, fortran, dtype = read(f)
-        header = f.tell()
-    if fortran or dtype.hasobject:
-        raise BankError(f"{path}: key '{key}' is not a plain C-order array; load it with "
-                        f"load_bank")
-    with open(path, "rb") as raw:  # the local header's own lengths (zip64 extras differ)
-        raw.seek(info.header_offset)
-        local = struct.unpack(zipfile.structFileHeader, raw.read(zipfile.sizeFileHeader))
-    start = (info.header_offset + zipfile.sizeFileHeader + local[zipfile._FH_FILENAME_LENGTH]
-             + local[zipfile._FH_EXTRA_FIELD_LENGTH])
-    return dtype, shape, start + header
-
-
 def bank_rows(path: str | Path) -> int:
     """The number of rows of a bank file, read from its header (nothing loaded)."""
     path = str(path)
     try:
         with zipfile.ZipFile(path) as z:
-            return int(_member(path, z, "vectors")[1][0])
+            return int(npz_member(path, z, "vectors")[1][0])
     except (OSError, KeyError, zipfile.BadZipFile) as e:
         raise BankError(f"{path}: not a readable bank .npz with key 'vectors' ({e})") from None
 
@@ -116,7 +92,7 @@ def load_bank_rows(path: str | Path, lo: int, hi: int) -> Bank:
                     if key == "tmd_codes":
                         continue
                     raise BankError(f"{path}: missing key '{key}'")
-                dtype, shape, offset = _member(path, z, key)
+                dtype, shape, offset = npz_member(path, z, key)
                 n = shape[0] if n is None else n
                 if not 0 <= lo < hi <= n:
                     raise BankError(f"{path}: rows [{lo}, {hi}) are not inside [0, {n})")
@@ -177,7 +153,7 @@ def whole_fingerprint(path: str, meta: dict | None = None) -> str:
     if meta.get("fingerprint_of") == _file_stamp(path) and meta.get("fingerprint"):
         return meta["fingerprint"]
     with zipfile.ZipFile(path) as z:
-        dtype, shape, offset = _member(path, z, "vectors")
+        dtype, shape, offset = npz_member(path, z, "vectors")
     h = hashlib.sha256()
     h.update(f"{np.dtype(np.float32).str}{tuple(shape)}".encode())
     for lo in range(0, shape[0], _BLOCK):

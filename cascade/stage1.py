@@ -25,6 +25,7 @@ and loaded on the next start; it is rebuilt only when the bank or the string cha
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from collections.abc import Sequence
@@ -34,14 +35,23 @@ from pathlib import Path
 import faiss
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from cascade.bank import Bank, atomic_write, load_bank, vectors_fingerprint
 from cascade.checkpoint import load_towers
-from cascade.deploy import CascadeConfig, DeployError, check_pinned, read_deploy, resolve
+from cascade.deploy import (
+    MIN_CONTAINMENT,
+    CascadeConfig,
+    DeployError,
+    check_ann_record,
+    check_pinned,
+    read_deploy,
+    resolve,
+)
 from cascade.device import module_device
 from cascade.encode import encode_docs, encode_queries
 from cascade.evaluation import KS, MARGIN_NEGATIVES, evaluate
-from cascade.index import ExactIndex, drop_rows, search_batched
+from cascade.index import ExactIndex, RescoredIndex, drop_rows, search_batched
 from cascade.infer import GruQuery
 from cascade.negatives import DUP_THRESHOLD
 from cascade.pairs import Pairs
@@ -57,6 +67,11 @@ HEURISTICS = ("exp_weighted", "last_vector", "mean")
 # shortlist rescored exactly (the same top k, ~3x faster; cascade.index.Int8Prefilter), unless
 # "prefilter=none" (saves the copy: a quarter of the bank's bytes).
 EXACT_PARAMS = {"": True, "prefilter=int8": True, "prefilter=none": False}
+# An ANN index's candidates rescored exactly from the bank, unless index_params says
+# "shortlist=N" (training.tune_index picks it on val with the index's own parameters).
+SHORTLIST = 1000
+NO_INDEX = "none"  # Stage1(index=NO_INDEX): no index opened (a process that never searches)
+ADD_BLOCK = 65536  # rows added to an ANN index per call: bounds the float copy of a mapped bank
 
 
 @dataclass
@@ -66,48 +81,122 @@ class ContextRows:
     rows: Sequence
 
 
+def split_params(params: str) -> tuple[str, int]:
+    """"nprobe=64,shortlist=1500" -> ("nprobe=64", 1500): FAISS's search parameters, and how
+    many ANN candidates `RescoredIndex` rescores exactly (SHORTLIST when not given)."""
+    faiss_params, shortlist = [], SHORTLIST
+    for part in filter(None, (p.strip() for p in params.split(","))):
+        name, _, value = part.partition("=")
+        if name.strip() == "shortlist":
+            if not value.strip().isdigit() or int(value) < 1:
+                raise ValueError(f"index_params {params!r}: shortlist must be an integer >= 1")
+            shortlist = int(value)
+        else:
+            faiss_params.append(part)
+    return ",".join(faiss_params), shortlist
+
+
 def open_index(vectors: np.ndarray, factory: str = EXACT, params: str = "",
-               cache: str | Path | None = None, fingerprint: str | None = None):
+               cache: str | Path | None = None, fingerprint: str | None = None,
+               progress: bool = False):
     """The index over unit (N, D) `vectors` that `factory` names, inner product.
 
     "Flat" is exact over `vectors` in place (`params` "prefilter=none" or "prefilter=int8", the
-    default; see EXACT_PARAMS). Anything else is loaded from `cache` when its
-    sidecar names the same fingerprint and factory string, else built (trained on all rows) and
-    saved there atomically. `params` (e.g. "nprobe=32") is applied after loading."""
+    default; see EXACT_PARAMS). Anything else is an ANN index whose shortlist is rescored
+    exactly from `vectors` (cascade.index.RescoredIndex; `params` "shortlist=N" beside FAISS's
+    own, e.g. "nprobe=64,shortlist=1000"). It is loaded from `cache` when its sidecar names
+    the same fingerprint and factory string, else built (`build_ann`) and saved there
+    atomically; a cached index is memory-mapped (IVF lists, flat codes), so the processes of
+    one machine share its pages."""
     if factory == EXACT:
         if params not in EXACT_PARAMS:
             raise ValueError(f"index_params {params!r}: the exact index takes "
                              f"{' or '.join(repr(p) for p in EXACT_PARAMS)}")
         return ExactIndex(vectors, prefilter=EXACT_PARAMS[params])
+    faiss_params, shortlist = split_params(params)
     fingerprint = fingerprint or vectors_fingerprint(vectors)
-    meta = {"index_factory": factory, "fingerprint": fingerprint}
     side = Path(f"{cache}.json") if cache else None
-    index = None
-    if cache and Path(cache).exists() and side.exists():
-        try:
-            if json.loads(side.read_text()) == meta:
-                index = faiss.deserialize_index(np.fromfile(cache, dtype=np.uint8))
-        except (json.JSONDecodeError, RuntimeError):
-            index = None  # a damaged cache is rebuilt, not trusted
+    index = read_cached_index(cache, factory, fingerprint) if cache else None
     if index is None:
-        try:
-            index = faiss.index_factory(vectors.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
-        except RuntimeError as e:
-            raise ValueError(f"index_factory {factory!r} is not a FAISS index string "
-                             f"({str(e).splitlines()[-1][:160]})") from None
-        if not index.is_trained:
-            index.train(vectors)
-        index.add(vectors)
+        t0 = time.perf_counter()
+        index = build_ann(vectors, factory, progress=progress)
+        meta = {"index_factory": factory, "fingerprint": fingerprint,
+                "build_seconds": round(time.perf_counter() - t0, 2)}
         if cache:
-            blob = faiss.serialize_index(index)
-            atomic_write(cache, lambda f: f.write(blob.tobytes()))
+            tmp = f"{cache}.{os.getpid()}.tmp"  # written whole, then renamed: never half a file
+            try:
+                faiss.write_index(index, tmp)
+                os.replace(tmp, cache)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
             atomic_write(side, lambda f: f.write(json.dumps(meta).encode()))
-    if params:
+            index = read_cached_index(cache, factory, fingerprint)  # mapped: one copy per machine
+    if faiss_params:
         try:
-            faiss.ParameterSpace().set_index_parameters(index, params)
+            faiss.ParameterSpace().set_index_parameters(index, faiss_params)
         except RuntimeError as e:
             raise ValueError(f"index_params {params!r} do not apply to {factory!r} "
                              f"({str(e).splitlines()[-1][:160]})") from None
+    return RescoredIndex(index, vectors, shortlist)
+
+
+def read_cached_index(cache: str | Path, factory: str, fingerprint: str):
+    """The index saved at `cache` when its sidecar names `factory` and `fingerprint` (else
+    None: a moved bank or another string means rebuilding), memory-mapped where FAISS can:
+    an IVF index's inverted lists (IO_FLAG_MMAP), other indexes' flat codes (IO_FLAG_MMAP_IFC)."""
+    side = Path(f"{cache}.json")
+    if not (Path(cache).exists() and side.exists()):
+        return None
+    try:
+        meta = json.loads(side.read_text())
+        if (meta.get("index_factory"), meta.get("fingerprint")) != (factory, fingerprint):
+            return None
+        flags = faiss.IO_FLAG_MMAP if "IVF" in factory else faiss.IO_FLAG_MMAP_IFC
+        return faiss.read_index(str(cache), flags)
+    except (json.JSONDecodeError, RuntimeError):
+        return None  # a damaged cache is rebuilt, not trusted
+
+
+def cached_build_seconds(cache: str | Path) -> float | None:
+    """The build time the cache's sidecar recorded (None for an older or missing sidecar)."""
+    try:
+        return json.loads(Path(f"{cache}.json").read_text()).get("build_seconds")
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def build_ann(vectors: np.ndarray, factory: str, seed: int = 0, progress: bool = False):
+    """A FAISS index `factory` over unit (N, D) `vectors` (inner product): trained on a sample
+    (k-means and codebooks converge long before all rows), rows added in blocks from the
+    (mapped) bank, every core busy (OpenMP), tqdm progress when `progress`."""
+    n, d = vectors.shape
+    try:
+        index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as e:
+        raise ValueError(f"index_factory {factory!r} is not a FAISS index string "
+                         f"({str(e).splitlines()[-1][:160]})") from None
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(os.cpu_count() or 1)
+    try:
+        if not index.is_trained:
+            ivf = faiss.try_extract_index_ivf(index)
+            if ivf is not None:
+                ivf.cp.seed = seed
+                ivf.verbose = progress  # k-means iterations
+            size = min(n, max(100_000, 64 * ivf.nlist) if ivf is not None else 100_000)
+            rng = np.random.default_rng(seed)
+            rows = np.sort(rng.choice(n, size=size, replace=False)) if size < n else slice(None)
+            index.train(np.ascontiguousarray(vectors[rows], dtype=np.float32))
+            if ivf is not None:
+                ivf.verbose = False
+        bar = tqdm(total=n, unit="row", desc=f"add to {factory}", disable=not progress)
+        for lo in range(0, n, ADD_BLOCK):
+            index.add(np.ascontiguousarray(vectors[lo:lo + ADD_BLOCK], dtype=np.float32))
+            bar.update(min(ADD_BLOCK, n - lo))
+        bar.close()
+    finally:
+        faiss.omp_set_num_threads(before)
     return index
 
 
@@ -152,7 +241,9 @@ class Stage1:
         if doc_vectors is None:
             doc_vectors = encode_docs(doc, bank.vectors) if doc is not None else bank.vectors
         self.doc_vectors = doc_vectors  # what the index holds (the bank itself: identity tower)
-        if index is None:
+        if index is NO_INDEX:
+            index = None
+        elif index is None:
             identity = self.doc_vectors is bank.vectors
             tag = ("" if identity else "doc") + (f"rows{self.row_start}-{self.row_end}"
                                                   if self.sharded else "")
@@ -194,9 +285,14 @@ class Stage1:
     @classmethod
     def from_deploy(cls, deploy_path, *, bank: Bank | None = None,
                     config: CascadeConfig | None = None, shard: tuple[int, int] | None = None,
-                    device="cpu") -> Stage1:
+                    device="cpu", min_containment: float = MIN_CONTAINMENT,
+                    with_index: bool = True) -> Stage1:
         """What deploy.json chose: v4 (its checkpoint, sha256 checked) or the heuristic; its
-        towers on `device`. `shard=(s, S)`: shard s of S, reading only its rows of the bank."""
+        towers on `device`. `shard=(s, S)`: shard s of S, reading only its rows of the bank.
+        The bank's vectors are memory-mapped (one copy per machine). An approximate index is
+        refused unless deploy.json records its containment >= `min_containment`, measured on
+        this bank (cascade.deploy.check_ann_record). `with_index=False`: no index at all, for
+        a process that only forms queries or checks contexts (the LVM server)."""
         from cascade.shard import bank_rows, load_bank_rows, shard_bounds
 
         deploy = read_deploy(deploy_path)
@@ -208,7 +304,7 @@ class Stage1:
                 raise DeployError(f"{deploy_path}: 'bank' names {deploy['bank']}, which does "
                                   f"not exist")
             if shard is None:
-                bank = load_bank(bank_path)
+                bank = load_bank(bank_path, mmap=True)
             else:
                 n = bank_rows(bank_path)
                 lo, hi = shard_bounds(n, shard[1])[shard[0]]
@@ -217,9 +313,12 @@ class Stage1:
             raise DeployError(f"{deploy_path}: bank {bank.path} has fingerprint "
                               f"{bank.fingerprint()[:19]}..., deploy.json pins "
                               f"{str(deploy['bank_fingerprint'])[:19]}...")
+        if cfg.index_factory != EXACT and with_index:
+            check_ann_record(deploy_path, deploy, cfg, bank.fingerprint(), min_containment)
         common = {"kind": deploy["stage1"], "reason": deploy.get("reason", ""),
                   "index_factory": cfg.index_factory, "index_params": cfg.index_params,
-                  "max_context": cfg.max_context, "rows": rows, "dup_cos": cfg.dup_cos}
+                  "max_context": cfg.max_context, "rows": rows, "dup_cos": cfg.dup_cos,
+                  "index": None if with_index else NO_INDEX}
         if deploy["stage1"] == "v4":
             if "checkpoint_sha256" not in deploy:
                 raise DeployError(f"{deploy_path}: missing key 'checkpoint_sha256'")

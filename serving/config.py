@@ -11,6 +11,9 @@ from pathlib import Path
 
 import yaml
 
+from cascade.deploy import MIN_CONTAINMENT
+from cascade.index import EXACT_MAX_SIZE
+
 DEFAULT_CONFIG = Path(__file__).parent / "serving.yaml"
 STAGES = ("stage1", "lvm", "tmd")
 
@@ -53,6 +56,13 @@ class Stage1Config(ProcessConfig):
     shards: list[list[str]] = field(default_factory=lambda: [["127.0.0.1:50061"]])
     max_batch: int = 16  # as StageConfig
     max_wait_ms: float = 0.0
+    # An ANN stage 1 (cascade.index_factory other than "Flat") is refused unless deploy.json
+    # records its containment@500 (share of exact search's top 500 it returns) >= this on
+    # val and test, measured on this bank (python -m training.tune_index).
+    min_containment: float = MIN_CONTAINMENT
+    # rows x dims above which an exact stage 1 logs that it is slow and names tune_index:
+    # the size where one exact search costs ~2x the default bank's (benchmarks.latency).
+    exact_max_size: int = EXACT_MAX_SIZE
 
     @property
     def addresses(self) -> list[str]:
@@ -206,6 +216,10 @@ def validate(cfg: ServingConfig, where: str) -> None:
         if hasattr(s, "max_batch") and (s.max_batch < 1 or s.max_wait_ms < 0):
             raise ConfigError(f"{where}: {name}.max_batch must be >= 1 and {name}.max_wait_ms "
                               f">= 0, got {s.max_batch}, {s.max_wait_ms}")
+    if not 0.0 <= cfg.stage1.min_containment <= 1.0 or cfg.stage1.exact_max_size < 1:
+        raise ConfigError(f"{where}: stage1.min_containment must be in [0, 1] and "
+                          f"stage1.exact_max_size >= 1, got {cfg.stage1.min_containment}, "
+                          f"{cfg.stage1.exact_max_size}")
     f = cfg.front
     if f.stages not in ("servers", "in_process"):
         raise ConfigError(f"{where}: front.stages must be 'servers' or 'in_process', got "

@@ -198,11 +198,18 @@ class CascadeServicer(rpc.CascadeServicer):
         # 1's queries, computes the TMD lanes of contexts, embeds texts, and holds the bank's
         # texts and ids for the hits.
         bank = same_bank(self.cfg.deploy, old.bank if old is not None else None)
+        # Stage 1's index only where this process searches it (in_process).
         cascade = Cascade.from_deploy(self.cfg.deploy, bank=bank,
-                                      device=resolve_device(self.cfg.device))
+                                      device=resolve_device(self.cfg.device),
+                                      min_containment=self.cfg.stage1.min_containment,
+                                      stage1_index=self.cfg.front.stages == "in_process")
         if old is not None and old.device == cascade.device and old.bank.dim == cascade.bank.dim:
             cascade._encoder = old._encoder  # one encoder whatever the deploy: not loaded twice
-        cascade.embed(["load the encoder before reporting SERVING"])
+        try:
+            cascade.embed(["load the encoder before reporting SERVING"])
+        except ValueError as e:  # a bank of another encoder's dimension (e.g. a 768-d scale
+            # bank beside MiniLM): it serves vector and row contexts; texts are refused
+            log.warning("front: %s: text contexts will be refused", e)
         if self.cfg.front.stages == "in_process":
             warm_cascade(cascade)  # what stage 1 builds on first use, before SERVING
         elif old is not None and cascade.bank.n != old.bank.n:

@@ -68,6 +68,16 @@ def warm_cascade(cascade) -> None:
     cascade.search(ContextRows([np.arange(min(2, cascade.bank.n - 1))]), k=1)
 
 
+def warm_reranker(cascade) -> None:
+    """One LVM rerank of two bank rows (a reranker's cascade opens no stage-1 index), so
+    torch's first pass is done before the server takes calls."""
+    if cascade.lvm is not None:
+        n = min(2, cascade.bank.n)
+        ids = np.arange(n, dtype=np.int64)[None]
+        cascade.lvm.rerank([np.asarray(cascade.bank.vectors[:1])], ids,
+                           np.zeros(ids.shape, np.float32), 1)
+
+
 def stage_contexts(msgs, field: str = "contexts"):
     """repeated Context (all vectors or all rows) -> a list of (L, D) arrays or ContextRows."""
     from cascade.stage1 import ContextRows
@@ -147,16 +157,17 @@ class _Stage:
             return new_id
 
     def build(self, old):
-        # Every reranker loads the cascade deploy.json names (sha256s checked) and serves its
-        # part: the bank, stage 1's exact index (no copy of the bank) and the models are small
-        # beside the process itself, and the stages cannot disagree on what was deployed.
+        # A reranker loads the cascade deploy.json names (sha256s checked) and serves its part:
+        # the bank's vectors are memory-mapped (one copy per machine) and stage 1's index is
+        # not opened (a reranker never searches), so the stages cannot disagree on what was
+        # deployed and the bank costs nothing per process.
         from cascade.device import resolve_device
         from cascade.pipeline import Cascade
         bank = same_bank(self.cfg.deploy, old.bank if old is not None else None)
         cascade = Cascade.from_deploy(self.cfg.deploy, bank=bank,
-                                      device=resolve_device(self.cfg.device))
+                                      device=resolve_device(self.cfg.device), stage1_index=False)
         self.check(cascade)
-        warm_cascade(cascade)
+        warm_reranker(cascade)
         return cascade
 
     def check(self, cascade) -> None:
@@ -184,13 +195,19 @@ class Stage1Servicer(_Stage, rpc.Stage1Servicer):
         bank = same_bank(self.cfg.deploy, old.bank if old is not None and shards == 1 else None)
         stage1 = Stage1.from_deploy(self.cfg.deploy, bank=bank,
                                     shard=(self.shard, shards) if shards > 1 else None,
-                                    device=resolve_device(self.cfg.device))
+                                    device=resolve_device(self.cfg.device),
+                                    min_containment=self.cfg.stage1.min_containment)
         if old is not None and (stage1.row_start, stage1.row_end) != (old.row_start,
                                                                        old.row_end):
             raise ValueError(f"{self.cfg.deploy}: its bank gives this server rows "
                              f"[{stage1.row_start}, {stage1.row_end}), the served one "
                              f"[{old.row_start}, {old.row_end}): a new bank needs a restart")
         stage1.prepare()  # loaded before SERVING: no first-call build
+        size = self.cfg.stage1.exact_max_size
+        if stage1.index_factory == "Flat" and stage1.bank.n * stage1.bank.dim > size:
+            log.warning("stage1: exact search over %d x %d rows, above stage1.exact_max_size "
+                        "%d: slow; python -m training.tune_index --deploy %s chooses an ANN "
+                        "index", stage1.bank.n, stage1.bank.dim, size, self.cfg.deploy)
         if not stage1.sharded:
             stage1.search(ContextRows([np.arange(min(2, stage1.bank.n - 1))]), 1)
         return stage1
@@ -303,10 +320,16 @@ _LANE_SOURCES = {pb.LANE_SOURCE_CODES: "codes", pb.LANE_SOURCE_TAGGED: "tagged"}
 class TmdServicer(_Stage, rpc.TmdRerankerServicer):
     name = "tmd"
 
-    def check(self, cascade) -> None:
-        if cascade.tmd is None:
+    def build(self, old):
+        """(the TMD reranker over the bank's codes, the cascade's config: w per lane source);
+        nothing else of the bank is read."""
+        from cascade.pipeline import tmd_from_deploy
+
+        stage = tmd_from_deploy(self.cfg.deploy)
+        if stage is None:
             raise ValueError(f"{self.cfg.deploy}: its bank has no TMD codes, so the cascade "
                              f"has no TMD stage; leave the tmd server out")
+        return stage
 
     @guarded
     def Rerank(self, request, context):
@@ -327,7 +350,8 @@ class TmdServicer(_Stage, rpc.TmdRerankerServicer):
                 raise ValueError(f"domain_probs: {len(probs)} values for {len(ids)} contexts "
                                  f"(expected {len(DOMAINS)} per context)")
             probs = probs.reshape(len(ids), len(DOMAINS))
-        ids, scores = d.model.tmd.rerank(codes, ids, scores, keep=request.keep,
-                                         w=d.model.config.tmd_w_for(source), domain_probs=probs)
+        tmd, config = d.model
+        ids, scores = tmd.rerank(codes, ids, scores, keep=request.keep,
+                                 w=config.tmd_w_for(source), domain_probs=probs)
         return pb.RerankResponse(results=candidates_to_proto(ids, scores),
                                  seconds=time.perf_counter() - t0, deploy=d.id)

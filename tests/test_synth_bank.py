@@ -52,3 +52,24 @@ def test_cli(tmp_path):
     assert r.returncode == 0, r.stderr
     bank = load_bank(out)
     assert bank.n == 5000 and bank.dim == 48 and bank.meta["synthetic"] is True
+
+
+def test_like_bank_keeps_the_real_geometry_and_the_lift_keeps_inner_products(small_bank):
+    from training.synth_bank import like_bank
+
+    narrow = like_bank(small_bank, 6000, small_bank.dim, seed=5)
+    wide = like_bank(small_bank, 6000, 96, seed=5)
+    validate(wide)
+    assert wide.n == 6000 and wide.dim == 96 and wide.meta["like"]["lift"] == "32->96"
+    np.testing.assert_array_equal(wide.article_indices, narrow.article_indices)
+    np.testing.assert_allclose(wide.vectors @ wide.vectors[:50].T,
+                               narrow.vectors @ narrow.vectors[:50].T, atol=2e-5)
+    v, a = wide.vectors, wide.article_indices
+    rows = np.flatnonzero(a[1:] == a[:-1])
+    random_rows = np.random.default_rng(0).integers(0, wide.n, size=len(rows))
+    next_cos = np.einsum("ij,ij->i", v[rows], v[rows + 1]).mean()
+    assert next_cos > np.einsum("ij,ij->i", v[rows], v[random_rows]).mean() + 0.3
+    # The real article lengths and codes come along.
+    starts, ends = small_bank.article_bounds()
+    assert set(np.diff(np.flatnonzero(np.diff(a)))) <= set(ends - starts)
+    assert wide.tmd_codes is not None

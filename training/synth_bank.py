@@ -6,6 +6,17 @@ closer than random ones, and the next chunk is predictable from the previous one
 averaging them: there is real signal for a query tower to learn.
 
     python -m training.synth_bank --n 1000000 --dim 768 --out artifacts/synth_1m.npz
+
+With `--like REAL.npz` the vectors keep a real bank's geometry instead (`like_bank`): each
+synthetic article picks a real article, sits around its centroid (offset by a draw of the real
+within-article spread), takes that article's length and TMD codes, and its chunks follow the
+real within-article covariance (PCA of the real residuals) with the real correlation between
+consecutive chunks (an AR(1) walk of the measured lag-1 correlation). A wider --dim lifts every
+vector by one fixed random orthonormal map Q (D_real -> D, Q^T Q = I), which keeps every inner
+product, so the lifted bank is exactly as hard to search as the unlifted one:
+
+    python -m training.synth_bank --like artifacts/wikipedia_vital_bank.npz --n 500000 \
+        --dim 768 --out artifacts/like_wiki_500k_768.npz
 """
 
 from __future__ import annotations
@@ -113,6 +124,67 @@ def synth_bank(cfg: SynthConfig, progress: bool = False) -> Bank:
                 tmd_codes=tmd.astype(np.uint16), meta=meta)
 
 
+def like_bank(real: Bank, n: int, dim: int, seed: int = 0, progress: bool = False) -> Bank:
+    """`n` rows of `dim` dims with the geometry of `real` (see the module doc)."""
+    if dim < real.dim:
+        raise ValueError(f"--dim {dim} is below the real bank's {real.dim}: a lift only widens")
+    rng = np.random.default_rng(seed)
+    starts, ends = real.article_bounds()
+    lengths = ends - starts
+    art = np.repeat(np.arange(len(starts)), lengths)
+    v = np.asarray(real.vectors, dtype=np.float64)
+    sums = np.add.reduceat(v, starts, axis=0)
+    centroids = sums / lengths[:, None]
+    resid = v - centroids[art]
+    # Within-article covariance as principal axes: e = z @ axes, z standard normal.
+    multi = lengths[art] > 1
+    dof = max(int(multi.sum()) - int((lengths > 1).sum()), 1)
+    _, sing, vt = np.linalg.svd(resid[multi], full_matrices=False)
+    axes = (sing[:, None] / np.sqrt(dof)) * vt
+    same = np.flatnonzero(art[1:] == art[:-1])
+    rho = float(np.einsum("ij,ij->", resid[same], resid[same + 1])
+                / max(np.einsum("ij,ij->", resid[same], resid[same]), 1e-12))
+    rho = float(np.clip(rho, -0.95, 0.95))
+    lift = None
+    if dim > real.dim:  # a fixed random orthonormal map: inner products unchanged
+        lift, _ = np.linalg.qr(np.random.default_rng(seed + 1).standard_normal((dim, real.dim)))
+        lift = lift.T.astype(np.float32)  # (D_real, D): x @ lift
+
+    # Articles: a real article each, drawn uniformly, until n rows.
+    picks = rng.integers(0, len(starts), size=n // max(int(lengths.min()), 1) + 1)
+    cut = int(np.searchsorted(np.cumsum(lengths[picks]), n)) + 1
+    picks = picks[:cut]
+    lens = lengths[picks].copy()
+    lens[-1] -= int(lens.sum()) - n
+    article_indices = np.repeat(np.arange(len(picks), dtype=np.int64), lens)
+    first = np.concatenate([[0], np.cumsum(lens)[:-1]])
+    chunk_indices = np.arange(n, dtype=np.int64) - np.repeat(first, lens)
+    source_row = starts[picks][article_indices] + chunk_indices  # the real chunk it mirrors
+    vectors = np.empty((n, dim), np.float32)
+    bar = tqdm(total=n, unit="row", desc="synth bank (like)", disable=not progress)
+    for a0 in range(0, len(picks), _ARTICLES_PER_BLOCK):
+        a1 = min(a0 + _ARTICLES_PER_BLOCK, len(picks))
+        r0, r1 = int(first[a0]), int(first[a1 - 1] + lens[a1 - 1])
+        local = article_indices[r0:r1] - a0
+        centre = centroids[picks[a0:a1]] + rng.standard_normal((a1 - a0, len(axes))) @ axes
+        z = rng.standard_normal((r1 - r0, len(axes)))
+        for i in range(1, r1 - r0):  # AR(1) along each article: consecutive chunks correlate
+            if local[i] == local[i - 1]:
+                z[i] = rho * z[i - 1] + np.sqrt(1 - rho * rho) * z[i]
+        x = centre[local] + z @ axes
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        vectors[r0:r1] = x.astype(np.float32) @ lift if lift is not None else x
+        bar.update(r1 - r0)
+    bar.close()
+    tmd = real.tmd_codes[source_row] if real.tmd_codes is not None else None
+    meta = {"synthetic": True, "corpus": f"synthetic, like {real.path}", "encoder": None,
+            "like": {"bank": real.path, "fingerprint": real.fingerprint(),
+                     "lag1_correlation": round(rho, 4), "lift": f"{real.dim}->{dim}",
+                     "seed": seed}}
+    return Bank(vectors=vectors, article_indices=article_indices, chunk_indices=chunk_indices,
+                tmd_codes=tmd, meta=meta)
+
+
 def main(argv: list[str] | None = None) -> int:
     defaults = SynthConfig()
     p = argparse.ArgumentParser(prog="python -m training.synth_bank",
@@ -121,8 +193,24 @@ def main(argv: list[str] | None = None) -> int:
     for name, value in defaults.__dict__.items():
         p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value,
                        help=f"default {value}")
+    p.add_argument("--like", help="a real bank whose geometry to keep (see the module doc); "
+                                  "uses --n, --dim and --seed only")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    if args.like:
+        from cascade.bank import BankError, load_bank
+        t0 = time.perf_counter()
+        try:
+            bank = like_bank(load_bank(args.like, mmap=True), args.n, args.dim, args.seed,
+                             progress=True)
+        except (BankError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        save_bank(bank, args.out)
+        print(f"wrote {args.out}: {bank.n:,} x {bank.dim} rows like {args.like} "
+              f"({int(bank.article_indices[-1]) + 1:,} articles, lag-1 correlation "
+              f"{bank.meta['like']['lag1_correlation']}) in {time.perf_counter() - t0:.1f}s")
+        return 0
     cfg = SynthConfig(**{k: getattr(args, k) for k in defaults.__dict__})
     if cfg.n < 2 or cfg.dim < 2 or cfg.mean_chunks < 2 or cfg.topics < 1:
         print("error: need --n >= 2, --dim >= 2, --mean-chunks >= 2, --topics >= 1",
