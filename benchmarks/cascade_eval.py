@@ -98,7 +98,7 @@ def text_vectors(cascade: Cascade, pairs) -> tuple[np.ndarray, dict]:
     bank = cascade.bank
     rows = np.unique(np.concatenate([np.arange(s, e) for s, e in
                                      zip(pairs.ctx_start, pairs.ctx_end, strict=True)]))
-    embedded = cascade.embed([str(t) for t in bank.concept_texts[rows]])
+    embedded = cascade.embed([bank.text(int(r)) for r in rows])
     out = np.array(bank.vectors, copy=True)
     out[rows] = embedded
     cos = np.einsum("nd,nd->n", embedded, bank.vectors[rows])

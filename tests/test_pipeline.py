@@ -185,7 +185,8 @@ def test_stage3_takes_the_w_tuned_for_the_contexts_lane_source(cascade_dir):
     assert np.array_equal(by_vectors.ids, by_vectors.stages["lvm"].ids[:, :10])
     by_rows = cascade.search(ContextRows(rows))
     lanes = cascade.context_lanes([bank.vectors[r] for r in rows], rows, None)
-    in_lane = unpack(bank.tmd_codes[by_rows.ids])[0] == unpack(lanes)[0][:, None]
+    assert lanes.source == "codes"
+    in_lane = unpack(bank.tmd_codes[by_rows.ids])[0] == unpack(lanes.codes)[0][:, None]
     assert (np.diff(in_lane.astype(int), axis=1) <= 0).all()  # in-lane rows first
     assert not np.array_equal(by_rows.ids, by_rows.stages["lvm"].ids[:, :10])
     # A deploy.json from before the split (tmd_w only) serves vector contexts with w = 0.

@@ -586,7 +586,7 @@ def fit_on_val(model: Lvm, bank: Bank, stage1: Stage1, va: Candidates, cfg: LvmT
     repeat threshold and stage 3's w per lane source. -> (result, deploy settings)."""
     dup = near_dup_cos(bank, va.pairs)
     stage1.dup_cos = dup["dup_cos"]
-    cands = {"rows": va, "vectors": vector_candidates(stage1, va.pairs, cfg.k)}
+    cands = {"rows": va, "vectors": vector_candidates(stage1, va.pairs, min(cfg.k, bank.n))}
     log.info(f"repeats of a vector context's chunks: cos >= {dup['dup_cos']} (val targets' "
              f"highest cos to their context: p99 {dup['val_target_cos_p99']:.3f}, max "
              f"{dup['val_target_cos_max']:.3f})")
