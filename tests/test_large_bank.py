@@ -16,6 +16,7 @@ import yaml
 from cascade.bank import BankError, converted_path, load_bank, save_bank
 from cascade.deploy import DeployError
 from cascade.memory import file_memory, process_memory
+from cascade.pairs import load_pairs
 from cascade.stage1 import ContextRows, Stage1, index_cache_path
 from training import tune_index
 from training.expand_pairs import ExpandConfig, expand_pairs, save_pairs
@@ -56,6 +57,10 @@ def test_tune_index_records_containment_on_val_and_test(tuned):
     assert deploy["cascade"]["index_params"] == rec["index_params"]
     assert rec["containment"]["val"] >= 0.99 and rec["containment"]["test"] >= 0.99
     assert 0.9 <= rec["top10_equal_test"] <= 1.0  # scores exact: the top 10 rarely differs
+    # the whole cascade over every test context, per form, against the exact stage 1's
+    assert rec["cascade_contexts_test"] == len(load_pairs(root / "pairs.npz", bank).side("test"))
+    eq = rec["cascade_top10_equal_test"]
+    assert set(eq) == {"vectors", "rows"} and all(0.9 <= v <= 1.0 for v in eq.values())
     assert rec["tuned_on"] == "val" and rec["k"] == 200 and rec["bank_fingerprint"] == \
         bank.fingerprint() and rec["build_seconds"] >= 0 and rec["index_bytes"] > 0
     sweep = json.loads((root / "tune_index.json").read_text())["sweep"]

@@ -15,8 +15,11 @@ and the median one-query latency (1 thread). It picks the fastest setting reachi
 deploy.json: cascade.index_factory / index_params, and `stage1_index` (factory, params, k,
 containment on val and test, query counts, build seconds, index bytes, bank fingerprint),
 which serving checks at start-up against stage1.min_containment. The sweep is written as
-tune_index.json beside deploy.json. Exit 1 (deploy.json untouched) when no setting reaches the
-target: the closest is printed with its gap.
+tune_index.json beside deploy.json. Then, over every test context (--cascade-contexts), it
+runs the whole cascade (Cascade.search: the LVM and TMD deploy.json names) once over the ANN
+stage 1 and once over exact search, contexts sent as vectors and as rows, and records the share
+whose final top 10 is the same (`cascade_top10_equal_test`). Exit 1 (deploy.json untouched)
+when no setting reaches the target: the closest is printed with its gap.
 """
 
 from __future__ import annotations
@@ -37,7 +40,15 @@ from cascade.bank import BankError, atomic_write, load_bank, write_json
 from cascade.deploy import CascadeConfig, DeployError, read_deploy, resolve
 from cascade.index import EXACT_MAX_SIZE, search_batched
 from cascade.pairs import PairsError, load_pairs
-from cascade.stage1 import EXACT, Stage1, cached_build_seconds, index_cache_path, open_index
+from cascade.pipeline import Cascade
+from cascade.stage1 import (
+    EXACT,
+    ContextRows,
+    Stage1,
+    cached_build_seconds,
+    index_cache_path,
+    open_index,
+)
 
 log = logging.getLogger("tune_index")
 
@@ -90,6 +101,25 @@ def one_query_ms(index, q: np.ndarray, ctx_start, ctx_end, k: int) -> float:
     return float(np.median(times))
 
 
+def cascade_top10_equal(ann: Cascade, exact: Stage1, pairs, batch: int = 256
+                        ) -> dict[str, float]:
+    """Per context form (vectors, rows): the share of `pairs`' contexts whose final answer
+    (`Cascade.search`, every stage, ids in order) is the same with the ANN stage 1 as with
+    `exact` under the same rerankers."""
+    ref = Cascade(exact, ann.lvm, ann.config, ann.tmd, ann.centroids, ann.classifier)
+    vectors = ann.bank.vectors
+    out = {}
+    for form in ("vectors", "rows"):
+        same = []
+        for lo in range(0, len(pairs), batch):
+            sub = pairs.subset(np.arange(lo, min(lo + batch, len(pairs))))
+            rows = [np.arange(s, e) for s, e in zip(sub.ctx_start, sub.ctx_end, strict=True)]
+            ctx = ContextRows(rows) if form == "rows" else [vectors[r] for r in rows]
+            same.append((ann.search(ctx).ids == ref.search(ctx).ids).all(axis=1))
+        out[form] = float(np.concatenate(same).mean())
+    return out
+
+
 def sample(pairs, n: int, seed: int):
     if len(pairs) <= n:
         return pairs
@@ -112,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--force", action="store_true", help="tune an ANN index below the size too")
     p.add_argument("--shortlists", default=",".join(map(str, SHORTLISTS)),
                    help="rows rescored exactly per query, to sweep (comma-separated)")
+    p.add_argument("--cascade-contexts", type=int, default=-1,
+                   help="test contexts whose final top 10 (the whole cascade) is compared with "
+                        "the exact stage 1's, per context form (default all; 0 skips)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     args.shortlists = tuple(int(x) for x in args.shortlists.split(","))
@@ -216,6 +249,20 @@ def tune(args) -> int:
                          "index_params": record["index_params"]}
     deploy["stage1_index"] = record
     atomic_write(args.deploy, lambda f: f.write(json.dumps(deploy, indent=2).encode()))
+    if args.cascade_contexts:
+        # The answer a user gets: the whole cascade's top 10 over the ANN stage 1 against the
+        # same cascade over exact search (needs the record just written to open).
+        side = pairs.side("test")
+        if args.cascade_contexts > 0:
+            side = sample(side, args.cascade_contexts, args.seed)
+        t0 = time.perf_counter()
+        record["cascade_top10_equal_test"] = cascade_top10_equal(
+            Cascade.from_deploy(args.deploy, bank=bank), exact, side)
+        record["cascade_contexts_test"] = len(side)
+        log.info("cascade top 10 over %d test contexts in %.1fs", len(side),
+                 time.perf_counter() - t0)
+        deploy["stage1_index"] = record
+        atomic_write(args.deploy, lambda f: f.write(json.dumps(deploy, indent=2).encode()))
     write_json(out_dir / "tune_index.json", report)
     print(f"stage 1 = {record['index_factory']}|{record['index_params']}: containment@{K} val "
           f"{record['containment']['val']:.4f}, test {record['containment']['test']:.4f} "
@@ -223,6 +270,11 @@ def tune(args) -> int:
           f"({report['queries']['val']} / {report['queries']['test']} queries), one query "
           f"{best['one_query_ms']:.2f} ms, built in {best['build_seconds']:.0f}s, "
           f"{best['index_bytes'] / 1e6:.0f} MB; written to {args.deploy}")
+    if "cascade_top10_equal_test" in record:
+        eq = record["cascade_top10_equal_test"]
+        print(f"the cascade's final top 10 = the exact stage 1 cascade's on "
+              f"{', '.join(f'{v:.2%} ({form})' for form, v in eq.items())} of "
+              f"{record['cascade_contexts_test']:,} test contexts")
     return 0
 
 
