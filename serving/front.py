@@ -504,15 +504,24 @@ class CascadeServicer(rpc.CascadeServicer):
         try:
             resp = call_with_retry(call, request, t + max(timeout, 0.001), self.retry_wait(stage))
         except grpc.RpcError as e:
-            why = _why(stage, e, 1000 * timeout)
-            degraded.append(why)
-            metrics.DEGRADED.labels(stage, e.code().name).inc()
-            self.degraded_log.warn(f"{stage} {e.code().name}", why)
-            return None
-        stage_ms[stage] = 1000 * (time.perf_counter() - t)
+            return self.skip(stage, e.code().name, _why(stage, e, 1000 * timeout), degraded)
+        took = time.perf_counter() - t
+        if took > timeout:
+            # gRPC lets an answer through that lands before its timer fires, even past the
+            # deadline; a late answer would eat the next stage's share, so it is skipped.
+            why = (f"{stage} missed its deadline share ({1000 * timeout:.3g} ms; "
+                   f"answered in {1000 * took:.3g} ms)")
+            return self.skip(stage, "DEADLINE_EXCEEDED", why, degraded)
+        stage_ms[stage] = 1000 * took
         stage_ms[f"{stage}_server"] = 1000 * resp.seconds
         metrics.STAGE.labels(stage).observe(stage_ms[stage] / 1000)
         return resp.results
+
+    def skip(self, stage: str, code: str, why: str, degraded: list[str]) -> None:
+        """Records that `stage` was left out of this answer, and why."""
+        degraded.append(why)
+        metrics.DEGRADED.labels(stage, code).inc()
+        self.degraded_log.warn(f"{stage} {code}", why)
 
     def hits(self, cascade, cands: pb.Candidates, k: int) -> list[pb.Hit]:
         bank = cascade.bank
