@@ -22,6 +22,11 @@ DOMAIN_BITS, TASK_BITS, MODIFIER_BITS = 4, 5, 6
 DOMAIN_SHIFT = TASK_BITS + MODIFIER_BITS  # 11
 TASK_SHIFT = MODIFIER_BITS  # 6
 CODE_MAX = 1 << (DOMAIN_BITS + TASK_BITS + MODIFIER_BITS)  # 32768: codes are [0, CODE_MAX)
+# (part, how many values it takes, its shift in the code), highest bits first: the one definition
+# of the layout that banks, their converter and the tagger use.
+PARTS = (("domain", 1 << DOMAIN_BITS, DOMAIN_SHIFT), ("task", 1 << TASK_BITS, TASK_SHIFT),
+         ("modifier", 1 << MODIFIER_BITS, 0))
+LAYOUT = f"{DOMAIN_BITS}+{TASK_BITS}+{MODIFIER_BITS} bit domain|task|modifier"  # for messages
 
 DOMAINS = (
     "Science", "Mathematics", "Technology", "Engineering", "Medicine", "Psychology",
@@ -145,29 +150,26 @@ assert len(DOMAINS) == 1 << DOMAIN_BITS and len(TASKS) == 1 << TASK_BITS \
     and len(MODIFIERS) == 1 << MODIFIER_BITS
 
 
-def check_codes(codes: np.ndarray, what: str = "tmd codes") -> np.ndarray:
-    """`codes` as an int64 array, refusing values outside [0, CODE_MAX) with a one-line error."""
-    a = np.asarray(codes)
-    if a.size and not np.issubdtype(a.dtype, np.integer):
-        raise ValueError(f"{what}: expected integer codes, got dtype {a.dtype}")
-    a = a.astype(np.int64)
-    bad = np.flatnonzero((a < 0) | (a >= CODE_MAX))
-    if len(bad):
-        raise ValueError(f"{what}: value {a.flat[bad[0]]} at position {bad[0]} outside "
-                         f"[0, {CODE_MAX}) (4+5+6 bit domain|task|modifier)")
-    return a
-
-
-def _check_part(values: np.ndarray, size: int, what: str) -> np.ndarray:
+def _ints_below(values: np.ndarray, size: int, what: str, kind: str, note: str = "") -> np.ndarray:
+    """`values` as an int64 array, refusing non-integers and values outside [0, size)."""
     a = np.asarray(values)
     if a.size and not np.issubdtype(a.dtype, np.integer):
-        raise ValueError(f"tmd {what}: expected integers, got dtype {a.dtype}")
+        raise ValueError(f"{what}: expected {kind}, got dtype {a.dtype}")
     a = a.astype(np.int64)
     bad = np.flatnonzero((a < 0) | (a >= size))
     if len(bad):
-        raise ValueError(f"tmd {what}: value {a.flat[bad[0]]} at position {bad[0]} outside "
-                         f"[0, {size})")
+        raise ValueError(f"{what}: value {a.flat[bad[0]]} at position {bad[0]} outside "
+                         f"[0, {size}){note}")
     return a
+
+
+def check_codes(codes: np.ndarray, what: str = "tmd codes") -> np.ndarray:
+    """`codes` as an int64 array, refusing values outside [0, CODE_MAX) with a one-line error."""
+    return _ints_below(codes, CODE_MAX, what, "integer codes", f" ({LAYOUT})")
+
+
+def _check_part(values: np.ndarray, size: int, what: str) -> np.ndarray:
+    return _ints_below(values, size, f"tmd {what}", "integers")
 
 
 def pack(domain: np.ndarray | int, task: np.ndarray | int = 0,

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from cascade.bank import BankError, load_bank
-from cascade.bank import main as bank_main
-from cascade.convert import convert_original
+from cascade.bank.cli import main as bank_main
+from cascade.bank.original import convert_original
 from training.synth_bank import SynthConfig, synth_bank
 
 REPO = Path(__file__).resolve().parent.parent

@@ -7,19 +7,18 @@ banks: `vectors`, `article_indices`, `chunk_indices` (required), `concept_texts`
 
     python -m cascade.bank PATH        # validate and print a summary; exit 2 on an invalid bank
     python -m cascade.bank convert ORIGINAL.npz OUT.npz --trust-pickle
-                                       # a bank saved by the original system (object arrays)
+                                       # a bank saved by the original system (object
+                                       # arrays): cascade.bank.original
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
 import math
 import os
 import struct
-import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
@@ -27,12 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
+from cascade.tmd import CODE_MAX, LAYOUT
+
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("vectors", "article_indices", "chunk_indices")
 OPTIONAL_KEYS = ("concept_texts", "cpe_ids", "tmd_codes")
-TMD_MAX = 1 << 15  # domain 4 bits | task 5 bits | modifier 6 bits
+TMD_MAX = CODE_MAX  # tmd_codes are [0, TMD_MAX): cascade.tmd's layout
 NORM_TOLERANCE = 1e-3
 # Row blocks for the checks that would otherwise allocate an (N, D) temporary.
 _BLOCK = 65536
@@ -142,7 +143,7 @@ def validate(bank: Bank, source: str = "bank", normalize: bool = True) -> Bank:
         bad = np.flatnonzero((codes < 0) | (codes >= TMD_MAX))
         if len(bad):
             raise BankError(f"{source}: key 'tmd_codes' row {bad[0]}: value {codes[bad[0]]} "
-                            f"outside [0, {TMD_MAX}) (4+5+6 bit domain|task|modifier)")
+                            f"outside [0, {TMD_MAX}) ({LAYOUT})")
         bank.tmd_codes = codes.astype(np.uint16)
 
     if normalize and normalize_rows(v, source):
@@ -501,76 +502,3 @@ def summary(bank: Bank) -> dict:
         "cpe_ids": bank.cpe_ids is not None,
         "fingerprint": bank.fingerprint(),
     }
-
-
-def convert_main(argv: list[str]) -> int:
-    from cascade.convert import convert_original
-
-    p = argparse.ArgumentParser(
-        prog="python -m cascade.bank convert",
-        description="Convert a bank saved by the original system (object arrays for cpe_ids / "
-                    "concept_texts, TMD as domain/task/modifier codes) into this format.")
-    p.add_argument("original", help="the original system's bank .npz")
-    p.add_argument("out", help="the converted bank .npz (a sidecar .json is written beside it)")
-    p.add_argument("--trust-pickle", action="store_true",
-                   help="required: the original file is read ONCE with pickle allowed. "
-                        "Unpickling runs code stored in the file, so pass this only for a file "
-                        "you trust (one your own system wrote). The output needs no pickle.")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        side = convert_original(args.original, args.out, trust_pickle=args.trust_pickle)
-    except BankError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    conv = side["converted_from"]
-    print(f"wrote {args.out}: {side['rows']:,} rows x {side['dim']}, {side['articles']:,} "
-          f"articles; texts {'yes' if side['texts'] else 'no'}, tmd_codes "
-          f"{'from ' + '+'.join(conv['tmd_from']) if conv.get('tmd_from') else 'none'}; "
-          f"dropped keys: {', '.join(conv['dropped_keys']) or 'none'}")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["convert"]:
-        return convert_main(argv[1:])
-    p = argparse.ArgumentParser(prog="python -m cascade.bank", description=__doc__.split("\n")[0])
-    p.add_argument("path", help="bank .npz")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        bank = load_bank(args.path)
-    except BankError as e:
-        print(f"invalid bank: {e}", file=sys.stderr)
-        return 2
-    s = summary(bank)
-    for key in ("synthetic", "corpus", "encoder"):
-        if key in bank.meta:
-            s[key] = bank.meta[key]
-    if args.json:
-        print(json_text(s))
-        return 0
-    c = s["chunks_per_article"]
-    print(f"bank        {args.path}")
-    print(f"rows        {s['rows']:,}   dim {s['dim']}")
-    print(f"articles    {s['articles']:,}   chunks/article min {c['min']} mean {c['mean']} "
-          f"median {c['median']} max {c['max']}   single-chunk {s['single_chunk_articles']:,}")
-    print(f"texts       {'yes' if s['texts'] else 'no'}   tmd_codes "
-          f"{'yes' if s['tmd_codes'] else 'no'}   cpe_ids {'yes' if s['cpe_ids'] else 'no'}")
-    if "corpus" in s or "encoder" in s:
-        print(f"corpus      {s.get('corpus', '?')}   encoder {s.get('encoder', '?')}")
-    if s.get("synthetic"):
-        print("synthetic   yes (for tests and scale benchmarks; not real data)")
-    print(f"fingerprint {s['fingerprint']}")
-    return 0
-
-
-if __name__ == "__main__":
-    # Run as `python -m cascade.bank`, this file is `__main__`, and its BankError is not the
-    # `cascade.bank.BankError` that cascade.convert raises: run the imported module's main so
-    # every refusal is caught as one line.
-    from cascade.bank import main as library_main
-
-    sys.exit(library_main())

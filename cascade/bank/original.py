@@ -10,11 +10,15 @@ format has, packs the TMD components into the 15-bit `tmd_codes`, and writes a p
 with its sidecar.
 
     python -m cascade.bank convert ORIGINAL.npz OUT.npz --trust-pickle
+    python -m cascade.bank.original ORIGINAL.npz OUT.npz --trust-pickle     (the same)
 """
 
 from __future__ import annotations
 
+import argparse
+import logging
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +32,10 @@ from cascade.bank import (
     sha256_file,
     validate,
 )
+from cascade.tmd import CODE_MAX, PARTS
 
-# [domain 4 bits | task 5 bits | modifier 6 bits]
-TMD_FIELDS = (("domain_codes", 16, 11), ("task_codes", 32, 6), ("modifier_codes", 64, 0))
+# The original's per-part columns (domain_codes, ...), each with its size and shift in our codes.
+TMD_FIELDS = tuple((f"{part}_codes", size, shift) for part, size, shift in PARTS)
 DROPPED_KNOWN = ("lane_indices", "tmd_lanes", "created_ats")
 
 
@@ -81,7 +86,7 @@ def pack_tmd_codes(arrays: dict, n: int, source: str) -> tuple[np.ndarray | None
             notes["tmd_codes_disagreeing_rows"] = int((packed != code).sum())
         return code.astype(np.uint16), notes
     if "tmd_codes" in arrays:
-        code = _int_codes(arrays["tmd_codes"], "tmd_codes", 1 << 15, source)
+        code = _int_codes(arrays["tmd_codes"], "tmd_codes", CODE_MAX, source)
         notes["tmd_from"] = ["tmd_codes"]
         return code.astype(np.uint16), notes
     return None, notes
@@ -137,3 +142,33 @@ def convert_original(src: str | os.PathLike, out: str | os.PathLike,
                                "dropped_keys": dropped, **notes},
             "encoder": "unknown (converted bank)", "synthetic": False}
     return save_bank(bank, out, meta)
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m cascade.bank.original") -> int:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Convert a bank saved by the original system (object arrays for cpe_ids / "
+                    "concept_texts, TMD as domain/task/modifier codes) into this format.")
+    p.add_argument("original", help="the original system's bank .npz")
+    p.add_argument("out", help="the converted bank .npz (a sidecar .json is written beside it)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="required: the original file is read ONCE with pickle allowed. "
+                        "Unpickling runs code stored in the file, so pass this only for a file "
+                        "you trust (one your own system wrote). The output needs no pickle.")
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        side = convert_original(args.original, args.out, trust_pickle=args.trust_pickle)
+    except BankError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    conv = side["converted_from"]
+    print(f"wrote {args.out}: {side['rows']:,} rows x {side['dim']}, {side['articles']:,} "
+          f"articles; texts {'yes' if side['texts'] else 'no'}, tmd_codes "
+          f"{'from ' + '+'.join(conv['tmd_from']) if conv.get('tmd_from') else 'none'}; "
+          f"dropped keys: {', '.join(conv['dropped_keys']) or 'none'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
