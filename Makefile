@@ -132,8 +132,10 @@ test: $(STAMP) $(GEN)  ## run the test suite (slow cases excluded)
 test-slow: $(STAMP) $(GEN)  ## also the slow case: the whole checklist on the real corpus from scratch (~7 min)
 	$(PY) -m pytest -m ''
 
-lint: $(STAMP)  ## ruff
+lint: $(STAMP)  ## ruff, the import floors (import-linter, pyproject.toml) and no import circle
 	$(PY) -m ruff check .
+	$(VENV)/bin/lint-imports --no-cache
+	$(PY) scripts/check_import_cycles.py
 
 clean:  ## remove the venv and caches (keeps artifacts/ and runs/)
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from cascade.lvm_schema import MASS_TAU, TOP_CENTROID
 from cascade.query import exp_weighted, unit
 from cascade.towers import GRUTower, QueryTower
 
@@ -113,8 +114,6 @@ def lvm_features(bs, cfg, ctx: np.ndarray, mask: np.ndarray, ids: np.ndarray,
     """(B, K, F) raw features of candidates `ids` (B, K) (-1 pads) with stage-1 scores `s1`,
     for left-aligned contexts `ctx` (B, L, D) / `mask` (B, L): `Lvm.features` in NumPy.
     `bs`: the bank's `BankArrays`; `cfg`: the LVM's config; `pred` (B, D) when cfg uses it."""
-    from cascade.lvm import MASS_TAU, TOP_CENTROID
-
     want = set(cfg.features)
     b, k = ids.shape
     length = ctx.shape[1]

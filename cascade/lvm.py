@@ -37,20 +37,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from cascade.bank import Bank, atomic_write, sha256_file
+from cascade.context import pad_left_aligned
 from cascade.device import to_cpu
 from cascade.infer import BankArrays, GruQuery, lvm_features
+from cascade.lvm_schema import (  # noqa: F401  (ADJACENCY: still importable from here)
+    ADJACENCY,
+    CONTENT,
+    FEATURES,
+    MASS_TAU,
+    STRUCTURE,
+    TOP_CENTROID,
+)
 from cascade.pairs import Pairs
 from cascade.result import StageResult
 from cascade.split import SIDE_NAMES, TEST, SplitSpec, row_sides
 from cascade.towers import GRUTower, TowerConfig, age_weighted, build_towers
 
 FORMAT_VERSION = 1
-CONTENT = ("s1", "log_rank", "pred", "last", "ctx_max", "ctx_mean", "heur")
-STRUCTURE = ("same_article", "article_mass", "succ_s1", "is_first", "top_centroid")
-ADJACENCY = ("prev_last", "prev_ctx_max")
-FEATURES = CONTENT + STRUCTURE + ADJACENCY
-MASS_TAU = 0.05  # softmax temperature of stage-1 scores for the article-mass feature
-TOP_CENTROID = 10  # the centroid of this many top stage-1 candidates
 
 
 class LvmError(ValueError):
@@ -338,7 +341,6 @@ class LvmReranker:
         them. It needs only the contexts, so the cascade computes it while stage 1 searches."""
         if "pred" not in self.model.cfg.features:
             return None
-        from cascade.stage1 import pad_left_aligned  # a helper; stage1 does not import lvm
         if self.fast_predict is not None:
             return torch.from_numpy(self.fast_predict(*pad_left_aligned(
                 contexts, self.model.cfg.max_len)))
@@ -349,7 +351,6 @@ class LvmReranker:
     @torch.inference_mode()
     def logits(self, contexts: list[np.ndarray], cand_ids: np.ndarray,
                cand_scores: np.ndarray, pred: torch.Tensor | None = None) -> torch.Tensor:
-        from cascade.stage1 import pad_left_aligned
         if pred is None:
             pred = self.predict(contexts)
         ctx, mask = pad_left_aligned(contexts)

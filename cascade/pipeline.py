@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from cascade.bank import Bank, load_bank
+from cascade.context import ContextRows
 from cascade.deploy import (
     MIN_CONTAINMENT,
     CascadeConfig,
@@ -34,7 +35,7 @@ from cascade.deploy import (
 )
 from cascade.lvm import LvmReranker
 from cascade.result import StageResult
-from cascade.stage1 import ContextRows, Stage1
+from cascade.stage1 import Stage1
 from cascade.tagger import DomainCentroids, DomainClassifier, bank_centroids
 from cascade.threads import set_threads
 from cascade.tmd_rerank import Lanes, TmdReranker, lanes_of_codes, tagged_lanes

@@ -346,7 +346,7 @@ class CascadeServicer(rpc.CascadeServicer):
     def run_batch(self, calls: list[tuple]) -> list[tuple]:
         """One `Cascade.search` of the calls' contexts with their largest k: each call's
         (ids, scores, seconds per stage of the batch), cut to its k."""
-        from cascade.stage1 import ContextRows
+        from cascade.context import ContextRows
 
         cascade = calls[0][0]  # one deploy per batch (the batch key)
         k = max(c[3] for c in calls)
@@ -381,7 +381,7 @@ class CascadeServicer(rpc.CascadeServicer):
         """The request's context as the stages take it (texts embedded here, within the
         embedding's share of the deadline), and the library's checked (vectors, rows) of it: a
         bad input is refused before any stage works on it."""
-        from cascade.stage1 import ContextRows
+        from cascade.context import ContextRows
 
         cascade = d.model
         kind = context_kind(msg, "context", ("vectors", "texts", "rows"))

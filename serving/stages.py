@@ -62,7 +62,7 @@ def warm_cascade(cascade) -> None:
     """One search of a context of bank rows through every stage the cascade has, so what the
     library builds on first use (the exact index's 8-bit copy, torch's first pass) is built
     before the cascade takes calls."""
-    from cascade.stage1 import ContextRows
+    from cascade.context import ContextRows
 
     cascade.stage1.prepare()
     cascade.search(ContextRows([np.arange(min(2, cascade.bank.n - 1))]), k=1)
@@ -80,7 +80,7 @@ def warm_reranker(cascade) -> None:
 
 def stage_contexts(msgs, field: str = "contexts"):
     """repeated Context (all vectors or all rows) -> a list of (L, D) arrays or ContextRows."""
-    from cascade.stage1 import ContextRows
+    from cascade.context import ContextRows
 
     if not msgs:
         raise ValueError(f"{field}: empty (no context given)")
@@ -238,7 +238,7 @@ class Stage1Servicer(_Stage, rpc.Stage1Servicer):
         if not request.HasField("queries"):
             vectors, rows = s1.contexts(contexts)
             return _Search(k, vectors, rows, None, s1)
-        from cascade.stage1 import check_queries
+        from cascade.context import check_queries
         vectors, rows = s1.contexts(contexts, need_vectors=False)
         queries = check_queries(vectors_from_proto(request.queries, "queries"),
                                 len(rows if rows is not None else vectors), s1.dim)
@@ -284,7 +284,7 @@ class LvmServicer(_Stage, rpc.LvmRerankerServicer):
                                        request.keep)
         pred = None
         if request.HasField("predictions"):
-            from cascade.stage1 import check_queries
+            from cascade.context import check_queries
 
             pred = check_queries(vectors_from_proto(request.predictions, "predictions"),
                                  len(vectors), cascade.bank.dim, "predictions")

@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
+from cascade.context import ContextRows
 from cascade.lvm import LvmReranker
 from cascade.pipeline import Cascade
-from cascade.stage1 import ContextRows, Stage1
+from cascade.stage1 import Stage1
 from serving.config import ServingConfig, Stage1Config, StageConfig
 from serving.convert import candidates_from_proto, candidates_to_proto, vectors_to_proto
 from serving.protos import pb, rpc

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from cascade.context import pad_left_aligned
 from cascade.infer import GruQuery
-from cascade.stage1 import pad_left_aligned
 from cascade.towers import TowerConfig, build_towers
 
 

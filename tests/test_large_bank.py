@@ -14,10 +14,11 @@ import pytest
 import yaml
 
 from cascade.bank import BankError, converted_path, load_bank, save_bank
+from cascade.context import ContextRows
 from cascade.deploy import DeployError
 from cascade.memory import file_memory, process_memory
 from cascade.pairs import load_pairs
-from cascade.stage1 import ContextRows, Stage1, index_cache_path
+from cascade.stage1 import Stage1, index_cache_path
 from training import tune_index
 from training.expand_pairs import ExpandConfig, expand_pairs, save_pairs
 from training.synth_bank import SynthConfig, synth_bank

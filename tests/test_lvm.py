@@ -74,7 +74,7 @@ def test_features_match_numpy_and_batching_changes_nothing(small_bank):
     bs = BankStructure(small_bank)
     rows = [np.arange(40, 46), np.arange(101, 103), np.arange(500, 509)]
     res = Stage1(small_bank).search(ContextRows(rows), k=50)
-    from cascade.stage1 import pad_left_aligned
+    from cascade.context import pad_left_aligned
     ctx, mask = pad_left_aligned([small_bank.vectors[r] for r in rows])
     with torch.no_grad():
         f = model.features(bs, torch.from_numpy(ctx), torch.from_numpy(mask),

@@ -16,8 +16,9 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cascade.bank import BankError, load_bank, save_bank
+from cascade.context import ContextRows
 from cascade.shard import bank_rows, load_bank_rows, merge_topk, shard_bounds, whole_fingerprint
-from cascade.stage1 import ContextRows, Stage1
+from cascade.stage1 import Stage1
 from serving.config import ConfigError, ServingConfig, load_config
 from serving.protos import pb, rpc
 from tests.test_serving import ServingSet, free_port

@@ -14,12 +14,13 @@ import torch
 
 from cascade import checkpoint as ck
 from cascade.bank import save_bank, sha256_file
+from cascade.context import ContextRows
 from cascade.deploy import DeployError
 from cascade.evaluation import evaluate
 from cascade.index import build_index
 from cascade.pairs import TRAIN, Pairs
 from cascade.query import heuristic_queries
-from cascade.stage1 import ContextRows, Stage1, index_cache_path
+from cascade.stage1 import Stage1, index_cache_path
 from cascade.towers import TowerConfig, build_towers
 
 
