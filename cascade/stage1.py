@@ -54,7 +54,6 @@ from cascade.deploy import (
     resolve,
 )
 from cascade.device import module_device
-from cascade.encode import encode_docs, encode_queries
 from cascade.evaluation import KS, MARGIN_NEGATIVES, evaluate
 from cascade.index import ExactIndex, RescoredIndex, drop_rows, search_batched
 from cascade.infer import GruQuery
@@ -63,6 +62,7 @@ from cascade.pairs import Pairs
 from cascade.query import DEFAULT_ALPHA, exp_weighted, heuristic_queries, last_vector
 from cascade.result import StageResult
 from cascade.threads import apply_faiss_threads
+from cascade.tower_batches import encode_docs, encode_queries
 from cascade.towers import DocTower, GRUTower, QueryTower
 
 EXACT = "Flat"

@@ -26,7 +26,7 @@ from typing import Any
 
 import grpc
 
-from serving import metrics
+from serving import prometheus
 
 
 @dataclass
@@ -61,7 +61,7 @@ class Batcher:
     def submit(self, item, key: Hashable, context: grpc.ServicerContext):
         """This caller's answer to `item`, run alone or in a batch with calls of the same key."""
         if self.max_batch == 1:
-            metrics.BATCH_SIZE.labels(self.name).observe(1)
+            prometheus.BATCH_SIZE.labels(self.name).observe(1)
             return self.run([item])[0]
         call = _Call(item, key, context)
         with self._ready:
@@ -124,7 +124,7 @@ class Batcher:
             self._run(group)
 
     def _run(self, group: list[_Call]) -> None:
-        metrics.BATCH_SIZE.labels(self.name).observe(len(group))
+        prometheus.BATCH_SIZE.labels(self.name).observe(len(group))
         try:
             answers = self.run([c.item for c in group])
         except Exception as e:  # handed to every caller of the group

@@ -24,7 +24,7 @@ import numpy as np
 from google.protobuf.json_format import MessageToDict
 
 from serving.config import ConfigError, ServingConfig, load_config
-from serving.convert import vectors_to_proto
+from serving.proto_arrays import vectors_to_proto
 from serving.protos import pb, rpc
 
 
@@ -49,8 +49,7 @@ class CascadeClient:
                     **kw) -> CascadeClient:
         """A client of the fronts that `cfg` describes (balanced per call over several), with
         its TLS settings."""
-        from serving.front import channel_options
-        from serving.server import channel_credentials, message_options
+        from serving.channels import channel_credentials, channel_options, message_options
         options = message_options(cfg) + channel_options(cfg) + (extra_options or [])
         address = cfg.front.addresses[0]
         if len(cfg.front.addresses) > 1:

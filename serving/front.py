@@ -33,10 +33,11 @@ from concurrent.futures import TimeoutError as FutureTimeout
 import grpc
 import numpy as np
 
-from serving import metrics
+from serving import prometheus
 from serving.batcher import Batcher
+from serving.channels import SERVICE_NAMES, stage_channel
 from serving.config import STAGES, ServingConfig
-from serving.convert import (
+from serving.proto_arrays import (
     candidates_from_proto,
     candidates_to_proto,
     context_kind,
@@ -52,30 +53,6 @@ log = logging.getLogger("serving")
 # Stage-1 errors passed on as they are: the caller's input, or the caller's own deadline.
 _PASS_ON = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.DEADLINE_EXCEEDED,
             grpc.StatusCode.CANCELLED)
-
-
-def channel_options(cfg: ServingConfig) -> list[tuple[str, int]]:
-    """gRPC's reconnect backoff from the config (`channel`): a restarted server is reached
-    again within max_reconnect_backoff_ms, not gRPC's default of up to 120 s."""
-    c = cfg.channel
-    return [("grpc.initial_reconnect_backoff_ms", c.initial_reconnect_backoff_ms),
-            ("grpc.min_reconnect_backoff_ms", c.min_reconnect_backoff_ms),
-            ("grpc.max_reconnect_backoff_ms", c.max_reconnect_backoff_ms)]
-
-
-def stage_channel(cfg: ServingConfig, name: str, addresses: list[str] | None = None
-                  ) -> grpc.Channel:
-    """One channel over all of a stage's replicas (or the given ones: a stage-1 shard's),
-    balanced per call (gRPC round_robin), reconnecting on its own."""
-    from serving.server import channel_credentials, message_options
-
-    target = "ipv4:" + ",".join(addresses or cfg.server(name).addresses)
-    options = message_options(cfg) + channel_options(cfg) + [
-        ("grpc.lb_policy_name", "round_robin")]
-    creds = channel_credentials(cfg.tls)
-    if creds is None:
-        return grpc.insecure_channel(target, options=options)
-    return grpc.secure_channel(target, creds, options=options)
 
 
 def call_with_retry(method, request, until: float, retry_wait_s: float):
@@ -244,8 +221,6 @@ class CascadeServicer(rpc.CascadeServicer):
             return
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-        from serving.server import SERVICE_NAMES
-
         stubs = {name: [health_pb2_grpc.HealthStub(ch) for ch in self.channels[name]]
                  for name in STAGES}
         status = health_pb2.HealthCheckResponse
@@ -335,7 +310,7 @@ class CascadeServicer(rpc.CascadeServicer):
                                                   (d.id, rows is None), context)
         for name, seconds in stages.items():
             stage_ms[name] = 1000 * seconds
-            metrics.STAGE.labels(name).observe(seconds)
+            prometheus.STAGE.labels(name).observe(seconds)
         stage_ms["total"] = 1000 * (time.perf_counter() - t0)
         s1 = d.model.stage1
         return pb.SearchResponse(hits=self.hits(d.model, candidates_to_proto(
@@ -391,7 +366,7 @@ class CascadeServicer(rpc.CascadeServicer):
             t = time.perf_counter()
             embedded = self.embedder.submit((cascade, texts), d.id, context)
             stage_ms["embed"] = 1000 * (time.perf_counter() - t)
-            metrics.STAGE.labels("embed").observe(stage_ms["embed"] / 1000)
+            prometheus.STAGE.labels("embed").observe(stage_ms["embed"] / 1000)
             if time.perf_counter() > embed_end:
                 context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
                               f"embedding took {stage_ms['embed']:.0f} ms, past its share of "
@@ -476,13 +451,13 @@ class CascadeServicer(rpc.CascadeServicer):
                                               f"{self.bounds[s][1]}) not searched")
             degraded.append(why)
             cause = e.code().name if isinstance(e, grpc.RpcError) else "MISCONFIGURED"
-            metrics.DEGRADED.labels("stage1", cause).inc()
+            prometheus.DEGRADED.labels("stage1", cause).inc()
             self.degraded_log.warn(f"stage1 shard {s} {cause}", why)
         D, I = merge_topk(parts, k1)
         stage_ms["stage1"] = 1000 * (time.perf_counter() - t)
         # The servers' own time (the slowest shard's): the rest of a step is the round trip.
         stage_ms["stage1_server"] = 1000 * max(r.seconds for r in answered)
-        metrics.STAGE.labels("stage1").observe(stage_ms["stage1"] / 1000)
+        prometheus.STAGE.labels("stage1").observe(stage_ms["stage1"] / 1000)
         return candidates_to_proto(I, D), answer.kind, answer.reason, beside
 
     def shard_failure(self, s: int, e) -> str:
@@ -514,13 +489,13 @@ class CascadeServicer(rpc.CascadeServicer):
             return self.skip(stage, "DEADLINE_EXCEEDED", why, degraded)
         stage_ms[stage] = 1000 * took
         stage_ms[f"{stage}_server"] = 1000 * resp.seconds
-        metrics.STAGE.labels(stage).observe(stage_ms[stage] / 1000)
+        prometheus.STAGE.labels(stage).observe(stage_ms[stage] / 1000)
         return resp.results
 
     def skip(self, stage: str, code: str, why: str, degraded: list[str]) -> None:
         """Records that `stage` was left out of this answer, and why."""
         degraded.append(why)
-        metrics.DEGRADED.labels(stage, code).inc()
+        prometheus.DEGRADED.labels(stage, code).inc()
         self.degraded_log.warn(f"{stage} {code}", why)
 
     def hits(self, cascade, cands: pb.Candidates, k: int) -> list[pb.Hit]:

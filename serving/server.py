@@ -37,50 +37,19 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from serving import metrics
-from serving.config import STAGES, ConfigError, ServingConfig, TlsConfig, load_config
-from serving.protos import pb, rpc
+from serving import prometheus
+from serving.channels import SERVICE_NAMES, message_options, server_credentials
+from serving.config import STAGES, ConfigError, ServingConfig, load_config
+from serving.protos import rpc
 
 log = logging.getLogger("serving")
 
-SERVICE_NAMES = {name: pb.DESCRIPTOR.services_by_name[svc].full_name for name, svc in
-                 (("front", "Cascade"), ("stage1", "Stage1"), ("lvm", "LvmReranker"),
-                  ("tmd", "TmdReranker"))}
 EXIT_BAD_CONFIG = 2
 READY_TIMEOUT_S = 600  # loading the bank, index, models and encoder on a busy machine
 
 
 # ---------------------------------------------------------------------------------------------
 # one server
-
-
-def _read(path: str | None) -> bytes | None:
-    return Path(path).read_bytes() if path else None
-
-
-def server_credentials(tls: TlsConfig) -> grpc.ServerCredentials | None:
-    """TLS when a certificate and key are set; mutual TLS when a client CA is set too."""
-    if tls.cert is None:
-        return None
-    return grpc.ssl_server_credentials([(_read(tls.key), _read(tls.cert))],
-                                       root_certificates=_read(tls.client_ca),
-                                       require_client_auth=tls.client_ca is not None)
-
-
-def channel_credentials(tls: TlsConfig) -> grpc.ChannelCredentials | None:
-    """How the front (and the supervisor's readiness checks) reach TLS stages."""
-    if tls.cert is None:
-        return None
-    mutual = tls.client_ca is not None
-    return grpc.ssl_channel_credentials(
-        root_certificates=_read(tls.ca or tls.cert),
-        private_key=_read(tls.client_key or tls.key) if mutual else None,
-        certificate_chain=_read(tls.client_cert or tls.cert) if mutual else None)
-
-
-def message_options(cfg: ServingConfig) -> list[tuple[str, int]]:
-    size = cfg.max_message_mb * 1024 * 1024
-    return [("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)]
 
 
 def make_servicer(cfg: ServingConfig, name: str, shard: int = 0):
@@ -108,7 +77,7 @@ def build_server(cfg: ServingConfig, name: str, address: str, servicer
     # started by mistake on a busy port must fail, not silently take half the calls.
     options = message_options(cfg) + [("grpc.so_reuseport", int(sc.processes > 1))]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=sc.workers),
-                         interceptors=[metrics.MetricsInterceptor(sc.max_concurrent_rpcs)],
+                         interceptors=[prometheus.MetricsInterceptor(sc.max_concurrent_rpcs)],
                          options=options,
                          maximum_concurrent_rpcs=sc.max_concurrent_rpcs)
     _ADD[name](servicer, server)
@@ -143,7 +112,7 @@ def serve(cfg: ServingConfig, name: str, address: str, process: int = 0,
     sc = cfg.server(name)
     set_threads(sc.threads)
     if sc.metrics_port:
-        metrics.start(sc.metrics_port + process, host=address.rpartition(":")[0] or "127.0.0.1")
+        prometheus.start(sc.metrics_port + process, host=address.rpartition(":")[0] or "127.0.0.1")
     servicer = make_servicer(cfg, name, shard)
     server, health_servicer = build_server(cfg, name, address, servicer)
     stopped = threading.Event()

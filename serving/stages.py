@@ -21,7 +21,7 @@ import numpy as np
 from cascade.tmd import DOMAINS
 from serving.batcher import Batcher
 from serving.config import ServingConfig
-from serving.convert import (
+from serving.proto_arrays import (
     candidates_from_proto,
     candidates_to_proto,
     context_kind,

@@ -20,7 +20,7 @@ from cascade.lvm import LvmReranker
 from cascade.pipeline import Cascade
 from cascade.stage1 import Stage1
 from serving.config import ServingConfig, Stage1Config, StageConfig
-from serving.convert import candidates_from_proto, candidates_to_proto, vectors_to_proto
+from serving.proto_arrays import candidates_from_proto, candidates_to_proto, vectors_to_proto
 from serving.protos import pb, rpc
 from serving.server import build_server
 from serving.stages import LvmServicer, Stage1Servicer

@@ -28,10 +28,10 @@ from cascade.bank import save_bank, sha256_file
 from cascade.pipeline import Cascade, ContextRows
 from cascade.tagger import DomainCentroids, DomainClassifier, centroids_path
 from cascade.tmd import pack, unpack
+from serving.channels import channel_credentials
 from serving.client import CascadeClient
 from serving.config import DEFAULT_CONFIG, ServingConfig, TlsConfig, load_config
 from serving.protos import pb, rpc
-from serving.server import channel_credentials
 from tests.test_lvm import cfg_for
 from training.expand_pairs import ExpandConfig, expand_pairs
 from training.synth_bank import SynthConfig, synth_bank

@@ -14,12 +14,12 @@ import numpy as np
 
 from cascade.bank import Bank, atomic_write
 from cascade.checkpoint import load_towers
-from cascade.encode import encode_docs, encode_queries
 from cascade.evaluation import evaluate
 from cascade.index import build_index
 from cascade.pairs import Pairs
 from cascade.query import DEFAULT_ALPHA, heuristic_queries
 from cascade.stage1 import Stage1
+from cascade.tower_batches import encode_docs, encode_queries
 from training import plots
 from training.config import ConfigError, load_config
 from training.curriculum import parse_schedule

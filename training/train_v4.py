@@ -42,11 +42,11 @@ from tqdm import tqdm
 from cascade import checkpoint as ck
 from cascade.bank import Bank, BankError, atomic_write, load_bank, write_json
 from cascade.device import autocast, check_amp, resolve_device, rng_state, set_rng_state
-from cascade.encode import encode_docs
 from cascade.index import build_index
 from cascade.pairs import Pairs, PairsError, context_windows, load_pairs
 from cascade.split import SIDE_NAMES, SplitSpec
 from cascade.stage1 import Stage1
+from cascade.tower_batches import encode_docs
 from cascade.towers import TowerConfig, build_towers
 from training import distributed as ddp
 from training.config import ConfigError, TrainConfig, load_config, to_yaml
