@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cascade.bank import Bank, atomic_write, sha256_file
+from cascade.config_loader import build_checked
 from cascade.context import pad_left_aligned
 from cascade.device import to_cpu
 from cascade.infer import BankArrays, GruQuery, lvm_features
@@ -72,12 +73,8 @@ class LvmConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> LvmConfig:
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown LVM config keys: {sorted(unknown)}")
-        cfg = cls(**d)
-        cfg.validate()
-        return cfg
+        """The config a checkpoint stores, checked (ValueError naming the key)."""
+        return build_checked(cls, d, "LVM config", ValueError)
 
     def validate(self) -> None:
         bad = [f for f in self.features if f not in FEATURES]

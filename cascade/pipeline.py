@@ -69,8 +69,8 @@ class Cascade:
         self.config.validate()
         self.device = torch.device("cpu")  # where embed() runs the encoder
         self._encoder = None
-        # One thread for the work beside stage 1 (see the module doc).
-        self._beside = ThreadPoolExecutor(1, thread_name_prefix="beside-stage1") \
+        # One thread for the rerankers' inputs, computed while stage 1 searches (module doc).
+        self._inputs_pool = ThreadPoolExecutor(1, thread_name_prefix="reranker-inputs") \
             if lvm is not None or tmd is not None else None
 
     @property
@@ -149,10 +149,10 @@ class Cascade:
             return tagged_lanes(vectors, self.centroids, self.classifier)
         return Lanes(lanes_of_codes(codes), "codes")
 
-    def beside_stage1(self, vectors: list[np.ndarray], rows: list[np.ndarray] | None,
+    def reranker_inputs(self, vectors: list[np.ndarray], rows: list[np.ndarray] | None,
                       context_codes) -> tuple:
-        """What stages 2 and 3 need of the contexts alone: (the LVM's predictions or None,
-        the TMD query lanes or None)."""
+        """What stages 2 and 3 need of the contexts alone, so it can run while stage 1 searches:
+        (the LVM's predictions or None, the TMD query lanes or None)."""
         pred = self.lvm.predict(vectors) if self.lvm is not None else None
         lanes = (self.context_lanes(vectors, rows, context_codes) if self.tmd is not None
                  else None)
@@ -185,18 +185,18 @@ class Cascade:
             raise ValueError(f"k must be an integer in [1, {last_k}] (the last stage's K), "
                              f"got {k!r}")
         vectors, rows = self.stage1.contexts(contexts)
-        beside = (self._beside.submit(self.beside_stage1, vectors, rows, context_codes)
-                  if self._beside is not None else None)
+        inputs = (self._inputs_pool.submit(self.reranker_inputs, vectors, rows, context_codes)
+                  if self._inputs_pool is not None else None)
         stages = {"stage1": self.stage1.search_checked(vectors, rows, min(cfg.k_stage1,
                                                                           self.bank.n), t0)}
         final = stages["stage1"]
         if after_stage1 is not None:
             final = after_stage1(final)
         pred = lanes = None
-        waited = 0.0  # the work beside stage 1 not hidden by it: counted in the next stage
-        if beside is not None:
+        waited = 0.0  # the inputs' time not hidden by stage 1: counted in the next stage
+        if inputs is not None:
             t = time.perf_counter()
-            pred, lanes = beside.result()
+            pred, lanes = inputs.result()
             waited = time.perf_counter() - t
         if self.lvm is not None:
             keep = min(cfg.k_lvm, final.ids.shape[1])

@@ -45,6 +45,7 @@ from cascade.context import (
     pad_left_aligned,
 )
 from cascade.deploy import (
+    EXACT_PREFILTERS,
     MIN_CONTAINMENT,
     CascadeConfig,
     DeployError,
@@ -68,10 +69,10 @@ from cascade.towers import DocTower, GRUTower, QueryTower
 EXACT = "Flat"
 DUP_COS = CascadeConfig.dup_cos  # the default: a row this close to a context vector is that chunk
 HEURISTICS = ("exp_weighted", "last_vector", "mean")
-# The exact index's parameters: one context is scanned over an 8-bit copy of the bank and its
-# shortlist rescored exactly (the same top k, ~3x faster; cascade.index.Int8Prefilter), unless
-# "prefilter=none" (saves the copy: a quarter of the bank's bytes).
-EXACT_PARAMS = {"": True, "prefilter=int8": True, "prefilter=none": False}
+# The exact index's prefilter (CascadeConfig.exact_prefilter) as it was once given, in its
+# params: "Flat|prefilter=none" still reads so (benchmarks.index's --index strings); "" leaves
+# it to `exact_prefilter`.
+EXACT_PARAMS = {"": None, **{f"prefilter={v}": v for v in EXACT_PREFILTERS}}
 # An ANN index's candidates rescored exactly from the bank, unless index_params says
 # "shortlist=N" (training.tune_index picks it on val with the index's own parameters).
 SHORTLIST = 1000
@@ -96,21 +97,25 @@ def split_params(params: str) -> tuple[str, int]:
 
 def open_index(vectors: np.ndarray, factory: str = EXACT, params: str = "",
                cache: str | Path | None = None, fingerprint: str | None = None,
-               progress: bool = False):
+               progress: bool = False, exact_prefilter: str = "int8"):
     """The index over unit (N, D) `vectors` that `factory` names, inner product.
 
-    "Flat" is exact over `vectors` in place (`params` "prefilter=none" or "prefilter=int8", the
-    default; see EXACT_PARAMS). Anything else is an ANN index whose shortlist is rescored
-    exactly from `vectors` (cascade.index.RescoredIndex; `params` "shortlist=N" beside FAISS's
-    own, e.g. "nprobe=64,shortlist=1000"). It is loaded from `cache` when its sidecar names
-    the same fingerprint and factory string, else built (`build_ann`) and saved there
-    atomically; a cached index is memory-mapped (IVF lists, flat codes), so the processes of
-    one machine share its pages."""
+    "Flat" is exact over `vectors` in place, one context's query scanned through an 8-bit copy
+    first unless `exact_prefilter` is "none" (CascadeConfig.exact_prefilter; `params`
+    "prefilter=int8|none" says the same, see EXACT_PARAMS). Anything else is an ANN index whose
+    shortlist is rescored exactly from `vectors` (cascade.index.RescoredIndex; `params`
+    "shortlist=N" beside FAISS's own, e.g. "nprobe=64,shortlist=1000"). It is loaded from
+    `cache` when its sidecar names the same fingerprint and factory string, else built
+    (`build_ann`) and saved there atomically; a cached index is memory-mapped (IVF lists, flat
+    codes), so the processes of one machine share its pages."""
     if factory == EXACT:
         if params not in EXACT_PARAMS:
             raise ValueError(f"index_params {params!r}: the exact index takes "
                              f"{' or '.join(repr(p) for p in EXACT_PARAMS)}")
-        return ExactIndex(vectors, prefilter=EXACT_PARAMS[params])
+        if exact_prefilter not in EXACT_PREFILTERS:
+            raise ValueError(f"exact_prefilter {exact_prefilter!r}: one of "
+                             f"{', '.join(EXACT_PREFILTERS)}")
+        return ExactIndex(vectors, prefilter=(EXACT_PARAMS[params] or exact_prefilter) == "int8")
     faiss_params, shortlist = split_params(params)
     fingerprint = fingerprint or vectors_fingerprint(vectors)
     side = Path(f"{cache}.json") if cache else None
@@ -216,7 +221,8 @@ class Stage1:
                  heuristic: str = "exp_weighted",
                  alpha: float = DEFAULT_ALPHA, kind: str | None = None, reason: str = "",
                  index_factory: str = EXACT, index_params: str = "", max_context: int = 512,
-                 index=None, rows: tuple[int, int, int] | None = None, dup_cos: float = DUP_COS):
+                 exact_prefilter: str = "int8", index=None,
+                 rows: tuple[int, int, int] | None = None, dup_cos: float = DUP_COS):
         if query is None and heuristic not in HEURISTICS:
             raise ValueError(f"unknown heuristic {heuristic!r} ({', '.join(HEURISTICS)})")
         # The bank's rows are rows [row_start, row_end) of a bank of total_rows (a shard).
@@ -249,7 +255,8 @@ class Stage1:
             fingerprint = (bank.fingerprint() + (f"[{self.row_start}:{self.row_end}]"
                                                  if self.sharded else "")) if identity else None
             index = open_index(self.doc_vectors, index_factory, index_params,
-                               index_cache_path(bank, index_factory, tag), fingerprint)
+                               index_cache_path(bank, index_factory, tag), fingerprint,
+                               exact_prefilter=exact_prefilter)
         self.index = index
         self.checkpoint: str | None = None  # the query tower's checkpoint, when trained
         # A frozen NumPy copy of a GRU query tower loaded from a checkpoint onto the CPU: forms
@@ -315,6 +322,7 @@ class Stage1:
             check_ann_record(deploy_path, deploy, cfg, bank.fingerprint(), min_containment)
         common = {"kind": deploy["stage1"], "reason": deploy.get("reason", ""),
                   "index_factory": cfg.index_factory, "index_params": cfg.index_params,
+                  "exact_prefilter": cfg.exact_prefilter,
                   "max_context": cfg.max_context, "rows": rows, "dup_cos": cfg.dup_cos,
                   "index": None if with_index else NO_INDEX}
         if deploy["stage1"] == "v4":

@@ -8,11 +8,13 @@ only move away from it where the data says so. Variants (GRU, mean-MLP, transfor
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from cascade.config_loader import build_checked
 
 
 @dataclass
@@ -30,13 +32,8 @@ class TowerConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TowerConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
-        cfg = cls(**d)
-        cfg.validate()
-        return cfg
+        """The config a checkpoint stores, checked (ValueError naming the key)."""
+        return build_checked(cls, d, "model config", ValueError)
 
     def validate(self) -> None:
         """Refuse a config no tower can be built from, naming the setting (ValueError)."""

@@ -1,25 +1,19 @@
 """The serving config: one dataclass per server, loaded strictly from YAML (`serving/serving.yaml`
-shows every default). Unknown keys and wrong types are errors naming the file and the key."""
+shows every default). Unknown keys and wrong types are errors naming the file and the key
+(cascade.config_loader, the one loader of every config)."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
+from cascade.config_loader import ConfigError, build, load_yaml
 from cascade.deploy import MIN_CONTAINMENT
 from cascade.index import EXACT_MAX_SIZE
 
 DEFAULT_CONFIG = Path(__file__).parent / "serving.yaml"
 STAGES = ("stage1", "lvm", "tmd")
-
-
-class ConfigError(ValueError):
-    """A serving config with an unknown key, a wrong type or an impossible value."""
 
 
 @dataclass
@@ -28,9 +22,9 @@ class ProcessConfig:
     # Processes per address sharing its port (SO_REUSEPORT): 2 gave more searches/s than one
     # process or two round_robin replicas (python -m benchmarks.latency --compare).
     processes: int = 2
-    workers: int = 8  # threads per process serving calls
+    workers: int = 8  # threads per process taking gRPC calls (calls one process holds at once)
     max_concurrent_rpcs: int = 32  # beyond this, callers get RESOURCE_EXHAUSTED at once
-    threads: int = 1  # torch / FAISS (OpenMP) threads per process
+    threads: int = 1  # torch / FAISS (OpenMP) threads per process that one search or rerank uses
 
 
 @dataclass
@@ -167,36 +161,6 @@ class ServingConfig:
         return self.tls.cert is not None
 
 
-def _convert(value, tp, default, where: str):
-    args = typing.get_args(tp)
-    if typing.get_origin(tp) is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        return [_convert(v, args[0], None, f"{where}[{i}]") for i, v in enumerate(value)]
-    if type(None) in args:  # X | None
-        return None if value is None else _convert(value, args[0], default, where)
-    if dataclasses.is_dataclass(tp):
-        return from_dict(default, value, where)
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
-        raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
-    return value
-
-
-def from_dict(base, data, where: str):
-    """`base` (a dataclass instance, the defaults) with the keys of `data` replaced, recursing
-    into nested dataclasses; unknown keys and wrong types are errors."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(type(base))
-    unknown = sorted(set(data) - set(hints))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key '{unknown[0]}' (known: {', '.join(hints)})")
-    return dataclasses.replace(base, **{k: _convert(v, hints[k], getattr(base, k), f"{where}.{k}")
-                                        for k, v in data.items()})
-
-
 def validate(cfg: ServingConfig, where: str) -> None:
     if not cfg.stage1.shards or not all(cfg.stage1.shards):
         raise ConfigError(f"{where}: stage1.shards needs at least one shard, each with at least "
@@ -247,12 +211,6 @@ def validate(cfg: ServingConfig, where: str) -> None:
 
 def load_config(path: str | os.PathLike = DEFAULT_CONFIG) -> ServingConfig:
     where = str(path)
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except OSError as e:
-        raise ConfigError(f"{where}: cannot read ({e.strerror})") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{where}: not valid YAML ({e})") from None
-    cfg = from_dict(ServingConfig(), data, where)
+    cfg = build(ServingConfig(), load_yaml(path), where)
     validate(cfg, where)
     return cfg

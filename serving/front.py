@@ -151,8 +151,9 @@ class CascadeServicer(rpc.CascadeServicer):
         if f.stages == "in_process":  # no stage servers to call
             self.batcher = Batcher("front", self.run_batch, f.max_batch, f.max_wait_ms)
         else:
-            # The work beside stage 1 (Cascade.beside_stage1) of every call in flight.
-            self.beside = ThreadPoolExecutor(f.workers, thread_name_prefix="beside")
+            # The rerankers' inputs (Cascade.reranker_inputs) of every call in flight, computed
+            # while its stage 1 searches.
+            self.inputs_pool = ThreadPoolExecutor(f.workers, thread_name_prefix="reranker-inputs")
             shards = self.cfg.stage1.shards
             self.channels = {"stage1": [stage_channel(self.cfg, "stage1", a) for a in shards],
                              "lvm": [stage_channel(self.cfg, "lvm")],
@@ -274,10 +275,10 @@ class CascadeServicer(rpc.CascadeServicer):
         # Stage 1 may not take the rerankers' shares: late, it is the call's DEADLINE_EXCEEDED.
         reserve = deadline_s * ((share.lvm_share if cascade.lvm is not None else 0)
                                 + (share.tmd_share if cascade.tmd is not None else 0))
-        ranking, kind, reason, beside = self.call_stage1(d, ctx, vectors, rows, end - reserve,
+        ranking, kind, reason, inputs = self.call_stage1(d, ctx, vectors, rows, end - reserve,
                                                          stage_ms, degraded, context)
         try:
-            pred, lanes = beside.result(timeout=max(end - time.perf_counter(), 0.0))
+            pred, lanes = inputs.result(timeout=max(end - time.perf_counter(), 0.0))
         except FutureTimeout:
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the LVM's prediction and the TMD "
                           "lanes were not ready within the deadline")
@@ -403,7 +404,7 @@ class CascadeServicer(rpc.CascadeServicer):
                     degraded: list[str], context):
         """Stage 1's top k_stage1 by `until`: the query formed here, every shard searched in
         parallel, their answers merged; a shard that fails while others answer is named in
-        `degraded`. Also returns the future of the work beside stage 1 (Cascade.beside_stage1:
+        `degraded`. Also returns the future of the rerankers' inputs (Cascade.reranker_inputs:
         the LVM's prediction and the TMD lanes read only the context), started once the query is
         formed (not before: the two would share the CPU) and done while the shards search."""
         from cascade.shard import merge_topk
@@ -419,7 +420,7 @@ class CascadeServicer(rpc.CascadeServicer):
         retry_s = self.retry_wait("stage1")
         calls = [stub.Search.future(request, timeout=max(until - time.perf_counter(), 0.001))
                  for stub in self.shards]
-        beside = self.beside.submit(cascade.beside_stage1, vectors, rows, None)
+        inputs = self.inputs_pool.submit(cascade.reranker_inputs, vectors, rows, None)
         parts, failed, answered, answer = [], [], [], None
         for s, call in enumerate(calls):
             try:
@@ -458,7 +459,7 @@ class CascadeServicer(rpc.CascadeServicer):
         # The servers' own time (the slowest shard's): the rest of a step is the round trip.
         stage_ms["stage1_server"] = 1000 * max(r.seconds for r in answered)
         prometheus.STAGE.labels("stage1").observe(stage_ms["stage1"] / 1000)
-        return candidates_to_proto(I, D), answer.kind, answer.reason, beside
+        return candidates_to_proto(I, D), answer.kind, answer.reason, inputs
 
     def shard_failure(self, s: int, e) -> str:
         """'stage1 shard s of S (addresses) <why>'; one shard is just 'stage 1 (addresses)'."""

@@ -1,7 +1,8 @@
 """The two-tower training config: one dataclass per concern, loaded from YAML, overridden by flags.
 
-Unknown keys and wrong types are errors naming the file and key. The resolved config (every
-setting, defaults included) is written to the run directory as `config.yaml`.
+Unknown keys and wrong types are errors naming the file and key (cascade.config_loader, the one
+loader of every config). The resolved config (every setting, defaults included) is written to the
+run directory as `config.yaml`.
 """
 
 from __future__ import annotations
@@ -9,21 +10,21 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
+# training's modules import the loader's names from here.
+from cascade.config_loader import (  # noqa: F401
+    ConfigError,
+    merge,
+    to_yaml,
+)
+from cascade.config_loader import build as from_dict  # noqa: F401
+from cascade.config_loader import load_yaml as read_yaml
 from cascade.device import AMP_MODES
 from cascade.towers import TowerConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
-
-
-class ConfigError(ValueError):
-    """A config file or flag with an unknown key, a wrong type or an impossible value."""
 
 
 @dataclass
@@ -98,97 +99,13 @@ class TrainConfig:
     gates: GateConfig = field(default_factory=GateConfig)
 
 
-def _check_type(value, tp, where: str):
-    """Return value converted to `tp` where that is lossless (int -> float), else raise."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        for arg in typing.get_args(tp):
-            try:
-                return _check_type(value, arg, where)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{where}: {value!r} is not {tp}")
-    if tp is type(None):
-        if value is None:
-            return None
-        raise ConfigError(f"{where}: expected null, got {value!r}")
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        (arg,) = typing.get_args(tp)
-        return [_check_type(v, arg, f"{where}[{i}]") for i, v in enumerate(value)]
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp in (int, float, str, bool) and (not isinstance(value, tp) or
-                                          (tp is int and isinstance(value, bool))):
-        raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
-    return value
-
-
-def from_dict(cls, data: dict, where: str):
-    """Build dataclass `cls` from a dict, recursing into nested dataclasses; strict keys/types."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key '{unknown[0]}' "
-                          f"(known: {', '.join(sorted(names))})")
-    kwargs = {}
-    for key, value in data.items():
-        tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            kwargs[key] = from_dict(tp, value, f"{where}.{key}")
-        else:
-            kwargs[key] = _check_type(value, tp, f"{where}.{key}")
-    return cls(**kwargs)
-
-
-def merge(cfg, overrides: dict, where: str = "flags"):
-    """A copy of dataclass `cfg` with `overrides` (nested dicts for nested dataclasses) applied."""
-    data = dataclasses.asdict(cfg)
-
-    def deep(base: dict, new: dict) -> dict:
-        for k, v in new.items():
-            if isinstance(base.get(k), dict) and not isinstance(v, dict):
-                raise ConfigError(f"{where}.{k}: expected a mapping, got {v!r}")
-            base[k] = deep(dict(base[k]), v) if isinstance(v, dict) and isinstance(
-                base.get(k), dict) else v
-        return base
-
-    return from_dict(type(cfg), deep(data, overrides), where)
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that refuses a mapping with the same key twice (PyYAML keeps the last)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise ConfigError(f"duplicate key '{key}' (line {key_node.start_mark.line + 1})")
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
 def load_yaml(path: str | os.PathLike) -> dict:
     """A YAML file of settings: a non-empty mapping, each key once; ConfigError naming the file."""
-    p = Path(path)
-    try:
-        data = yaml.load(p.read_text(), Loader=_StrictLoader)
-    except ConfigError as e:
-        raise ConfigError(f"{p}: {e}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if data is None or data == {}:
+    data = read_yaml(path)
+    if not data:
         # An empty file would silently run every default (30 epochs of the checklist's recipe).
-        raise ConfigError(f"{p}: empty config; name at least one setting, or leave --config out "
-                          f"to run the defaults")
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: expected a mapping of settings at the top level, "
-                          f"got a {type(data).__name__}")
+        raise ConfigError(f"{Path(path)}: empty config; name at least one setting, or leave "
+                          f"--config out to run the defaults")
     return data
 
 
@@ -311,10 +228,6 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"config: 'amp' is {cfg.amp!r} ({', '.join(AMP_MODES)})")
     if cfg.index not in ("auto", "flat", "ivf", "ivf_sq8"):
         raise ConfigError(f"config: 'index' is {cfg.index!r} (auto, flat, ivf, ivf_sq8)")
-
-
-def to_yaml(cfg) -> str:
-    return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
 
 
 def relative_to_heuristic(cfg: TrainConfig, heuristic: dict, rule: RelativeGates,
