@@ -30,11 +30,8 @@ from cascade.encoder import (  # noqa: E402
     encoder_info,
     load_encoder,
 )
-from training.ingest import (  # noqa: E402
-    default_corpus_path,
-    read_wikipedia_corpus,
-    split_sentences,
-)
+from training.corpora import default_corpus_path, read_wikipedia_corpus  # noqa: E402
+from training.ingest import split_sentences  # noqa: E402
 
 
 def corpus_sentences(limit: int) -> list[str]:

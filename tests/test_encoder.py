@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from cascade.encoder import embed_sentences, encode, encoder_info, load_encoder, sentence_key
-from training.ingest import default_corpus_path, read_wikipedia_corpus, split_sentences
+from training.corpora import default_corpus_path, read_wikipedia_corpus
+from training.ingest import split_sentences
 
 
 @pytest.fixture(scope="module")

@@ -17,15 +17,9 @@ from cascade.bank import load_bank
 from cascade.encoder import load_encoder
 from cascade.tagger import bank_centroids, tag_text
 from cascade.tmd import DOMAINS, unpack
-from training.ingest import (
-    Article,
-    CorpusError,
-    build_bank,
-    default_corpus_path,
-    read_jsonl_corpus,
-    read_wikipedia_corpus,
-    split_sentences,
-)
+from training.article import Article, CorpusError
+from training.corpora import default_corpus_path, read_jsonl_corpus, read_wikipedia_corpus
+from training.ingest import build_bank, split_sentences
 
 ROOT = Path(__file__).resolve().parents[1]
 

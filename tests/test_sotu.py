@@ -17,9 +17,10 @@ import pytest
 
 from cascade.bank import load_bank
 from training import sotu
+from training.article import CorpusError
 from training.checklist import flags, load_profile, shipped_profile_for
 from training.config import load_config
-from training.ingest import CorpusError, split_sentences
+from training.ingest import split_sentences
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")

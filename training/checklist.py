@@ -178,26 +178,22 @@ def relative_config(profile: Profile, bank, pairs_path: str, cfg: TrainConfig) -
     return str(path)
 
 
-def run_checklist(profile: Profile, resume: bool = False, gates_bank: str | None = None,
-                  nproc: int = 1) -> int:
-    """The checklist on `profile`; `gates_bank` is the bank its v4 config's gates were set for
-    (the profile's own bank), to say so when another bank runs with them. `nproc` > 1 trains v4
-    data-parallel under torchrun."""
-    t0 = time.perf_counter()
+def build_missing_bank(profile: Profile) -> int:
+    """Step 0: the profile's bank, built when missing (ingest or synthetic)."""
     bank_path = profile.bank
-    # 0. The bank.
-    if not Path(bank_path).exists():
-        step(f"0. Bank {bank_path} is missing: building it ({profile.make_bank})")
-        if profile.make_bank == "synthetic":
-            from training import synth_bank
-            rc = call(synth_bank, ["--out", bank_path] + flags(profile.synthetic))
-        else:
-            from training import ingest
-            rc = call(ingest, ["--out", bank_path] + flags(profile.ingest))
-        if rc:
-            return rc
-    bank = load_bank(bank_path)
-    v4_cfg = load_config(profile.v4_config)
+    if Path(bank_path).exists():
+        return 0
+    step(f"0. Bank {bank_path} is missing: building it ({profile.make_bank})")
+    if profile.make_bank == "synthetic":
+        from training import synth_bank
+        return call(synth_bank, ["--out", bank_path] + flags(profile.synthetic))
+    from training import ingest
+    return call(ingest, ["--out", bank_path] + flags(profile.ingest))
+
+
+def note_foreign_gates(profile: Profile, v4_cfg: TrainConfig, gates_bank: str | None) -> None:
+    """Say so when a shipped config's gates, set for another bank, judge this one."""
+    bank_path = profile.bank
     shipped = (CONFIG_DIR / profile.v4_config).exists() and not Path(profile.v4_config).exists()
     if (profile.gates == "config" and shipped and gates_bank
             and Path(gates_bank).resolve() != Path(bank_path).resolve()):
@@ -208,11 +204,13 @@ def run_checklist(profile: Profile, resume: bool = False, gates_bank: str | None
               f"config of your own, named by a profile (make train-v4 PROFILE=my_profile.yaml). "
               f"Deploying v4 also requires beating the heuristic beyond the 95% CI, whatever "
               f"the thresholds")
-    schedule = profile.mine_schedule or v4_cfg.mine_schedule
-    epochs = profile.epochs or v4_cfg.epochs
 
-    # 1. The phase-2 (v3) baseline, and its post-mortem. Both pairs files take the same article
-    # split (seed and fractions), so v3 is compared on articles it never trained on.
+
+def v3_baseline(profile: Profile, bank) -> tuple[int, Path]:
+    """Step 1: the phase-2 (v3) baseline, and its post-mortem. Both pairs files take the same
+    article split (seed and fractions), so v3 is compared on articles it never trained on.
+    -> (exit code, v3's best.pt)."""
+    bank_path = profile.bank
     split = split_of(profile, bank)
     split_flags = flags({k: v for k, v in profile.v4_expand.items() if k in SPLIT_KEYS})
     v3_pairs, v3_out = profile.path(profile.v3_pairs), profile.path(profile.v3_out)
@@ -227,66 +225,73 @@ def run_checklist(profile: Profile, resume: bool = False, gates_bank: str | None
         rc = call(expand_pairs, ["--bank", bank_path, "--out", v3_pairs]
                   + flags(profile.v3_expand) + split_flags)
         if rc:
-            return rc
+            return rc, v3_best
     if stale or not v3_best.exists():
         step("1b. v3 baseline training (hard negatives from epoch 1, no curriculum, no filter)")
         rc = call(train_v4, ["--config", profile.v3_config, "--bank", bank_path, "--pairs",
                              v3_pairs, "--out", v3_out, "--name", "twotower_v3_phase2"])
         if rc not in (0, train_v4.EXIT_ABORT):
-            return rc
+            return rc, v3_best
     step("1. Phase-2 (v3) post-mortem")
-    rc = call(postmortem, ["--ckpt", str(v3_best), "--pairs", v3_pairs, "--bank", bank_path,
-                           "--out", str(Path(v3_out) / "postmortem.json"), "--device", "cpu"])
-    if rc:
-        return rc
+    return call(postmortem, ["--ckpt", str(v3_best), "--pairs", v3_pairs, "--bank", bank_path,
+                             "--out", str(Path(v3_out) / "postmortem.json"), "--device",
+                             "cpu"]), v3_best
 
-    # 2. Expand the v4 pairs, with the checklist's retry.
+
+def expand_v4_pairs(profile: Profile, resume: bool) -> int:
+    """Step 2: the v4 pairs, with the checklist's retry."""
     step("2. Expand training pairs")
     v4_pairs = profile.path(profile.v4_pairs)
     if resume and Path(v4_pairs).exists():
         # Re-expanding could change the pairs under the run being resumed (its last.pt pins
         # them, and --resume would refuse).
         print(f"--resume: keeping {v4_pairs}, the pairs the run started with")
-    else:
-        rc = call(expand_pairs, ["--bank", bank_path, "--out", v4_pairs, "--auto-retry"]
-                  + flags(profile.v4_expand))
-        if rc:
-            return rc
+        return 0
+    return call(expand_pairs, ["--bank", profile.bank, "--out", v4_pairs, "--auto-retry"]
+                + flags(profile.v4_expand))
 
-    # 3. Pre-flight: a blocker stops the run.
+
+def v4_preflight(profile: Profile, v4_cfg: TrainConfig, schedule: str, epochs: int,
+                 v3_best: Path) -> int:
+    """Step 3: pre-flight; a blocker stops the run."""
     step("3. v4 pre-flight checks")
+    v4_pairs = profile.path(profile.v4_pairs)
     manifest = str(Path(v4_pairs).with_name("pairs_v4_manifest.json"))
-    rc = call(preflight, ["--pairs", v4_pairs, "--bank", bank_path, "--mine-schedule",
+    rc = call(preflight, ["--pairs", v4_pairs, "--bank", profile.bank, "--mine-schedule",
                           schedule, "--filter-threshold", str(v4_cfg.filter_threshold),
                           "--epochs", str(epochs), "--manifest-out", manifest, "--ckpt",
                           str(v3_best)])
     if rc:
         print("pre-flight found a blocker: v4 training not started", file=sys.stderr)
-        return rc
+    return rc
 
-    # 4. v4 training, gates and report.
+
+def train_v4_run(profile: Profile, bank, v4_cfg: TrainConfig, schedule: str, epochs: int,
+                 v3_best: Path, resume: bool, nproc: int) -> int:
+    """Step 4: v4 training (gates relative to the heuristic first, when the profile says so),
+    its gate and report."""
+    v4_pairs = profile.path(profile.v4_pairs)
     v4_config = profile.v4_config
     if profile.gates == "heuristic":
         step("4a. Gates relative to the heuristic on this bank's val split")
         v4_config = relative_config(profile, bank, v4_pairs, v4_cfg)
     step("4. v4 training")
-    v4_out = profile.path(profile.v4_out)
-    args = ["--config", v4_config, "--bank", bank_path, "--pairs", v4_pairs, "--out",
-            v4_out, "--mine-schedule", schedule, "--epochs", str(epochs),
+    args = ["--config", v4_config, "--bank", profile.bank, "--pairs", v4_pairs, "--out",
+            profile.path(profile.v4_out), "--mine-schedule", schedule, "--epochs", str(epochs),
             "--baseline", f"v3={v3_best}"]
     args += ["--resume"] if resume else []
     if nproc > 1:  # data-parallel: torchrun starts the ranks, each runs train_v4.main
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
                str(nproc), "-m", "training.train_v4", *args]
         print(f"$ {shlex.join(cmd)}", flush=True)
-        rc = subprocess.run(cmd).returncode
-    else:
-        rc = call(train_v4, args)
-    if rc not in (0, train_v4.EXIT_ABORT):
-        return rc
+        return subprocess.run(cmd).returncode
+    return call(train_v4, args)
 
-    # 5. Deploy decision.
+
+def write_deploy(profile: Profile, bank, t0: float) -> None:
+    """Step 5: deploy.json, stage 1 = v4 or the heuristic as the gate decided, and why."""
     step("5. Deploy decision")
+    v4_out = profile.path(profile.v4_out)
     gate = json.loads((Path(v4_out) / "gate.json").read_text())
     checkpoint = gate.get("best_checkpoint") if gate["stage1"] == "v4" else None
     deploy = {
@@ -298,7 +303,7 @@ def run_checklist(profile: Profile, resume: bool = False, gates_bank: str | None
         "verdict": gate["verdict"], "reason": gate["reason"],
         "judged_on": {"split": gate.get("split"), "pairs": gate.get("test_pairs"),
                       "articles": gate.get("test_articles"), "split_spec": gate.get("split_spec")},
-        "bank": bank_path, "bank_fingerprint": bank.fingerprint(),
+        "bank": profile.bank, "bank_fingerprint": bank.fingerprint(),
         "gate": str(Path(v4_out) / "gate.json"), "report": str(Path(v4_out) / "report.md"),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "profile": asdict(profile),
@@ -311,6 +316,33 @@ def run_checklist(profile: Profile, resume: bool = False, gates_bank: str | None
     write_json(deploy_path, deploy)
     print(f"verdict {gate['verdict']}; stage 1 = {deploy['stage1']}: {gate['reason']}")
     print(f"wrote {deploy_path} ({time.perf_counter() - t0:.0f}s for the whole checklist)")
+
+
+def run_checklist(profile: Profile, resume: bool = False, gates_bank: str | None = None,
+                  nproc: int = 1) -> int:
+    """The checklist on `profile`; `gates_bank` is the bank its v4 config's gates were set for
+    (the profile's own bank), to say so when another bank runs with them. `nproc` > 1 trains v4
+    data-parallel under torchrun."""
+    t0 = time.perf_counter()
+    rc = build_missing_bank(profile)
+    if rc:
+        return rc
+    bank = load_bank(profile.bank)
+    v4_cfg = load_config(profile.v4_config)
+    note_foreign_gates(profile, v4_cfg, gates_bank)
+    schedule = profile.mine_schedule or v4_cfg.mine_schedule
+    epochs = profile.epochs or v4_cfg.epochs
+    rc, v3_best = v3_baseline(profile, bank)
+    if rc:
+        return rc
+    rc = expand_v4_pairs(profile, resume) or v4_preflight(profile, v4_cfg, schedule, epochs,
+                                                          v3_best)
+    if rc:
+        return rc
+    rc = train_v4_run(profile, bank, v4_cfg, schedule, epochs, v3_best, resume, nproc)
+    if rc not in (0, train_v4.EXIT_ABORT):
+        return rc
+    write_deploy(profile, bank, t0)
     return rc
 
 

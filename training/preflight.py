@@ -316,6 +316,11 @@ def check_leakage(pairs: Pairs, bank: Bank, progress: bool = False) -> CheckResu
                        "duplicate targets or contexts across train and val/test", values)
 
 
+def retrain_command(pairs: Pairs) -> str:
+    """The command that trains a checkpoint on these pairs (and so on their split)."""
+    return f"python -m training.train_v4 --pairs {pairs.path or '<pairs.npz>'} --out <run>"
+
+
 def check_checkpoint_leakage(pairs: Pairs, bank: Bank, checkpoints: list[str]) -> CheckResult:
     """The val/test articles of these pairs are not train articles of a checkpoint that will be
     compared with (a baseline) or continued from (--init-from, --resume): scoring a model on
@@ -332,9 +337,8 @@ def check_checkpoint_leakage(pairs: Pairs, bank: Bank, checkpoints: list[str]) -
             continue
         if spec is None:
             problems.append(f"{path} records no article split (trained before splits were "
-                            f"pinned): retrain it on pairs of this bank (python -m "
-                            f"training.train_v4 --pairs {pairs.path or '<pairs.npz>'} --out "
-                            f"<run>), or leave out --ckpt {path}")
+                            f"pinned): retrain it on pairs of this bank ("
+                            f"{retrain_command(pairs)}), or leave out --ckpt {path}")
             continue
         leaked = leaked_rows(bank, pairs.target, pairs.split, spec)
         arts = np.unique(bank.article_indices[pairs.target[leaked]])
@@ -344,8 +348,7 @@ def check_checkpoint_leakage(pairs: Pairs, bank: Bank, checkpoints: list[str]) -
             problems.append(f"{len(leaked):,} val/test pairs ({len(arts):,} articles) are train "
                             f"articles of {path} (its split: seed {spec.seed}, key {spec.key}, "
                             f"train {spec.train}, test {spec.test}): retrain it with this split "
-                            f"(python -m training.train_v4 --pairs {pairs.path or '<pairs.npz>'} "
-                            f"--out <run>), or leave out --ckpt {path}")
+                            f"({retrain_command(pairs)}), or leave out --ckpt {path}")
     if problems:
         return CheckResult("checkpoint_leakage", BLOCKER, "; ".join(problems), values)
     detail = (f"no val/test article of these pairs is a train article of {len(checkpoints)} "

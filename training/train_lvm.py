@@ -34,7 +34,6 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -57,13 +56,16 @@ from cascade.lvm import (
     save_lvm,
 )
 from cascade.metrics import paired_difference, target_ranks
-from cascade.negatives import clean_negatives
+from cascade.negatives import Negatives, clean_negatives
 from cascade.pairs import TRAIN, Pairs, PairsError, context_windows, load_pairs
+from cascade.runtime import deterministic_torch, log_to_file
 from cascade.stage1 import DUP_COS, Stage1
 from cascade.tagger import DomainClassifier, bank_centroids
 from cascade.tmd import DOMAIN_SHIFT, unpack
 from cascade.tmd_rerank import Lanes, TmdReranker, pair_lanes, pair_tagged_lanes
+from training.cli import add_config_flags, parse_overrides
 from training.config import ConfigError, merge, to_yaml
+from training.lr_schedule import lr_at, set_lr
 
 EXIT_BAD_INPUT = 2
 log = logging.getLogger("train_lvm")
@@ -132,18 +134,6 @@ def load_train_config(path: str | None, overrides: dict) -> LvmTrainConfig:
     except ValueError as e:
         raise ConfigError(f"config: {e}") from None
     return cfg
-
-
-def setup_logging(cfg: LvmTrainConfig) -> Path:
-    Path(cfg.log_dir).mkdir(parents=True, exist_ok=True)
-    path = Path(cfg.log_dir) / f"{cfg.name}_{datetime.now().strftime('%Y%m%d_%H%M%S')}.log"
-    log.handlers.clear()
-    log.setLevel(logging.INFO)
-    log.propagate = False
-    for handler in (logging.FileHandler(path), logging.StreamHandler(sys.stdout)):
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        log.addHandler(handler)
-    return path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,10 +206,6 @@ def hits(ranks: np.ndarray, k: int) -> float:
 # the predictor
 
 
-def lr_at(step: int, total: int, lr: float, lr_min: float) -> float:
-    return lr_min + 0.5 * (lr - lr_min) * (1 + math.cos(math.pi * min(1.0, step / max(1, total))))
-
-
 def train_epoch(model: Lvm, opt, bank: Bank, cands: Candidates, negs: np.ndarray,
                 cfg: LvmTrainConfig, epoch: int, step: int, total: int) -> tuple[dict, int]:
     """One seeded pass; negatives: `cfg.negatives` drawn per pair from its cleaned top-k."""
@@ -234,8 +220,7 @@ def train_epoch(model: Lvm, opt, bank: Bank, cands: Candidates, negs: np.ndarray
     for lo in bar:
         idx = order[lo:lo + cfg.bs]
         sub = cands.pairs.subset(idx)
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, total, cfg.lr, cfg.lr_min)
+        set_lr(opt, lr_at(step, total, cfg.lr, cfg.lr_min))
         # Random draw among the valid cleaned negatives of each pair (padding -1 sorts last).
         pool = negs[idx]
         keys = np.where(pool >= 0, rng.random(pool.shape), 2.0)
@@ -389,22 +374,19 @@ def tune_tmd_w(bank: Bank, pairs: Pairs, before: dict[str, tuple[np.ndarray, np.
 # the run
 
 
-def train(cfg: LvmTrainConfig, resume: bool = False, stop_after: int = 0) -> dict | None:
-    """The whole stage-2 training; `stop_after` > 0 ends this invocation after that many
-    epochs (continue with resume=True); returns result.json's content, None when stopped."""
-    out = Path(cfg.out)
-    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-    log_path = setup_logging(cfg)
-    device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    # As train_v4: deterministic kernels and float32 kept float32 in cuDNN's GRU (no TF32), so
-    # --resume on cuda is exact and a cuda run stays close to the CPU's.
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.benchmark = False
-    torch.backends.cudnn.allow_tf32 = False
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+@dataclass
+class Stage2Inputs:
+    """What stage 2 trains on: deploy.json's stage 1 and bank, the pairs, the cascade's K."""
+    deploy: dict
+    cascade: CascadeConfig
+    bank: Bank
+    pairs: Pairs
+    stage1: Stage1
+    train: Pairs
+    val: Pairs
 
+
+def load_stage2_inputs(cfg: LvmTrainConfig, device: torch.device) -> Stage2Inputs:
     deploy = read_deploy(cfg.deploy)
     cascade = CascadeConfig.from_dict({**(deploy.get("cascade") or {}), "k_stage1": cfg.k},
                                       f"{cfg.deploy}: cascade")
@@ -422,14 +404,16 @@ def train(cfg: LvmTrainConfig, resume: bool = False, stop_after: int = 0) -> dic
     if not len(train_pairs) or not len(val):
         raise PairsError(f"{cfg.pairs}: needs train and val pairs (train {len(train_pairs)}, "
                          f"val {len(val)})")
-    cfg.model.dim = bank.dim
-    log.info(f"{cfg.name}: stage 1 = {stage1.kind} ({deploy.get('reason', '')}) on {device}; bank "
-             f"{deploy['bank']} ({bank.n:,} x {bank.dim}); train {len(train_pairs):,}, val "
-             f"{len(val):,} pairs; top-{cfg.k} candidates; log {log_path}")
+    return Stage2Inputs(deploy, cascade, bank, pairs, stage1, train_pairs, val)
 
+
+def candidates_and_negatives(cfg: LvmTrainConfig, inputs: Stage2Inputs
+                             ) -> tuple[Candidates, Candidates, Negatives]:
+    """Stage 1's top-k of the train and val contexts, and the train side's cleaned negatives."""
     t0 = time.perf_counter()
-    tr = stage1_candidates(stage1, train_pairs, cfg.k)
-    va = stage1_candidates(stage1, val, cfg.k)
+    tr = stage1_candidates(inputs.stage1, inputs.train, cfg.k)
+    va = stage1_candidates(inputs.stage1, inputs.val, cfg.k)
+    bank = inputs.bank
     negs = clean_negatives(tr.queries, tr.scores, tr.ids,
                            bank.vectors, tr.pairs.target, bank.article_indices, cfg.k,
                            threshold=cfg.filter_threshold)
@@ -437,78 +421,103 @@ def train(cfg: LvmTrainConfig, resume: bool = False, stop_after: int = 0) -> dic
     log.info(f"stage-1 candidates in {time.perf_counter() - t0:.0f}s: Recall@{cfg.k} train "
              f"{hits(tr.ranks, cfg.k):.2f}%, val {hits(s1_val, cfg.k):.2f}%; val Hit@10 "
              f"{hits(s1_val, 10):.2f}%; negatives cleaned away: {negs.dropped_fraction:.2%}")
+    return tr, va, negs
 
-    model = Lvm(cfg.model).to(device)
-    opt = torch.optim.AdamW(model.predictor.parameters(), lr=cfg.lr, weight_decay=cfg.wd)
+
+@dataclass
+class PredictorRun:
+    """Where the predictor's training stands between epochs (what last.pt carries)."""
+    history: list[dict] = field(default_factory=list)
+    step: int = 0
+    start: int = 1  # the first epoch this invocation runs
+    best: tuple[float, float] = (-1.0, -1.0)
+
+
+def resume_predictor(cfg: LvmTrainConfig, model: Lvm, opt, last: Path, bank: Bank,
+                     device: torch.device) -> PredictorRun:
+    """Continue from `last` (--resume), refusing other settings than the interrupted run's."""
+    state = load_lvm_state(last, bank.fingerprint())
+    saved = state["train_config"]
+    now = dataclasses.asdict(cfg)
+    for key in sorted(set(saved) | set(now)):
+        if key not in ("log_dir", "threads", "device") and saved.get(key) != now.get(key):
+            raise ConfigError(f"--resume with other settings than the interrupted run "
+                              f"({key}: {saved.get(key)!r} in {last}, {now.get(key)!r} now)")
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])  # moves its state to the parameters' device
+    set_rng_state({"cpu": state["torch_rng"], **state.get("device_rng", {})}, device)
+    trained_on = state.get("device", "cpu")
+    log.info(f"Resumed from {last} after epoch {state['epoch']}" + (
+        f" (it trained on {trained_on}, this run is on {device}: it continues from the "
+        f"same weights, not bit-identical to an uninterrupted run)"
+        if trained_on != str(device) else ""))
+    return PredictorRun(state["history"], state["step"], state["epoch"] + 1,
+                        tuple(state["best"]))
+
+
+def train_predictor(cfg: LvmTrainConfig, model: Lvm, opt, run: PredictorRun, bank: Bank,
+                    split: dict, tr: Candidates, va: Candidates, negs: Negatives,
+                    out: Path, device: torch.device, stop_after: int) -> bool:
+    """The predictor's epochs: train, val Hit@k of its own ranking, best.pt / last.pt and
+    history.json every epoch; -> False when `stop_after` ended this invocation early."""
     total = cfg.epochs * math.ceil(len(tr.pairs) / cfg.bs)
-    history, step, start, best = [], 0, 1, (-1.0, -1.0)
+    s1_val = va.ranks
     last = out / "checkpoints" / "last.pt"
-    if resume and last.exists():
-        state = load_lvm_state(last, bank.fingerprint())
-        saved = state["train_config"]
-        now = dataclasses.asdict(cfg)
-        for key in sorted(set(saved) | set(now)):
-            if key not in ("log_dir", "threads", "device") and saved.get(key) != now.get(key):
-                raise ConfigError(f"--resume with other settings than the interrupted run "
-                                  f"({key}: {saved.get(key)!r} in {last}, {now.get(key)!r} now)")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])  # moves its state to the parameters' device
-        set_rng_state({"cpu": state["torch_rng"], **state.get("device_rng", {})}, device)
-        history, step, best = state["history"], state["step"], tuple(state["best"])
-        start = state["epoch"] + 1
-        trained_on = state.get("device", "cpu")
-        log.info(f"Resumed from {last} after epoch {state['epoch']}" + (
-            f" (it trained on {trained_on}, this run is on {device}: it continues from the "
-            f"same weights, not bit-identical to an uninterrupted run)"
-            if trained_on != str(device) else ""))
-    atomic_write(out / "config.yaml", lambda f: f.write(to_yaml(cfg).encode()))
-
-    for epoch in range(start, cfg.epochs + 1):
-        if stop_after and epoch - start >= stop_after:
+    for epoch in range(run.start, cfg.epochs + 1):
+        if stop_after and epoch - run.start >= stop_after:
             log.info(f"stopping after {stop_after} epoch(s); continue with --resume")
-            return None
+            return False
         t = time.perf_counter()
-        losses, step = train_epoch(model, opt, bank, tr, negs.rows, cfg, epoch, step, total)
+        losses, run.step = train_epoch(model, opt, bank, tr, negs.rows, cfg, epoch, run.step,
+                                       total)
         pr = predictor_ranks(model, bank, va)
         h = {"epoch": epoch, **losses, "val_pred_hit@10": hits(pr, 10),
              "val_pred_hit@50": hits(pr, 50), "val_stage1_hit@10": hits(s1_val, 10),
              "val_stage1_hit@50": hits(s1_val, 50), "seconds": time.perf_counter() - t}
-        history.append(h)
+        run.history.append(h)
         log.info(f"Epoch {epoch}/{cfg.epochs} | loss {h['loss']:.4f} (nce {h['nce']:.4f}, cos "
                  f"{h['cos']:.4f}) | val Hit@10 by prediction {h['val_pred_hit@10']:.2f}% "
                  f"(stage 1 {h['val_stage1_hit@10']:.2f}%), Hit@50 {h['val_pred_hit@50']:.2f}% "
                  f"| {h['seconds']:.0f}s")
         key = (round(h["val_pred_hit@50"], 6), h["val_pred_hit@10"])
-        extra = {"epoch": epoch, "train_config": dataclasses.asdict(cfg), "history": history,
-                 LVM_SPLIT: pairs.split_spec.to_dict()}
-        if key > best:
-            best = key
+        extra = {"epoch": epoch, "train_config": dataclasses.asdict(cfg),
+                 "history": run.history, LVM_SPLIT: split}
+        if key > run.best:
+            run.best = key
             save_lvm(out / "checkpoints" / "best.pt", model, bank.fingerprint(), extra)
         rngs = rng_state(device)
         save_lvm(last, model, bank.fingerprint(),
                  {**extra, "optimizer": to_cpu(opt.state_dict()), "torch_rng": rngs.pop("cpu"),
-                  "device_rng": rngs, "device": str(device), "step": step, "best": list(best)})
-        atomic_write(out / "history.json", lambda f: f.write(json.dumps(history, indent=1)
+                  "device_rng": rngs, "device": str(device), "step": run.step,
+                  "best": list(run.best)})
+        atomic_write(out / "history.json", lambda f: f.write(json.dumps(run.history, indent=1)
                                                              .encode()))
+    return True
 
-    # The head, on val contexts (never trained on by stage 1 or the predictor).
+
+def fit_and_deploy(cfg: LvmTrainConfig, inputs: Stage2Inputs, va: Candidates,
+                   history: list[dict], out: Path) -> dict:
+    """The head on val contexts (never trained on by stage 1 or the predictor), the domain
+    classifier, stage 3's w; lvm.pt, result.json, and deploy.json as the stage-2 gate says."""
+    bank = inputs.bank
     model = build_lvm(load_lvm_state(out / "checkpoints" / "best.pt", bank.fingerprint()))
     t = time.perf_counter()
-    classifier, tagger = (fit_tagger(bank, train_pairs, val, cfg) if bank.tmd_codes is not None
-                          else (None, None))
+    classifier, tagger = (fit_tagger(bank, inputs.train, inputs.val, cfg)
+                          if bank.tmd_codes is not None else (None, None))
     if tagger is not None:
         log.info(f"domain classifier for vector contexts: weight decay "
                  f"{tagger['weight_decay']}, val accuracy {tagger['val_accuracy']:.1f}% "
                  f"({tagger['train_rows']:,} train rows)")
-    result, settings = fit_on_val(model, bank, stage1, va, cfg, cascade, classifier)
+    result, settings = fit_on_val(model, bank, inputs.stage1, va, cfg, inputs.cascade,
+                                  classifier)
     result["domain_classifier"] = tagger
-    result.update({"val_pairs": len(val), "features": cfg.model.features,
-                   f"stage1_recall@{cfg.k}": hits(s1_val, cfg.k), "folds": cfg.folds,
+    result.update({"val_pairs": len(inputs.val), "features": cfg.model.features,
+                   f"stage1_recall@{cfg.k}": hits(va.ranks, cfg.k), "folds": cfg.folds,
                    "head_seconds": time.perf_counter() - t, "history": history})
     lvm_path = out / "lvm.pt"
     save_lvm(lvm_path, model, bank.fingerprint(), {"val": {k: v for k, v in result.items()
                                                            if k != "history"},
-                                                   LVM_SPLIT: pairs.split_spec.to_dict()})
+                                                   LVM_SPLIT: inputs.pairs.split_spec.to_dict()})
     atomic_write(out / "result.json", lambda f: f.write(json.dumps(result, indent=2).encode()))
     gate = result["gate"]
     named = gate["passed"] or not cfg.require_gain
@@ -522,6 +531,37 @@ def train(cfg: LvmTrainConfig, resume: bool = False, stop_after: int = 0) -> dic
                 "names it as stage 2 although it missed the gate (require_gain: false)" if named
                 else f"stage 2 left out ({gate['reason']})"))
     return result
+
+
+def train(cfg: LvmTrainConfig, resume: bool = False, stop_after: int = 0) -> dict | None:
+    """The whole stage-2 training; `stop_after` > 0 ends this invocation after that many
+    epochs (continue with resume=True); returns result.json's content, None when stopped."""
+    out = Path(cfg.out)
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    log_path = log_to_file(log, cfg.log_dir, cfg.name)
+    device = resolve_device(cfg.device)
+    # As train_v4: deterministic kernels and float32 kept float32 in cuDNN's GRU (no TF32), so
+    # --resume on cuda is exact and a cuda run stays close to the CPU's.
+    deterministic_torch(cfg.seed, cfg.threads)
+    inputs = load_stage2_inputs(cfg, device)
+    bank = inputs.bank
+    cfg.model.dim = bank.dim
+    log.info(f"{cfg.name}: stage 1 = {inputs.stage1.kind} ({inputs.deploy.get('reason', '')}) "
+             f"on {device}; bank {inputs.deploy['bank']} ({bank.n:,} x {bank.dim}); train "
+             f"{len(inputs.train):,}, val {len(inputs.val):,} pairs; top-{cfg.k} candidates; "
+             f"log {log_path}")
+    tr, va, negs = candidates_and_negatives(cfg, inputs)
+
+    model = Lvm(cfg.model).to(device)
+    opt = torch.optim.AdamW(model.predictor.parameters(), lr=cfg.lr, weight_decay=cfg.wd)
+    last = out / "checkpoints" / "last.pt"
+    run = (resume_predictor(cfg, model, opt, last, bank, device) if resume and last.exists()
+           else PredictorRun())
+    atomic_write(out / "config.yaml", lambda f: f.write(to_yaml(cfg).encode()))
+    if not train_predictor(cfg, model, opt, run, bank, inputs.pairs.split_spec.to_dict(), tr, va,
+                           negs, out, device, stop_after):
+        return None
+    return fit_and_deploy(cfg, inputs, va, run.history, out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -658,16 +698,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     flags = {"deploy": str, "pairs": str, "out": str, "epochs": int, "bs": int, "lr": float,
              "tau": float, "negatives": int, "seed": int, "threads": int, "log_dir": str,
              "device": str}
-    for name, tp in flags.items():
-        p.add_argument(f"--{name.replace('_', '-')}", type=tp, default=None, dest=name,
-                       help=f"overrides the config's '{name}' "
-                            f"(default {getattr(LvmTrainConfig(), name)})")
-    p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoints/last.pt")
+    add_config_flags(p, {name: (tp, f"overrides the config's '{name}' (default "
+                                    f"{getattr(LvmTrainConfig(), name)})")
+                         for name, tp in flags.items()})
     p.add_argument("--stop-after", type=int, default=0, metavar="N",
                    help="end after N epochs of this invocation (time-boxed runs; then --resume)")
-    args = p.parse_args(argv)
-    args.overrides = {k: getattr(args, k) for k in flags if getattr(args, k) is not None}
-    return args
+    return parse_overrides(p, argv, flags)
 
 
 def main(argv: list[str] | None = None) -> int:

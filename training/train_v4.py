@@ -44,15 +44,18 @@ from cascade.bank import Bank, BankError, atomic_write, load_bank, write_json
 from cascade.device import autocast, check_amp, resolve_device, rng_state, set_rng_state
 from cascade.index import build_index
 from cascade.pairs import Pairs, PairsError, context_windows, load_pairs
+from cascade.runtime import deterministic_torch, log_to_file, silence
 from cascade.split import SIDE_NAMES, SplitSpec
 from cascade.stage1 import Stage1
 from cascade.tower_batches import encode_docs
 from cascade.towers import TowerConfig, build_towers
 from training import distributed as ddp
+from training.cli import add_config_flags, parse_overrides
 from training.config import ConfigError, TrainConfig, load_config, to_yaml
 from training.curriculum import ScheduleError, check_covers, parse_schedule, segment_for
 from training.gates import abort_advice, decide, mid_gate
 from training.losses import contrastive_loss
+from training.lr_schedule import lr_at, set_lr
 from training.memory_bank import MemoryBank
 from training.mining import mine
 from training.report import RANKS_FILE, compare_methods, save_ranks, write_report
@@ -80,36 +83,6 @@ class RunPaths:
     @property
     def gate(self) -> Path:
         return self.out / "gate.json"
-
-
-def lr_at(step: int, total: int, lr: float, lr_min: float, warmup: int) -> float:
-    """Learning rate at optimizer step `step` (0-based) of `total`."""
-    # 1) linear warmup to lr
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    # 2) cosine decay from lr to lr_min over the remaining steps
-    progress = (step - warmup) / max(1, total - warmup)
-    return lr_min + 0.5 * (lr - lr_min) * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def setup_logging(cfg: TrainConfig, world: ddp.World = ddp.ONE) -> Path | None:
-    if not world.main:  # rank 0 logs for the run
-        log.handlers.clear()
-        log.addHandler(logging.NullHandler())
-        log.propagate = False
-        return None
-    log_dir = Path(cfg.log_dir)
-    log_dir.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
-    path = log_dir / f"{cfg.name}_{stamp}.log"
-    log.handlers.clear()
-    log.setLevel(logging.INFO)
-    log.propagate = False
-    fmt = logging.Formatter("%(message)s")
-    for handler in (logging.FileHandler(path), logging.StreamHandler(sys.stdout)):
-        handler.setFormatter(fmt)
-        log.addHandler(handler)
-    return path
 
 
 def load_inputs(cfg: TrainConfig) -> tuple[Bank, Pairs, list]:
@@ -191,72 +164,18 @@ def should_abort(history: list[dict], cfg: TrainConfig) -> bool:
 
 def train_epoch(query, doc, optimizer, memory: MemoryBank, vectors: torch.Tensor, train: Pairs,
                 negatives: np.ndarray | None, cfg: TrainConfig, epoch: int, step: int,
-                total_steps: int) -> tuple[dict, int]:
+                total_steps: int, world: ddp.World = ddp.ONE,
+                model: torch.nn.Module | None = None) -> tuple[dict, int]:
     """One pass over `train` in a seeded order; returns mean loss parts and the new step.
 
     `vectors` is the bank as a tensor on the training device (on the CPU, a view of the numpy
-    array): batches are gathered where the towers are."""
-    device = vectors.device
-    query.train()
-    doc.train()
-    order = np.random.default_rng([cfg.seed, epoch]).permutation(len(train))
-    micro = [order[i:i + cfg.bs] for i in range(0, len(order), cfg.bs)]
-    groups = [micro[i:i + cfg.accum] for i in range(0, len(micro), cfg.accum)]
-    sums: dict[str, float] = {}
-    bar = tqdm(groups, desc=f"epoch {epoch}", unit="step", leave=False,
-               disable=not sys.stderr.isatty())
-    for group in bar:
-        lr = lr_at(step, total_steps, cfg.lr, cfg.lr_min, cfg.warmup_steps)
-        for g in optimizer.param_groups:
-            g["lr"] = lr
-        for idx in group:
-            sub = train.subset(idx)
-            rows, mask = context_windows(sub, cfg.model.max_len)
-            ctx = vectors[torch.from_numpy(rows).to(device)]
-            mask = torch.from_numpy(mask).to(device)
-            pos_rows = torch.from_numpy(sub.target).to(device)
-            hard = hard_rows = None
-            with autocast(device, cfg.amp):
-                pos = doc(vectors[pos_rows])
-                if negatives is not None:
-                    hard_rows = torch.from_numpy(negatives[idx]).to(device)
-                    hard = doc(vectors[hard_rows.clamp(min=0).flatten()]).reshape(
-                        len(idx), -1, vectors.shape[1])
-                mem, mem_rows = memory.get()
-                parts = contrastive_loss(query(ctx, mask), pos, pos_rows,
-                                         torch.from_numpy(sub.ctx_start).to(device),
-                                         torch.from_numpy(sub.ctx_end).to(device), mem, mem_rows,
-                                         hard, hard_rows, cfg.tau, cfg.margin, cfg.margin_weight)
-            (parts["loss"] / len(group)).backward()
-            memory.push(pos.detach(), pos_rows)
-            for key, value in parts.items():
-                sums[key] = sums.get(key, 0.0) + float(value.detach()) * len(idx)
-        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
-                                       cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        if not doc.is_identity:
-            memory.refresh(lambda rows: doc(vectors[rows]))
-        bar.set_postfix(loss=f"{float(parts['loss'].detach()):.3f}")
-    means = {k: v / len(train) for k, v in sums.items()}
-    means["lr"] = lr
-    return means, step
-
-
-def train_epoch_ddp(model, towers: ddp.TwoTowers, optimizer, memory: MemoryBank,
-                    vectors: torch.Tensor, train: Pairs, negatives: np.ndarray | None,
-                    cfg: TrainConfig, epoch: int, step: int, total_steps: int,
-                    world: ddp.World) -> tuple[dict, int]:
-    """`train_epoch` under DistributedDataParallel: the same micro-batches and optimizer steps,
-    each micro-batch split across the ranks (rank r takes its r-th contiguous share).
-
-    Every rank gathers all ranks' positives, so its queries see the micro-batch's in-batch
-    negatives, and pushes them all to its memory bank (the same on every rank). A rank's loss is
-    scaled by its share of the micro-batch times the world size: DDP averages gradients over the
-    ranks, and the average is then the gradient of the single process's micro-batch mean."""
-    device = vectors.device
-    model.train()
+    array): batches are gathered where the towers are. Under DistributedDataParallel (`world`
+    enabled, `model` the DDP-wrapped `ddp.TwoTowers`) the micro-batches and optimizer steps are
+    the same; each micro-batch is split across the ranks (`_ddp_micro_batch`) and gradients are
+    reduced across them at a group's last micro-batch only."""
+    for module in (query, doc, model):
+        if module is not None:
+            module.train()
     order = np.random.default_rng([cfg.seed, epoch]).permutation(len(train))
     micro = [order[i:i + cfg.bs] for i in range(0, len(order), cfg.bs)]
     groups = [micro[i:i + cfg.accum] for i in range(0, len(micro), cfg.accum)]
@@ -265,61 +184,109 @@ def train_epoch_ddp(model, towers: ddp.TwoTowers, optimizer, memory: MemoryBank,
                disable=not (sys.stderr.isatty() and world.main))
     for group in bar:
         lr = lr_at(step, total_steps, cfg.lr, cfg.lr_min, cfg.warmup_steps)
-        for g in optimizer.param_groups:
-            g["lr"] = lr
+        set_lr(optimizer, lr)
         for j, idx in enumerate(group):
-            sizes = ddp.split_sizes(len(idx), world.size)
-            lo = sum(sizes[:world.rank])
-            local = idx[lo:lo + sizes[world.rank]]
-            # A rank with no pair in a short last micro-batch runs one at weight 0, so that it
-            # joins every collective of the step.
-            run = local if len(local) else idx[:1]
-            sub = train.subset(run)
-            rows, mask = context_windows(sub, cfg.model.max_len)
-            all_rows = torch.from_numpy(train.target[idx]).to(device)
-            hard_rows = hard_in = None
-            if negatives is not None:
-                hard_rows = torch.from_numpy(negatives[run]).to(device)
-                hard_in = vectors[hard_rows.clamp(min=0).flatten()]
-            # Gradients are reduced across the ranks at the group's last micro-batch only.
-            sync = contextlib.nullcontext() if j == len(group) - 1 else model.no_sync()
-            with sync:
-                with autocast(device, cfg.amp):
-                    q, pos, hard = model(vectors[torch.from_numpy(rows).to(device)],
-                                         torch.from_numpy(mask).to(device),
-                                         vectors[torch.from_numpy(sub.target).to(device)],
-                                         hard_in)
-                    if hard is not None:
-                        hard = hard.reshape(len(run), -1, vectors.shape[1])
-                    every_pos = ddp.gather_rows(pos[:len(local)], sizes, world.rank)
-                    if len(local):
-                        mem, mem_rows = memory.get()
-                        parts = contrastive_loss(q, every_pos, all_rows,
-                                                 torch.from_numpy(sub.ctx_start).to(device),
-                                                 torch.from_numpy(sub.ctx_end).to(device), mem,
-                                                 mem_rows, hard, hard_rows, cfg.tau, cfg.margin,
-                                                 cfg.margin_weight, offset=lo)
-                        loss = parts["loss"] * (len(local) * world.size / len(idx))
-                    else:
-                        parts = {}
-                        loss = 0.0 * (q.sum() + pos.sum() + every_pos.sum()
-                                      + (hard.sum() if hard is not None else 0.0))
+            last = j == len(group) - 1
+            with contextlib.nullcontext() if last or model is None else model.no_sync():
+                if world.enabled:
+                    loss, parts, pos, pos_rows, n = _ddp_micro_batch(
+                        model, memory, vectors, train, negatives, cfg, idx, world)
+                else:
+                    loss, parts, pos, pos_rows, n = _micro_batch(
+                        query, doc, memory, vectors, train, negatives, cfg, idx)
                 (loss / len(group)).backward()
-            memory.push(every_pos.detach(), all_rows)
+            memory.push(pos.detach(), pos_rows)
             for key, value in parts.items():
-                sums[key] = sums.get(key, 0.0) + float(value.detach()) * len(local)
+                sums[key] = sums.get(key, 0.0) + float(value.detach()) * n
         torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
                                        cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        if not towers.doc.is_identity:
-            memory.refresh(lambda r: towers.doc(vectors[r]))
-    sums = ddp.all_sum({k: sums.get(k, 0.0) for k in
-                        ("loss", "nce", "margin_penalty", "cos_pos", "cos_hardest")})
+        if not doc.is_identity:
+            memory.refresh(lambda rows: doc(vectors[rows]))
+        if "loss" in parts:
+            bar.set_postfix(loss=f"{float(parts['loss'].detach()):.3f}")
+    if world.enabled:
+        sums = ddp.all_sum({k: sums.get(k, 0.0) for k in LOSS_PARTS})
     means = {k: v / len(train) for k, v in sums.items()}
     means["lr"] = lr
     return means, step
+
+
+# The loss parts an epoch reports (contrastive_loss's keys).
+LOSS_PARTS = ("loss", "nce", "margin_penalty", "cos_pos", "cos_hardest")
+
+
+def _micro_batch(query, doc, memory: MemoryBank, vectors: torch.Tensor, train: Pairs,
+                 negatives: np.ndarray | None, cfg: TrainConfig, idx: np.ndarray):
+    """Forward one micro-batch in one process -> (loss, its parts, the positives and their bank
+    rows for the memory bank, the pairs counted)."""
+    device = vectors.device
+    sub = train.subset(idx)
+    rows, mask = context_windows(sub, cfg.model.max_len)
+    ctx = vectors[torch.from_numpy(rows).to(device)]
+    mask = torch.from_numpy(mask).to(device)
+    pos_rows = torch.from_numpy(sub.target).to(device)
+    hard = hard_rows = None
+    with autocast(device, cfg.amp):
+        pos = doc(vectors[pos_rows])
+        if negatives is not None:
+            hard_rows = torch.from_numpy(negatives[idx]).to(device)
+            hard = doc(vectors[hard_rows.clamp(min=0).flatten()]).reshape(
+                len(idx), -1, vectors.shape[1])
+        mem, mem_rows = memory.get()
+        parts = contrastive_loss(query(ctx, mask), pos, pos_rows,
+                                 torch.from_numpy(sub.ctx_start).to(device),
+                                 torch.from_numpy(sub.ctx_end).to(device), mem, mem_rows,
+                                 hard, hard_rows, cfg.tau, cfg.margin, cfg.margin_weight)
+    return parts["loss"], parts, pos, pos_rows, len(idx)
+
+
+def _ddp_micro_batch(model, memory: MemoryBank, vectors: torch.Tensor, train: Pairs,
+                     negatives: np.ndarray | None, cfg: TrainConfig, idx: np.ndarray,
+                     world: ddp.World):
+    """`_micro_batch` on this rank's share of the micro-batch (rank r takes its r-th contiguous
+    share).
+
+    Every rank gathers all ranks' positives, so its queries see the micro-batch's in-batch
+    negatives, and pushes them all to its memory bank (the same on every rank). A rank's loss is
+    scaled by its share of the micro-batch times the world size: DDP averages gradients over the
+    ranks, and the average is then the gradient of the single process's micro-batch mean."""
+    device = vectors.device
+    sizes = ddp.split_sizes(len(idx), world.size)
+    lo = sum(sizes[:world.rank])
+    local = idx[lo:lo + sizes[world.rank]]
+    # A rank with no pair in a short last micro-batch runs one at weight 0, so that it joins
+    # every collective of the step.
+    run = local if len(local) else idx[:1]
+    sub = train.subset(run)
+    rows, mask = context_windows(sub, cfg.model.max_len)
+    all_rows = torch.from_numpy(train.target[idx]).to(device)
+    hard_rows = hard_in = None
+    if negatives is not None:
+        hard_rows = torch.from_numpy(negatives[run]).to(device)
+        hard_in = vectors[hard_rows.clamp(min=0).flatten()]
+    with autocast(device, cfg.amp):
+        q, pos, hard = model(vectors[torch.from_numpy(rows).to(device)],
+                             torch.from_numpy(mask).to(device),
+                             vectors[torch.from_numpy(sub.target).to(device)], hard_in)
+        if hard is not None:
+            hard = hard.reshape(len(run), -1, vectors.shape[1])
+        every_pos = ddp.gather_rows(pos[:len(local)], sizes, world.rank)
+        if len(local):
+            mem, mem_rows = memory.get()
+            parts = contrastive_loss(q, every_pos, all_rows,
+                                     torch.from_numpy(sub.ctx_start).to(device),
+                                     torch.from_numpy(sub.ctx_end).to(device), mem, mem_rows,
+                                     hard, hard_rows, cfg.tau, cfg.margin, cfg.margin_weight,
+                                     offset=lo)
+            loss = parts["loss"] * (len(local) * world.size / len(idx))
+        else:
+            parts = {}
+            loss = 0.0 * (q.sum() + pos.sum() + every_pos.sum()
+                          + (hard.sum() if hard is not None else 0.0))
+    return loss, parts, every_pos, all_rows, len(local)
 
 
 def log_epoch(h: dict, cfg: TrainConfig) -> None:
@@ -494,11 +461,24 @@ def train(cfg: TrainConfig, resume: bool = False, init_from: str | None = None,
         ddp.shutdown()
 
 
-def _train(cfg: TrainConfig, resume: bool, init_from: str | None,
-           baselines: dict[str, str] | None, device: torch.device, world: ddp.World) -> dict:
-    # 1) inputs and the starting point, all checked before anything is created: a refused run
-    #    leaves no directory, log or pid file behind
-    paths = RunPaths(Path(cfg.out))
+@dataclass
+class Inputs:
+    """What a run trains on and starts from, all checked before anything is written."""
+    bank: Bank
+    pairs: Pairs
+    segments: list
+    pairs_fp: str
+    train: Pairs
+    val: Pairs
+    test: Pairs
+    init: tuple[str, dict] | None  # --init-from: its path and loaded checkpoint
+    last: dict | None  # --resume: last.pt
+
+
+def check_inputs(cfg: TrainConfig, paths: RunPaths, resume: bool, init_from: str | None,
+                 baselines: dict[str, str], world: ddp.World) -> Inputs:
+    """Bank, pairs, schedule, --init-from, baselines and --resume's last.pt, refused before
+    any training starts if anything is wrong. Sets cfg.model from --init-from's checkpoint."""
     bank, pairs, segments = load_inputs(cfg)
     pairs_fp = pairs_fingerprint(pairs)
     train_pairs, val, test = pairs.train(), pairs.val(), pairs.test()
@@ -515,154 +495,237 @@ def _train(cfg: TrainConfig, resume: bool, init_from: str | None,
         except (ValueError, TypeError) as e:
             raise ck.CheckpointError(f"{init_from}: {e}") from None
     cfg.model.dim = bank.dim
-    for name, path in (baselines or {}).items():
+    for name, path in baselines.items():
         ck.check_split_of(ck.load_checkpoint(path, bank.fingerprint()), path, pairs, bank,
                           f"--baseline {name}")
     last = resume_state(paths, cfg, bank, pairs, pairs_fp, world) if resume else None
+    return Inputs(bank, pairs, segments, pairs_fp, train_pairs, val, test, init, last)
 
-    # 2) the run directory, log and pid file (rank 0's, under torchrun)
+
+def start_run(paths: RunPaths, cfg: TrainConfig, resume: bool, last: dict | None,
+              world: ddp.World) -> Path | None:
+    """The run directory, log and pid file (rank 0's, under torchrun); -> the log's path."""
     removed = prepare_run_dir(paths, fresh=last is None) if world.main else []
-    log_path = setup_logging(cfg, world)
     if world.main:
+        log_path = log_to_file(log, cfg.log_dir, cfg.name)
         (paths.out / "train.pid").write_text(str(os.getpid()))
+    else:
+        log_path = None
+        silence(log)
     if removed:
         log.info(f"Removed {len(removed)} file(s) of an earlier run or killed write in "
                  f"{paths.out}: {', '.join(str(p.relative_to(paths.out)) for p in removed)}")
     if resume and last is None:
         log.info(f"--resume: no {paths.ckpt('last.pt')} yet, starting from scratch")
-    torch.manual_seed(cfg.seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.benchmark = False  # cuDNN's autotuner picks kernels by timing
-    # cuDNN runs float32 convolutions/RNNs in TF32 by default (10-bit mantissa): keep float32
-    # float32, so a cuda run matches the CPU's; --amp bf16 is the flag that trades precision.
-    torch.backends.cudnn.allow_tf32 = False
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    return log_path
 
-    # 3) model, optimizer, memory bank; then resume / init-from
+
+@dataclass
+class Trainer:
+    """The towers, optimizer, memory bank and schedule of a run, and where it stands."""
+    query: torch.nn.Module
+    doc: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    memory: MemoryBank
+    vectors: torch.Tensor  # the bank on the training device (a view on the CPU)
+    steps_per_epoch: int
+    total_steps: int
+    progress: Progress
+    model: torch.nn.Module | None = None  # the DDP-wrapped towers under torchrun
+
+
+def build_trainer(cfg: TrainConfig, inputs: Inputs, device: torch.device,
+                  world: ddp.World) -> Trainer:
+    """Model, optimizer, memory bank; then resume / init-from; the DDP wrapper under torchrun."""
+    bank = inputs.bank
     query, doc = build_towers(cfg.model)
     query, doc = query.to(device), doc.to(device)
     params = list(query.parameters()) + list(doc.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.wd)
     memory = MemoryBank(cfg.memory_bank_size, bank.dim, device)
     vectors = torch.from_numpy(bank.vectors).to(device)  # a view on the CPU, a copy elsewhere
-    steps_per_epoch = math.ceil(math.ceil(len(train_pairs) / cfg.bs) / cfg.accum)
-    total_steps = steps_per_epoch * cfg.epochs
-    progress = restore(cfg, query, doc, optimizer, memory, last, init, device, world)
-    model = towers = None
+    steps_per_epoch = math.ceil(math.ceil(len(inputs.train) / cfg.bs) / cfg.accum)
+    progress = restore(cfg, query, doc, optimizer, memory, inputs.last, inputs.init, device,
+                       world)
+    model = None
     if world.enabled:
-        towers = ddp.TwoTowers(query, doc)
         model = torch.nn.parallel.DistributedDataParallel(
-            towers, device_ids=[device.index] if device.type == "cuda" else None)
+            ddp.TwoTowers(query, doc),
+            device_ids=[device.index] if device.type == "cuda" else None)
+    return Trainer(query, doc, optimizer, memory, vectors, steps_per_epoch,
+                   steps_per_epoch * cfg.epochs, progress, model)
 
-    if world.main:
-        atomic_write(paths.out / "config.yaml", lambda f: f.write(to_yaml(cfg).encode()))
+
+def log_start(cfg: TrainConfig, inputs: Inputs, trainer: Trainer, device: torch.device,
+              world: ddp.World, log_path: Path | None) -> None:
+    bank = inputs.bank
     log.info(f"{cfg.name}: bank {cfg.bank} ({bank.n:,} x {bank.dim}), pairs {cfg.pairs} "
-             f"(train {len(train_pairs):,}, val {len(val):,}, test {len(test):,}), "
-             f"{cfg.model.kind} tower, "
-             f"batch {cfg.bs} x {cfg.accum}, {steps_per_epoch} steps/epoch, on {device}"
+             f"(train {len(inputs.train):,}, val {len(inputs.val):,}, test "
+             f"{len(inputs.test):,}), {cfg.model.kind} tower, "
+             f"batch {cfg.bs} x {cfg.accum}, {trainer.steps_per_epoch} steps/epoch, on {device}"
              f"{f' x {world.size} processes (DDP)' if world.enabled else ''}"
              f"{' (bf16 autocast)' if cfg.amp == 'bf16' else ''}; log {log_path}")
 
-    # 4) epochs: mine (when scheduled), train, evaluate, checkpoint, check abort and mid-gate
-    t_index = time.perf_counter()
-    doc_vectors = encode_docs(doc, bank.vectors)
-    index = build_index(doc_vectors, cfg.index, seed=cfg.seed)
-    index_s = time.perf_counter() - t_index  # charged to the first epoch this process runs
-    result: dict = {}
-    for epoch in range(progress.epoch + 1, cfg.epochs + 1):
-        t0 = time.perf_counter()
-        # Where the epoch's time goes (benchmarks.train_speed reads these): query-tower
-        # encoding without gradient (mining and eval queries), mining search + filter, the
-        # forward/backward steps, eval search + metrics, and (re)building the mining index (the
-        # first epoch's seconds_index is the build before the loop, outside its `seconds`).
-        took = {"encode": 0.0, "mine": 0.0, "train": 0.0, "eval": 0.0, "index": index_s}
-        index_s = 0.0
-        segment = segment_for(segments, epoch)
-        negatives, mining = None, {}
-        if segment.count:
-            t = time.perf_counter()  # encoding the train queries and searching them
-            miner = Stage1(bank, query=query, doc_vectors=doc_vectors, index=index)
-            if world.enabled:  # sharded by pairs, gathered
-                negs = ddp.mine_sharded(miner, train_pairs, segment, cfg.filter_threshold,
-                                        cfg.mine_pool)
-            else:
-                negs = mine(miner, train_pairs, segment, cfg.filter_threshold, cfg.mine_pool)
-            took["mine"] += time.perf_counter() - t
-            negatives = negs.rows
-            mining = {"mined_per_pair": float((negs.rows >= 0).sum(1).mean()),
-                      "mining_dropped_fraction": negs.dropped_fraction,
-                      "mining_raw_positive_rate": negs.positive_rate,
-                      "mining_raw_near_dup_rate": negs.near_dup_rate}
-        t_train = time.perf_counter()
-        if world.enabled:
-            losses, progress.step = train_epoch_ddp(model, towers, optimizer, memory, vectors,
-                                                    train_pairs, negatives, cfg, epoch,
-                                                    progress.step, total_steps, world)
-        else:
-            losses, progress.step = train_epoch(query, doc, optimizer, memory, vectors,
-                                                train_pairs, negatives, cfg, epoch,
-                                                progress.step, total_steps)
-        train_s = took["train"] = time.perf_counter() - t_train
-        if not doc.is_identity:
-            t = time.perf_counter()
-            doc_vectors = encode_docs(doc, bank.vectors)
-            took["encode"] += time.perf_counter() - t
-            t = time.perf_counter()
-            index = build_index(doc_vectors, cfg.index, seed=cfg.seed)
-            took["index"] += time.perf_counter() - t
-        # Reported recall is exact whatever cfg.index mines with: an IVF index at its default
-        # nprobe found 72% of what exact search finds on a 1M-row bank.
-        # Under DDP rank 0 evaluates and every rank takes its record, so all decide alike.
-        h = None
-        if world.main:
-            t = time.perf_counter()  # encoding the val queries, exact search, metrics
-            metrics, _ = Stage1(bank, query=query, doc_vectors=doc_vectors).evaluate(
-                val, tuple(cfg.eval_ks))
-            took["eval"] += time.perf_counter() - t
-            h = {"epoch": epoch, **losses, **metrics, **mining,
-                 "curriculum": (f"{segment.count} hard negatives @ {segment.cos_min:g}-"
-                                f"{segment.cos_max:g}" if segment.count
-                                else "no mining (warm start)"),
-                 "seconds": time.perf_counter() - t0, "pairs_per_s": len(train_pairs) / train_s,
-                 **{f"seconds_{part}": value for part, value in took.items()}}
-        if world.enabled:
-            h = ddp.broadcast(h)
-            rank_rng = ddp.gather_objects(rng_state(device))
-        metrics = h
-        progress.history.append(h)
-        progress.epoch = epoch
-        log_epoch(h, cfg)
-        state = None
-        if world.main:
-            extra = {"world_size": world.size, "rank_rng": rank_rng} if world.enabled else None
-            state = save_epoch(paths, cfg, bank, pairs.split_spec, pairs_fp, query, doc,
-                               optimizer, memory, progress, metrics, device, extra)
 
-        if epoch == cfg.gates.mid_epoch:
-            mg = mid_gate(metrics[cfg.gates.metric], cfg.gates)
-            result["mid_gate"] = mg
-            log.info(f"Mid-gate (epoch {epoch}): {cfg.gates.metric} {mg['value']:.2f}% vs "
-                     f"{mg['threshold']}%: {mg['status']} ({mg['note']})")
-        if should_abort(progress.history, cfg):
-            if not world.main:
-                return {"verdict": "aborted", "epoch": epoch}
-            return abort_run(paths, cfg, state, progress.history, result)
+@dataclass
+class MiningIndex:
+    """The doc tower's encoding of the bank and the index mining searches, rebuilt after every
+    epoch a trainable doc tower trained."""
+    doc_vectors: np.ndarray
+    index: object
+    build_seconds: float  # charged to the first epoch this process runs
 
-    # 5) the final gate on best.pt (selected on val), judged on test beside the heuristics
-    del index, doc_vectors, vectors  # the final gate builds its own; two would double memory
+    @classmethod
+    def build(cls, doc, bank: Bank, cfg: TrainConfig) -> MiningIndex:
+        t = time.perf_counter()
+        doc_vectors = encode_docs(doc, bank.vectors)
+        index = build_index(doc_vectors, cfg.index, seed=cfg.seed)
+        return cls(doc_vectors, index, time.perf_counter() - t)
+
+
+def mine_epoch(cfg: TrainConfig, inputs: Inputs, trainer: Trainer, mining_index: MiningIndex,
+               segment, world: ddp.World) -> tuple[np.ndarray | None, dict]:
+    """The epoch's curriculum hard negatives (None when the schedule mines none) and what the
+    history records about them."""
+    if not segment.count:
+        return None, {}
+    miner = Stage1(inputs.bank, query=trainer.query, doc_vectors=mining_index.doc_vectors,
+                   index=mining_index.index)
+    if world.enabled:  # sharded by pairs, gathered
+        negs = ddp.mine_sharded(miner, inputs.train, segment, cfg.filter_threshold,
+                                cfg.mine_pool)
+    else:
+        negs = mine(miner, inputs.train, segment, cfg.filter_threshold, cfg.mine_pool)
+    return negs.rows, {"mined_per_pair": float((negs.rows >= 0).sum(1).mean()),
+                       "mining_dropped_fraction": negs.dropped_fraction,
+                       "mining_raw_positive_rate": negs.positive_rate,
+                       "mining_raw_near_dup_rate": negs.near_dup_rate}
+
+
+def run_epoch(cfg: TrainConfig, inputs: Inputs, trainer: Trainer, mining_index: MiningIndex,
+              segments: list, epoch: int, world: ddp.World) -> MiningIndex:
+    """Mine (when scheduled), train, re-encode the bank for a trainable doc tower, evaluate on
+    val (rank 0) and append the epoch's record to the history; -> the index for the next."""
+    t0 = time.perf_counter()
+    # Where the epoch's time goes (benchmarks.train_speed reads these): query-tower
+    # encoding without gradient (mining and eval queries), mining search + filter, the
+    # forward/backward steps, eval search + metrics, and (re)building the mining index (the
+    # first epoch's seconds_index is the build before the loop, outside its `seconds`).
+    took = {"encode": 0.0, "mine": 0.0, "train": 0.0, "eval": 0.0,
+            "index": mining_index.build_seconds}
+    mining_index.build_seconds = 0.0
+    segment = segment_for(segments, epoch)
+    t = time.perf_counter()  # encoding the train queries and searching them
+    negatives, mining = mine_epoch(cfg, inputs, trainer, mining_index, segment, world)
+    if segment.count:
+        took["mine"] += time.perf_counter() - t
+    t_train = time.perf_counter()
+    losses, trainer.progress.step = train_epoch(
+        trainer.query, trainer.doc, trainer.optimizer, trainer.memory, trainer.vectors,
+        inputs.train, negatives, cfg, epoch, trainer.progress.step, trainer.total_steps, world,
+        trainer.model)
+    train_s = took["train"] = time.perf_counter() - t_train
+    if not trainer.doc.is_identity:
+        t = time.perf_counter()
+        doc_vectors = encode_docs(trainer.doc, inputs.bank.vectors)
+        took["encode"] += time.perf_counter() - t
+        t = time.perf_counter()
+        mining_index = MiningIndex(doc_vectors, build_index(doc_vectors, cfg.index,
+                                                            seed=cfg.seed), 0.0)
+        took["index"] += time.perf_counter() - t
+    # Reported recall is exact whatever cfg.index mines with: an IVF index at its default
+    # nprobe found 72% of what exact search finds on a 1M-row bank.
+    # Under DDP rank 0 evaluates and every rank takes its record, so all decide alike.
+    h = None
+    if world.main:
+        t = time.perf_counter()  # encoding the val queries, exact search, metrics
+        metrics, _ = Stage1(inputs.bank, query=trainer.query,
+                            doc_vectors=mining_index.doc_vectors).evaluate(
+            inputs.val, tuple(cfg.eval_ks))
+        took["eval"] += time.perf_counter() - t
+        h = {"epoch": epoch, **losses, **metrics, **mining,
+             "curriculum": (f"{segment.count} hard negatives @ {segment.cos_min:g}-"
+                            f"{segment.cos_max:g}" if segment.count
+                            else "no mining (warm start)"),
+             "seconds": time.perf_counter() - t0, "pairs_per_s": len(inputs.train) / train_s,
+             **{f"seconds_{part}": value for part, value in took.items()}}
     if world.enabled:
-        del model, towers
+        h = ddp.broadcast(h)
+    trainer.progress.history.append(h)
+    trainer.progress.epoch = epoch
+    log_epoch(h, cfg)
+    return mining_index
+
+
+def end_epoch(paths: RunPaths, cfg: TrainConfig, inputs: Inputs, trainer: Trainer,
+              device: torch.device, world: ddp.World, result: dict) -> dict | None:
+    """Checkpoint the epoch just run (rank 0), check the mid-gate and the abort trigger;
+    -> the abort record when the run aborts, else None."""
+    progress = trainer.progress
+    metrics, epoch = progress.history[-1], progress.epoch
+    rank_rng = ddp.gather_objects(rng_state(device)) if world.enabled else None
+    state = None
+    if world.main:
+        extra = {"world_size": world.size, "rank_rng": rank_rng} if world.enabled else None
+        state = save_epoch(paths, cfg, inputs.bank, inputs.pairs.split_spec, inputs.pairs_fp,
+                           trainer.query, trainer.doc, trainer.optimizer, trainer.memory,
+                           progress, metrics, device, extra)
+    if epoch == cfg.gates.mid_epoch:
+        mg = mid_gate(metrics[cfg.gates.metric], cfg.gates)
+        result["mid_gate"] = mg
+        log.info(f"Mid-gate (epoch {epoch}): {cfg.gates.metric} {mg['value']:.2f}% vs "
+                 f"{mg['threshold']}%: {mg['status']} ({mg['note']})")
+    if should_abort(progress.history, cfg):
         if not world.main:
-            return ddp.broadcast(None)  # rank 0's verdict
-    result.update(final_gate(cfg, bank, test, paths, progress.best_epoch, baselines or {},
-                             device))
+            return {"verdict": "aborted", "epoch": epoch}
+        return abort_run(paths, cfg, state, progress.history, result)
+    return None
+
+
+def finish(paths: RunPaths, cfg: TrainConfig, inputs: Inputs, progress: Progress,
+           baselines: dict[str, str], device: torch.device, result: dict) -> dict:
+    """The final gate on best.pt (selected on val), judged on test beside the heuristics;
+    gate.json and report.md (rank 0)."""
+    result.update(final_gate(cfg, inputs.bank, inputs.test, paths, progress.best_epoch,
+                             baselines, device))
     if "mid_gate" not in result and cfg.gates.mid_epoch <= cfg.epochs:
         h = next((x for x in progress.history if x["epoch"] == cfg.gates.mid_epoch), None)
         if h:
             result["mid_gate"] = mid_gate(h[cfg.gates.metric], cfg.gates)
     write_json(paths.gate, result)
     write_report(paths.out / "report.md", cfg, progress.history, result)
+    return result
+
+
+def _train(cfg: TrainConfig, resume: bool, init_from: str | None,
+           baselines: dict[str, str] | None, device: torch.device, world: ddp.World) -> dict:
+    paths = RunPaths(Path(cfg.out))
+    baselines = baselines or {}
+    # 1) inputs and the starting point, all checked before anything is created: a refused run
+    #    leaves no directory, log or pid file behind
+    inputs = check_inputs(cfg, paths, resume, init_from, baselines, world)
+    # 2) the run directory, log and pid file; deterministic torch
+    log_path = start_run(paths, cfg, resume, inputs.last, world)
+    deterministic_torch(cfg.seed, cfg.threads)
+    # 3) model, optimizer, memory bank; then resume / init-from
+    trainer = build_trainer(cfg, inputs, device, world)
+    if world.main:
+        atomic_write(paths.out / "config.yaml", lambda f: f.write(to_yaml(cfg).encode()))
+    log_start(cfg, inputs, trainer, device, world, log_path)
+    # 4) epochs: mine (when scheduled), train, evaluate, checkpoint, check abort and mid-gate
+    mining_index = MiningIndex.build(trainer.doc, inputs.bank, cfg)
+    result: dict = {}
+    for epoch in range(trainer.progress.epoch + 1, cfg.epochs + 1):
+        mining_index = run_epoch(cfg, inputs, trainer, mining_index, inputs.segments, epoch,
+                                 world)
+        aborted = end_epoch(paths, cfg, inputs, trainer, device, world, result)
+        if aborted is not None:
+            return aborted
+    # 5) the final gate on best.pt, judged on test beside the heuristics
+    del mining_index, trainer.vectors, trainer.model  # the final gate builds its own index
+    if world.enabled and not world.main:
+        return ddp.broadcast(None)  # rank 0's verdict
+    result = finish(paths, cfg, inputs, trainer.progress, baselines, device, result)
     return ddp.broadcast(result) if world.enabled else result
 
 
@@ -736,16 +799,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "log_dir": (str, "where <name>_<timestamp>.log goes"),
         "max_train_pairs": (int, "use at most this many train pairs (0 = all)"),
     }
-    for name, (tp, text) in flags.items():
-        p.add_argument(f"--{name.replace('_', '-')}", type=tp, default=None, dest=name,
-                       help=f"{text} (without --config: {getattr(TrainConfig(), name)})")
-    p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoints/last.pt")
+    add_config_flags(p, {name: (tp, f"{text} (without --config: {getattr(TrainConfig(), name)})")
+                         for name, (tp, text) in flags.items()})
     p.add_argument("--init-from", help="start from another run's best.pt (e.g. v5 from v4)")
     p.add_argument("--baseline", action="append", default=[], metavar="NAME=CKPT",
                    help="also compare a checkpoint at the final gate, e.g. v3=runs/v3/.../best.pt")
-    args = p.parse_args(argv)
-    args.overrides = {k: getattr(args, k) for k in flags if getattr(args, k) is not None}
-    return args
+    return parse_overrides(p, argv, flags)
 
 
 def main(argv: list[str] | None = None) -> int:

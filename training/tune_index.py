@@ -156,6 +156,121 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def exact_answers(exact: Stage1, pairs, args, k: int) -> dict:
+    """Per split (val, test): the sampled pairs, their stage-1 queries and exact search's
+    top k (the reference containment is measured against)."""
+    splits = {}
+    for name in ("val", "test"):
+        side = sample(pairs.side(name), args.queries, args.seed)
+        if not len(side):
+            raise PairsError(f"{args.pairs}: no {name} pairs")
+        t0 = time.perf_counter()
+        faiss.omp_set_num_threads(os.cpu_count() or 1)
+        q, _, ids = exact.search_pairs(side, k)
+        log.info("exact top-%d of %d %s queries in %.1fs", k, len(side), name,
+                 time.perf_counter() - t0)
+        splits[name] = (side, q, ids)
+    return splits
+
+
+def sweep_factory(bank, factory: str, val_split: tuple, args, k: int, sweep: list[dict],
+                  best: dict | None) -> dict | None:
+    """Build (or open the cached) `factory` index and try its settings on val, appending a
+    row to `sweep` for each; -> the fastest setting reaching --target so far (`best` or one
+    of this factory's)."""
+    val, q_val, exact_val = val_split
+    cache = index_cache_path(bank, factory)
+    t0 = time.perf_counter()
+    index = open_index(bank.vectors, factory, "", cache, bank.fingerprint(), progress=True)
+    build_s = cached_build_seconds(cache) or round(time.perf_counter() - t0, 2)
+    nbytes = os.path.getsize(cache)
+    log.info("%s: built in %.1fs (or cached), %.1f MB", factory, build_s, nbytes / 1e6)
+    reached, cheapest = set(), None  # shortlists that reached; the least search that did
+    for params in settings(factory, index, args.shortlists):
+        shortlist = params.rsplit("shortlist=", 1)[1]
+        search = int(params.split("=")[1].split(",")[0]) if "," in params else 0
+        if shortlist in reached or (cheapest is not None and search >= cheapest):
+            continue  # a cheaper setting already reached the target
+        index = open_index(bank.vectors, factory, params, cache, bank.fingerprint())
+        faiss.omp_set_num_threads(os.cpu_count() or 1)
+        _, ann = search_batched(index, q_val, k, val.ctx_start, val.ctx_end)
+        c = containment(ann, exact_val)
+        ms = one_query_ms(index, q_val, val.ctx_start, val.ctx_end, k)
+        row = {"index_factory": factory, "index_params": params, "containment_val": c,
+               "one_query_ms": ms, "build_seconds": build_s, "index_bytes": nbytes}
+        sweep.append(row)
+        log.info("%s | %-26s containment@%d val %.4f   one query %.2f ms", factory, params,
+                 k, c, ms)
+        if c >= args.target:
+            reached.add(shortlist)
+            cheapest = search if cheapest is None else min(cheapest, search)
+            if best is None or ms < best["one_query_ms"]:
+                best = row
+    return best
+
+
+def measure_on_test(bank, best: dict, test_split: tuple, report: dict, args, k: int) -> dict:
+    """The chosen setting measured on test: deploy.json's `stage1_index` record."""
+    test, q_test, exact_test = test_split
+    index = open_index(bank.vectors, best["index_factory"], best["index_params"],
+                       index_cache_path(bank, best["index_factory"]), bank.fingerprint())
+    _, ann = search_batched(index, q_test, k, test.ctx_start, test.ctx_end)
+    best["containment_test"] = containment(ann, exact_test)
+    # Stage 1's own answer above the rerankers: the share of test queries whose top 10 is
+    # exact search's top 10, in order.
+    best["top10_equal_test"] = float((ann[:, :10] == exact_test[:, :10]).all(axis=1).mean())
+    return {"index_factory": best["index_factory"], "index_params": best["index_params"],
+            "k": k, "containment": {"val": best["containment_val"],
+                                    "test": best["containment_test"]},
+            "top10_equal_test": best["top10_equal_test"],
+            "tuned_on": "val", "queries": report["queries"], "pairs": str(args.pairs),
+            "one_query_ms_val": best["one_query_ms"], "build_seconds": best["build_seconds"],
+            "index_bytes": best["index_bytes"], "bank_fingerprint": bank.fingerprint(),
+            "rows": bank.n, "dim": bank.dim,
+            "tuned_at": datetime.now(UTC).isoformat(timespec="seconds")}
+
+
+def write_index_record(deploy_path: str, record: dict) -> dict:
+    """deploy.json with the chosen index in its cascade settings and `stage1_index`."""
+    deploy = read_deploy(deploy_path)  # re-read: keep whatever else changed meanwhile
+    deploy["cascade"] = {**(deploy.get("cascade") or {}), "index_factory": record["index_factory"],
+                         "index_params": record["index_params"]}
+    deploy["stage1_index"] = record
+    atomic_write(deploy_path, lambda f: f.write(json.dumps(deploy, indent=2).encode()))
+    return deploy
+
+
+def record_cascade(args, bank, exact: Stage1, pairs, record: dict, deploy: dict) -> None:
+    """The answer a user gets: the whole cascade's top 10 over the ANN stage 1 against the
+    same cascade over exact search (needs the record just written to open)."""
+    side = pairs.side("test")
+    if args.cascade_contexts > 0:
+        side = sample(side, args.cascade_contexts, args.seed)
+    t0 = time.perf_counter()
+    record["cascade_top10_equal_test"] = cascade_top10_equal(
+        Cascade.from_deploy(args.deploy, bank=bank), exact, side)
+    record["cascade_contexts_test"] = len(side)
+    log.info("cascade top 10 over %d test contexts in %.1fs", len(side),
+             time.perf_counter() - t0)
+    deploy["stage1_index"] = record
+    atomic_write(args.deploy, lambda f: f.write(json.dumps(deploy, indent=2).encode()))
+
+
+def print_chosen(record: dict, best: dict, report: dict, deploy_path: str) -> None:
+    k = record["k"]
+    print(f"stage 1 = {record['index_factory']}|{record['index_params']}: containment@{k} val "
+          f"{record['containment']['val']:.4f}, test {record['containment']['test']:.4f} "
+          f"(stage 1's top 10 = exact's on {best['top10_equal_test']:.2%} of test queries) "
+          f"({report['queries']['val']} / {report['queries']['test']} queries), one query "
+          f"{best['one_query_ms']:.2f} ms, built in {best['build_seconds']:.0f}s, "
+          f"{best['index_bytes'] / 1e6:.0f} MB; written to {deploy_path}")
+    if "cascade_top10_equal_test" in record:
+        eq = record["cascade_top10_equal_test"]
+        print(f"the cascade's final top 10 = the exact stage 1 cascade's on "
+              f"{', '.join(f'{v:.2%} ({form})' for form, v in eq.items())} of "
+              f"{record['cascade_contexts_test']:,} test contexts")
+
+
 def tune(args) -> int:
     deploy = read_deploy(args.deploy)
     bank_path = resolve(args.deploy, deploy["bank"])
@@ -171,48 +286,10 @@ def tune(args) -> int:
     cfg = CascadeConfig.from_dict(cascade, f"{args.deploy}: cascade")
     exact = Stage1.from_deploy(args.deploy, bank=bank, config=cfg)
     K = cfg.k_stage1  # containment@K: the K stage 1 serves (500 by default)
-    splits = {}
-    for name in ("val", "test"):
-        side = sample(pairs.side(name), args.queries, args.seed)
-        if not len(side):
-            raise PairsError(f"{args.pairs}: no {name} pairs")
-        t0 = time.perf_counter()
-        faiss.omp_set_num_threads(os.cpu_count() or 1)
-        q, _, ids = exact.search_pairs(side, K)
-        log.info("exact top-%d of %d %s queries in %.1fs", K, len(side), name,
-                 time.perf_counter() - t0)
-        splits[name] = (side, q, ids)
-
-    val, q_val, exact_val = splits["val"]
+    splits = exact_answers(exact, pairs, args, K)
     sweep, best = [], None
     for factory in args.index or [default_factory(bank.n)]:
-        cache = index_cache_path(bank, factory)
-        t0 = time.perf_counter()
-        index = open_index(bank.vectors, factory, "", cache, bank.fingerprint(), progress=True)
-        build_s = cached_build_seconds(cache) or round(time.perf_counter() - t0, 2)
-        nbytes = os.path.getsize(cache)
-        log.info("%s: built in %.1fs (or cached), %.1f MB", factory, build_s, nbytes / 1e6)
-        reached, cheapest = set(), None  # shortlists that reached; the least search that did
-        for params in settings(factory, index, args.shortlists):
-            shortlist = params.rsplit("shortlist=", 1)[1]
-            search = int(params.split("=")[1].split(",")[0]) if "," in params else 0
-            if shortlist in reached or (cheapest is not None and search >= cheapest):
-                continue  # a cheaper setting already reached the target
-            index = open_index(bank.vectors, factory, params, cache, bank.fingerprint())
-            faiss.omp_set_num_threads(os.cpu_count() or 1)
-            _, ann = search_batched(index, q_val, K, val.ctx_start, val.ctx_end)
-            c = containment(ann, exact_val)
-            ms = one_query_ms(index, q_val, val.ctx_start, val.ctx_end, K)
-            row = {"index_factory": factory, "index_params": params, "containment_val": c,
-                   "one_query_ms": ms, "build_seconds": build_s, "index_bytes": nbytes}
-            sweep.append(row)
-            log.info("%s | %-26s containment@%d val %.4f   one query %.2f ms", factory, params,
-                     K, c, ms)
-            if c >= args.target:
-                reached.add(shortlist)
-                cheapest = search if cheapest is None else min(cheapest, search)
-                if best is None or ms < best["one_query_ms"]:
-                    best = row
+        best = sweep_factory(bank, factory, splits["val"], args, K, sweep, best)
     out_dir = Path(args.deploy).parent
     report = {"bank": str(bank_path), "rows": bank.n, "dim": bank.dim, "k": K,
               "target": args.target, "queries": {n: len(s[0]) for n, s in splits.items()},
@@ -226,55 +303,12 @@ def tune(args) -> int:
               f"{args.target - c:.4f}); deploy.json unchanged (probe more lists, rescore a "
               f"longer shortlist, or try HNSW)")
         return 1
-
-    test, q_test, exact_test = splits["test"]
-    index = open_index(bank.vectors, best["index_factory"], best["index_params"],
-                       index_cache_path(bank, best["index_factory"]), bank.fingerprint())
-    _, ann = search_batched(index, q_test, K, test.ctx_start, test.ctx_end)
-    best["containment_test"] = containment(ann, exact_test)
-    # Stage 1's own answer above the rerankers: the share of test queries whose top 10 is
-    # exact search's top 10, in order.
-    best["top10_equal_test"] = float((ann[:, :10] == exact_test[:, :10]).all(axis=1).mean())
-    record = {"index_factory": best["index_factory"], "index_params": best["index_params"],
-              "k": K, "containment": {"val": best["containment_val"],
-                                      "test": best["containment_test"]},
-              "top10_equal_test": best["top10_equal_test"],
-              "tuned_on": "val", "queries": report["queries"], "pairs": str(args.pairs),
-              "one_query_ms_val": best["one_query_ms"], "build_seconds": best["build_seconds"],
-              "index_bytes": best["index_bytes"], "bank_fingerprint": bank.fingerprint(),
-              "rows": bank.n, "dim": bank.dim,
-              "tuned_at": datetime.now(UTC).isoformat(timespec="seconds")}
-    deploy = read_deploy(args.deploy)  # re-read: keep whatever else changed meanwhile
-    deploy["cascade"] = {**(deploy.get("cascade") or {}), "index_factory": record["index_factory"],
-                         "index_params": record["index_params"]}
-    deploy["stage1_index"] = record
-    atomic_write(args.deploy, lambda f: f.write(json.dumps(deploy, indent=2).encode()))
+    record = measure_on_test(bank, best, splits["test"], report, args, K)
+    deploy = write_index_record(args.deploy, record)
     if args.cascade_contexts:
-        # The answer a user gets: the whole cascade's top 10 over the ANN stage 1 against the
-        # same cascade over exact search (needs the record just written to open).
-        side = pairs.side("test")
-        if args.cascade_contexts > 0:
-            side = sample(side, args.cascade_contexts, args.seed)
-        t0 = time.perf_counter()
-        record["cascade_top10_equal_test"] = cascade_top10_equal(
-            Cascade.from_deploy(args.deploy, bank=bank), exact, side)
-        record["cascade_contexts_test"] = len(side)
-        log.info("cascade top 10 over %d test contexts in %.1fs", len(side),
-                 time.perf_counter() - t0)
-        deploy["stage1_index"] = record
-        atomic_write(args.deploy, lambda f: f.write(json.dumps(deploy, indent=2).encode()))
+        record_cascade(args, bank, exact, pairs, record, deploy)
     write_json(out_dir / "tune_index.json", report)
-    print(f"stage 1 = {record['index_factory']}|{record['index_params']}: containment@{K} val "
-          f"{record['containment']['val']:.4f}, test {record['containment']['test']:.4f} "
-          f"(stage 1's top 10 = exact's on {best['top10_equal_test']:.2%} of test queries) "
-          f"({report['queries']['val']} / {report['queries']['test']} queries), one query "
-          f"{best['one_query_ms']:.2f} ms, built in {best['build_seconds']:.0f}s, "
-          f"{best['index_bytes'] / 1e6:.0f} MB; written to {args.deploy}")
-    if "cascade_top10_equal_test" in record:
-        eq = record["cascade_top10_equal_test"]
-        print(f"the cascade's final top 10 = the exact stage 1 cascade's on "
-              f"{', '.join(f'{v:.2%} ({form})' for form, v in eq.items())} of "
-              f"{record['cascade_contexts_test']:,} test contexts")
+    print_chosen(record, best, report, args.deploy)
     return 0
 
 
