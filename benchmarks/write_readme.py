@@ -72,8 +72,11 @@ def diff_ci(d: dict | None, fmt: str = "+.2f") -> str:
 
 
 def table(head: list[str], rows: list[list[str]]) -> list[str]:
-    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    def cell(c: object) -> str:  # a | inside a cell (an index_factory string) ends the cell
+        return str(c).replace("|", "\\|")
+
+    out = ["| " + " | ".join(cell(h) for h in head) + " |", "|" + "---|" * len(head)]
+    out += ["| " + " | ".join(cell(c) for c in r) + " |" for r in rows]
     return out
 
 
@@ -96,37 +99,68 @@ def load(d: dict, key: str) -> str:
     return f"{min(vals):.1f}-{max(vals):.1f}" if len(vals) > 1 else f"{vals[0]:.1f}"
 
 
-# --- generic rendering: any JSON, flat scalars and lists of flat records ----------------------
+# --- generic rendering: any JSON, as key/value tables and tables of records -----------------
 
 
-def scalars(d: dict, prefix: str = "", depth: int = 0) -> list[tuple[str, object]]:
-    out = []
-    for k, v in d.items():
+def scalar(v: object) -> bool:
+    return v is None or isinstance(v, (str, int, float, bool))
+
+
+def flatten(rec: dict, prefix: str = "") -> dict[str, str]:
+    """One record's cells: nested dicts flattened as a.b, `x` and `x_ci95` merged into one."""
+    out: dict[str, str] = {}
+    for k, v in rec.items():
         name = f"{prefix}{k}"
-        if isinstance(v, dict) and depth < 2:
-            out += scalars(v, name + ".", depth + 1)
-        elif v is None or isinstance(v, (str, int, float, bool)):
-            out.append((name, v))
-        elif isinstance(v, list) and len(v) <= 4 and all(isinstance(x, (int, float)) for x in v):
-            out.append((name, ", ".join(num(x) for x in v)))
+        if k.endswith("_ci95"):
+            continue
+        ci = rec.get(f"{k}_ci95")
+        fmt = ".3f" if isinstance(v, float) and abs(v) < 1 else ".2f"
+        if isinstance(v, float) and isinstance(ci, list) and len(ci) == 2:
+            out[name] = with_ci(v, ci, fmt)
+        elif scalar(v):
+            out[name] = num(v, fmt)
+        elif isinstance(v, dict) and not prefix:
+            out.update(flatten(v, name + "."))
+        elif isinstance(v, list) and len(v) <= 4 and all(scalar(x) for x in v):
+            out[name] = ", ".join(num(x) for x in v)
     return out
 
 
-def records(v: object) -> bool:
-    return (isinstance(v, list) and 0 < len(v) <= 60 and all(isinstance(r, dict) for r in v)
-            and all(not isinstance(x, (dict, list)) for r in v for x in r.values()))
+def record_table(rows: list[tuple[str | None, dict]]) -> list[str]:
+    cells = [(name, flatten(r)) for name, r in rows]
+    cols = list(dict.fromkeys(c for _, f in cells for c in f))
+    head = ([""] if rows[0][0] is not None else []) + cols
+    return table(head, [([name] if name is not None else []) + [f.get(c, "-") for c in cols]
+                        for name, f in cells])
 
 
-def render_generic(d: dict) -> list[str]:
+def is_records(v: object) -> bool:
+    return isinstance(v, list) and 0 < len(v) <= 60 and all(isinstance(r, dict) for r in v)
+
+
+def is_named_records(v: object) -> bool:
+    return (isinstance(v, dict) and len(v) >= 2 and all(isinstance(r, dict) for r in v.values())
+            and all(sum(scalar(x) for x in r.values()) >= 2 for r in v.values()))
+
+
+def render_generic(d: dict, path: str = "", depth: int = 0) -> list[str]:
+    """Scalars as one key/value table; lists of records and dicts of records as tables; other
+    dicts recursively (a few levels); long lists (grids, timelines) left to the JSON."""
     lines = []
-    flat = [(k, v) for k, v in scalars(d) if not (isinstance(v, str) and len(v) > 120)]
+    flat = [(k, v) for k, v in d.items() if scalar(v) and not (isinstance(v, str) and len(v) > 100)]
+    flat += [(k, ", ".join(num(x) for x in v)) for k, v in d.items()
+             if isinstance(v, list) and 0 < len(v) <= 4 and all(scalar(x) for x in v)]
     if flat:
-        lines += table(["key", "value"], [[f"`{k}`", num(v)] for k, v in flat])
+        lines += ([f"`{path}`:", ""] if path else []) + table(
+            ["key", "value"], [[f"`{k}`", num(v)] for k, v in flat]) + [""]
     for k, v in d.items():
-        if records(v):
-            cols = list(dict.fromkeys(c for r in v for c in r))
-            lines += ["", f"`{k}`:", ""]
-            lines += table(cols, [[num(r.get(c)) for c in cols] for r in v])
+        name = f"{path}.{k}" if path else k
+        if is_records(v):
+            lines += [f"`{name}`:", ""] + record_table([(None, r) for r in v]) + [""]
+        elif is_named_records(v):
+            lines += [f"`{name}`:", ""] + record_table(list(v.items())) + [""]
+        elif isinstance(v, dict) and depth < 3:
+            lines += render_generic(v, name, depth + 1)
     return lines
 
 
