@@ -264,6 +264,15 @@ def render_cascade_eval(d: dict) -> list[str]:
                     "TMD vs LVM", "cascade vs stage 1"], rows)
     lines += ["", "After TMD:", ""] + table(["contexts sent as", "Hit@1", "Hit@5", "Hit@10",
                                               "MRR@10"], tops)
+    notes = d.get("notes") or {}
+    rt, nd = notes.get("texts_roundtrip"), notes.get("near_duplicates")
+    if rt:
+        lines += ["", f"Texts re-embedded against the bank's vectors ({num(rt['rows'])} rows): "
+                      f"min cos {rt['min_cos']:.6f}, max |difference| {rt['max_abs_diff']:.1e}."]
+    if nd:
+        lines += ["", f"Near-duplicates of a vector context's chunks (cos >= {num(nd['dup_cos'])})"
+                      f" removed {num(nd['hits_removed'])} of {num(nd['served_hits'])} served "
+                      f"hits ({num(nd['contexts_changed'])} contexts)."]
     lat = d.get("latency")
     if lat:
         lines += ["", f"Latency, {d.get('threads')} thread(s), {d.get('cpus')} CPUs (median / "

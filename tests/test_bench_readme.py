@@ -57,3 +57,16 @@ def test_the_top_readme_block_is_rewritten_and_a_broken_json_is_refused(tmp_path
     assert "cascade_eval.json" in err and "'quality'" in err
     assert main(["--results", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
     assert "no results folder" in capsys.readouterr().err
+
+
+def test_the_committed_readmes_match_the_committed_results():
+    """benchmarks/README.md and README.md's numbers block are what the committed JSONs render:
+    after changing a results JSON, run `make bench-readme`."""
+    from benchmarks.write_readme import OUT, RESULTS, TOP_README, numbers_block
+
+    text, _ = render(RESULTS)
+    assert OUT.read_text() == text, "benchmarks/README.md is stale: run make bench-readme"
+    top = TOP_README.read_text()
+    block = top[top.index(START):top.index(END) + len(END)]
+    assert block == "\n".join(numbers_block(RESULTS)), \
+        "README.md's numbers are stale: run make bench-readme"
