@@ -32,7 +32,7 @@ TOP_README = ROOT / "README.md"
 START, END = "<!-- numbers:start -->", "<!-- numbers:end -->"
 # What --runs copies from runs/<bank>/ (the training reports) into RESULTS, under these names.
 RUN_REPORTS = {"twotower_v4/gate.json": "train_v4.json", "lvm/result.json": "train_lvm.json",
-               "deploy.json": "deploy.json"}
+               "deploy.json": "deploy.json", "tune_index.json": "tune_index.json"}
 
 
 class ResultError(ValueError):
@@ -324,23 +324,31 @@ def render_chaos(d: dict) -> list[str]:
 
 
 def render_latency(d: dict) -> list[str]:
-    rows = []
-    for name, lay in dig(d, "layouts").items():
-        one = lay.get("one_search", {})
-        curve = lay.get("clients") or lay.get("throughput") or {}
-        rate = " / ".join(num(c.get("searches_per_s"), ".1f") for c in curve.values()) \
-            if isinstance(curve, dict) else "-"
-        rows.append([name, f"{num(one.get('p50_ms'))} / {num(one.get('p99_ms'))}",
-                     " / ".join(curve) if isinstance(curve, dict) else "-", rate,
-                     num((lay.get("text") or {}).get("p50_ms"))])
     lines = [f"Deploy `{d.get('deploy')}`, vectors as input, {d.get('cpus')} CPUs, load average "
-             f"{load(d, 'load_avg')}.", ""]
-    lines += table(["layout", "one search p50 / p99 ms", "clients", "searches/s",
-                    "text input p50 ms"], rows)
+             f"{load(d, 'load_avg')} (start-end).", ""]
+    rows, curves = [], []
+    for name, lay in dig(d, "layouts").items():
+        one = dig(lay, "one_search")
+        rows.append([name, num(one.get("p50_ms")), num(one.get("p99_ms")),
+                     num((lay.get("texts") or {}).get("p50_ms")), num(lay.get("load_avg"), ".1f")
+                     if not isinstance(lay.get("load_avg"), list) else f"{lay['load_avg'][0]:.1f}"])
+        for c in lay.get("curve", []):
+            cpu = c.get("cpu_ms_per_search") or {}
+            errors = sum((c.get("errors") or {}).values())
+            curves.append([name, num(c["clients"]), num(c["searches_per_s"], ".1f"),
+                           num(c.get("p50_ms")), num(c.get("p99_ms")), num(errors),
+                           num(sum(v for v in cpu.values() if v is not None))
+                           if cpu else "-"])
+    lines += table(["layout", "one search p50 ms", "p99 ms", "texts p50 ms (embedding incl.)",
+                    "load after"], rows)
+    if curves:
+        lines += ["", "Concurrent clients (CPU ms per search: all servers and the clients):", ""]
+        lines += table(["layout", "clients", "searches/s", "p50 ms", "p99 ms", "errors",
+                        "CPU ms per search"], curves)
     ip = d.get("in_process")
     if ip:
-        lines += ["", f"The library alone (in process, 1 thread, no gRPC): p50 "
-                      f"{num(ip.get('p50_ms'))} ms, p99 {num(ip.get('p99_ms'))} ms."]
+        lines += ["", f"The library alone (in process, 1 thread, no gRPC, {num(ip.get('calls'))} "
+                      f"searches): p50 {num(ip.get('p50_ms'))} ms, p99 {num(ip.get('p99_ms'))} ms."]
         lines += reference_lines(ip.get("reference"))
     return lines
 
@@ -369,7 +377,7 @@ SECTIONS = [
             "The deploy.json the numbers below were measured with.", render_deploy),
     Section("recall.json", "Stage-1 recall by query formation", "python -m benchmarks.recall",
             "Every stage-1 query formation side by side on the test split: the heuristics, the "
-            "trained towers, the oracle and the deployed cascade's top 10.", render_recall),
+            "trained towers, the oracle and the deployed cascade's final list.", render_recall),
     Section("cascade_eval.json", "The cascade per stage and per context form",
             "python -m benchmarks.cascade_eval",
             "The in-process cascade on the test split, after each stage, for each form a client "
@@ -388,7 +396,7 @@ SECTIONS = [
             "FAISS index types against exact search on the test split's heuristic queries: "
             "build time, memory, containment@500 and one-query latency."),
     Section("shards.json", "Stage 1 across shards", "python -m benchmarks.shards",
-            "End-to-end front latency and throughput with stage 1 split into 1, 2 and 4 shard "
+            "End-to-end front latency and throughput with stage 1 split across several shard "
             "servers, with each server's peak memory."),
     Section("embed_throughput.json", "Embedding throughput",
             "python -m benchmarks.embed_throughput",
@@ -400,7 +408,7 @@ SECTIONS = [
             "and through the front's batcher."),
     Section("chaos.json", "Chaos: kills and swaps under load", "make chaos",
             "The serving set under concurrent callers while its processes are killed in turn "
-            "and its deploy is swapped twice; the targets are the serving issue's.",
+            "and its deploy is swapped and swapped back; the targets are the serving issue's.",
             render_chaos),
     Section("lvm_features.json", "Which LVM head features help",
             "python -m benchmarks.lvm_features",
@@ -414,6 +422,11 @@ SECTIONS = [
     Section("train_memory.json", "Peak memory of training at scale",
             "python -m benchmarks.train_memory",
             "Peak RSS of one v4 epoch on a large synthetic bank with long contexts."),
+    Section("tune_index.json", "Stage 1's ANN index, tuned on val (large banks)",
+            "python -m training.tune_index --deploy DEPLOY --pairs PAIRS",
+            "The sweep that chose stage 1's approximate index: containment of exact search's "
+            "top list on val for each setting, the chosen one measured on test, and how often "
+            "the whole cascade's final list equals the exact-stage-1 cascade's."),
     Section("scale.json", "Large banks served beside the default one",
             "python -m benchmarks.latency --scale DEPLOY",
             "Large banks' serving sets measured in the same run as the default deploy, their "
@@ -498,8 +511,12 @@ def numbers_block(results: Path = RESULTS) -> list[str]:
         f"{num(d['latency']['single']['total']['median_ms'])} / "
         f"{num(d['latency']['single']['total']['p99_ms'])}"])
     get("latency.json", lambda d: [
-        "served, one search p50 ms, " + ", ".join(d["layouts"]), "-",
+        "served over gRPC, one search p50 ms: " + " / ".join(d["layouts"]), "-",
         " / ".join(num(v["one_search"]["p50_ms"]) for v in d["layouts"].values())])
+    get("latency.json", lambda d: [
+        "served, searches/s at 8 clients: " + " / ".join(d["layouts"]), "-",
+        " / ".join(num(c["searches_per_s"], ".0f") for v in d["layouts"].values()
+                   for c in v.get("curve", []) if c["clients"] == 8)])
     get("chaos.json", lambda d: [
         "chaos: failed calls under kills and swaps", "-", f"{d['failed']} of {num(d['calls'])}"])
     return [START, ""] + table(["what", "split", "value"], rows) + [
