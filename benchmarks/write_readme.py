@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,6 +49,8 @@ def num(v: object, fmt: str = ".2f") -> str:
     if isinstance(v, int):
         return f"{v:,}"
     if isinstance(v, float):
+        if v != 0 and abs(v) < 1e-3:  # e.g. a largest difference: keep its magnitude
+            return f"{v:.1e}"
         return f"{v:{fmt}}"
     return str(v)
 
@@ -114,7 +115,7 @@ def flatten(rec: dict, prefix: str = "") -> dict[str, str]:
         if k.endswith("_ci95"):
             continue
         ci = rec.get(f"{k}_ci95")
-        fmt = ".3f" if isinstance(v, float) and abs(v) < 1 else ".2f"
+        fmt = ".4f" if isinstance(v, float) and abs(v) < 1 else ".2f"
         if isinstance(v, float) and isinstance(ci, list) and len(ci) == 2:
             out[name] = with_ci(v, ci, fmt)
         elif scalar(v):
@@ -152,7 +153,8 @@ def render_generic(d: dict, path: str = "", depth: int = 0) -> list[str]:
              if isinstance(v, list) and 0 < len(v) <= 4 and all(scalar(x) for x in v)]
     if flat:
         lines += ([f"`{path}`:", ""] if path else []) + table(
-            ["key", "value"], [[f"`{k}`", num(v)] for k, v in flat]) + [""]
+            ["key", "value"], [[f"`{k}`", num(v, ".4f" if isinstance(v, float) and abs(v) < 1
+                                              else ".2f")] for k, v in flat]) + [""]
     for k, v in d.items():
         name = f"{path}.{k}" if path else k
         if is_records(v):
@@ -538,13 +540,19 @@ def update_top_readme(path: Path, results: Path) -> bool:
 
 
 def collect_runs(run_dir: Path, results: Path) -> list[str]:
-    """Copy a bank's training reports (RUN_REPORTS) into results; the names copied."""
+    """Copy a bank's training reports (RUN_REPORTS) into results; the names copied. The tuned
+    ANN index's sweep gets deploy.json's `stage1_index` record beside it (the cascade's top-10
+    agreement is measured into deploy.json only)."""
     copied = []
     for src, name in RUN_REPORTS.items():
         path = run_dir / src
         if path.exists():
-            json.loads(path.read_text())  # refuse to commit a broken report
-            shutil.copyfile(path, results / name)
+            data = json.loads(path.read_text())  # refuse to commit a broken report
+            if name == "tune_index.json" and (run_dir / "deploy.json").exists():
+                record = json.loads((run_dir / "deploy.json").read_text()).get("stage1_index")
+                if record:
+                    data["stage1_index"] = record
+            (results / name).write_text(json.dumps(data, indent=2) + "\n")
             copied.append(name)
     return copied
 
