@@ -118,6 +118,8 @@ def flatten(rec: dict, prefix: str = "") -> dict[str, str]:
         fmt = ".4f" if isinstance(v, float) and abs(v) < 1 else ".2f"
         if isinstance(v, float) and isinstance(ci, list) and len(ci) == 2:
             out[name] = with_ci(v, ci, fmt)
+        elif isinstance(v, str) and len(v) > 60:  # a command line or log path: in the JSON
+            continue
         elif scalar(v):
             out[name] = num(v, fmt)
         elif isinstance(v, dict) and not prefix:
