@@ -524,7 +524,7 @@ def numbers_block(results: Path = RESULTS) -> list[str]:
     get("chaos.json", lambda d: [
         "chaos: failed calls under kills and swaps", "-", f"{d['failed']} of {num(d['calls'])}"])
     return [START, ""] + table(["what", "split", "value"], rows) + [
-        "", "Where they come from, with CIs and the machine's load: "
+        "", "Where they come from, with CIs and, where recorded, the machine's load: "
             "[benchmarks/README.md](benchmarks/README.md).", "", END]
 
 
