@@ -41,7 +41,7 @@ NEXT_BANK = $(if $(filter command line,$(origin BANK)), BANK=$(BANK))
 
 .DEFAULT_GOAL := help
 .PHONY: help setup data data-long test test-slow lint clean train-v4 train-v4-bg train-lvm \
-	monitor bench bench-scale protos serve query chaos
+	monitor bench bench-readme bench-scale protos serve query chaos
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -115,13 +115,17 @@ train-lvm: $(STAMP)  ## stage 2 after train-v4: the LVM reranker on stage 1's ow
 monitor: $(STAMP)  ## latest epoch, Recall@500, separation margin and whether the run is alive (RUN=...)
 	@$(PY) -m training.monitor $(if $(filter command line,$(origin RUN)),--run $(RUN),$(if $(PROFILE),--profile $(PROFILE)) $(if $(filter command line,$(origin BANK)),--bank $(BANK)))
 
-bench: $(STAMP) $(GEN)  ## every stage-1 formation on the test split (recall, MRR@10, nDCG@10, article CIs), the cascade per stage, TMD rerank, embedding throughput, gRPC latency
+bench: $(STAMP) $(GEN)  ## the benchmarks on BANK (recall, cascade per stage, TMD, embedding, gRPC latency), then bench-readme
 	$(PY) -m benchmarks.recall --bank $(BANK)
 	$(PY) -m benchmarks.cascade_eval --deploy $(DEPLOY) \
 		--pairs artifacts/twotower/$(BANK_STEM)/pairs_v4.npz
 	$(PY) -m benchmarks.tmd_eval --bank $(BANK) --pairs artifacts/twotower/$(BANK_STEM)/pairs_v4.npz
 	$(PY) -m benchmarks.embed_throughput
 	$(PY) -m benchmarks.latency --deploy $(DEPLOY) --layouts single,in_process
+	$(PY) -m benchmarks.write_readme --runs runs/$(BANK_STEM)
+
+bench-readme: $(STAMP)  ## regenerate benchmarks/README.md (and README.md's numbers) from benchmarks/results/*.json
+	$(PY) -m benchmarks.write_readme
 
 bench-scale: $(STAMP)  ## training cost: pairs/s and peak RSS of one epoch, synthetic 50k/500k/1M-row banks x contexts 8/100 (~15-60 min)
 	$(PY) -m benchmarks.train_speed
