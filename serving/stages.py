@@ -188,8 +188,9 @@ class Stage1Servicer(_Stage, rpc.Stage1Servicer):
         self.batcher = self.batcher_for()
 
     def build(self, old):
+        from cascade.context import ContextRows
         from cascade.device import resolve_device
-        from cascade.stage1 import ContextRows, Stage1
+        from cascade.stage1 import Stage1
 
         shards = len(self.cfg.stage1.shards)
         bank = same_bank(self.cfg.deploy, old.bank if old is not None and shards == 1 else None)

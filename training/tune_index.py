@@ -37,13 +37,13 @@ import faiss
 import numpy as np
 
 from cascade.bank import BankError, atomic_write, load_bank, write_json
+from cascade.context import ContextRows
 from cascade.deploy import CascadeConfig, DeployError, read_deploy, resolve
 from cascade.index import EXACT_MAX_SIZE, search_batched
 from cascade.pairs import PairsError, load_pairs
 from cascade.pipeline import Cascade
 from cascade.stage1 import (
     EXACT,
-    ContextRows,
     Stage1,
     cached_build_seconds,
     index_cache_path,
