@@ -30,9 +30,9 @@ from cascade.bank import Bank, BankError, load_bank, write_json
 from cascade.checkpoint import CheckpointError, check_split_of, load_checkpoint
 from cascade.evaluation import evaluate
 from cascade.index import build_index
+from cascade.methods import method_queries
 from cascade.metrics import cluster_bootstrap_ci, hits_at, reciprocal_ranks
 from cascade.pairs import Pairs, PairsError, load_pairs
-from training.report import method_queries
 
 KS = (10, 50, 500)
 

@@ -37,6 +37,7 @@ from cascade.deploy import DeployError, read_deploy
 from cascade.device import resolve_device
 from cascade.index import build_index
 from cascade.lvm import LvmError
+from cascade.methods import compare_methods
 from cascade.metrics import (
     cluster_bootstrap_ci,
     hits_at,
@@ -49,12 +50,11 @@ from cascade.pairs import PairsError, load_pairs
 from cascade.pipeline import Cascade
 from cascade.query import DEFAULT_ALPHA, heuristic_queries
 from cascade.split import TEST
-from training.report import compare_methods
 
 KS = (1, 5, 10, 50, 100, 500, 1000)
 CUTOFF = 10  # MRR@10, nDCG@10
 HEURISTIC = f"exp-weighted a={DEFAULT_ALPHA:g} (heuristic)"
-FORMATIONS = {  # name: (kind, source) as training.report.method_queries takes them
+FORMATIONS = {  # name: (kind, source) as cascade.methods.method_queries takes them
     "last vector": ("last_vector", None),
     "mean": ("mean", None),
     "exp-weighted a=0.05": ("exp_weighted", 0.05),

@@ -44,6 +44,7 @@ from cascade.bank import Bank, BankError, atomic_write, load_bank, write_json
 from cascade.device import autocast, check_amp, resolve_device, rng_state, set_rng_state
 from cascade.encode import encode_docs
 from cascade.index import build_index
+from cascade.methods import compare_methods
 from cascade.pairs import Pairs, PairsError, context_windows, load_pairs
 from cascade.split import SIDE_NAMES, SplitSpec
 from cascade.stage1 import Stage1
@@ -55,7 +56,7 @@ from training.gates import abort_advice, decide, mid_gate
 from training.losses import contrastive_loss
 from training.memory_bank import MemoryBank
 from training.mining import mine
-from training.report import RANKS_FILE, compare_methods, save_ranks, write_report
+from training.report import RANKS_FILE, save_ranks, write_report
 
 EXIT_BAD_INPUT = 2
 EXIT_ABORT = 3
