@@ -21,6 +21,11 @@ def recall_at(ranks: np.ndarray, k: int) -> float:
     return float(hits_at(ranks, k).mean()) if len(ranks) else 0.0
 
 
+def hit_percent(ranks: np.ndarray, k: int) -> float:
+    """Hit@k in percent: 100 x the fraction of queries whose target is within the top k."""
+    return float(100 * ((ranks >= 0) & (ranks < k)).mean()) if len(ranks) else 0.0
+
+
 def mrr(ranks: np.ndarray) -> float:
     """Mean reciprocal rank (0 for a target outside the list)."""
     return float(reciprocal_ranks(ranks).mean()) if len(ranks) else 0.0
