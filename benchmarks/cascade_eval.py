@@ -39,8 +39,9 @@ from cascade.bank import BankError, write_json
 from cascade.deploy import DeployError
 from cascade.lvm import LvmError
 from cascade.metrics import (
-    cluster_bootstrap_ci,
+    difference_ci,
     hits_at,
+    mean_ci,
     paired_difference,
     reciprocal_ranks,
     target_ranks,
@@ -130,17 +131,14 @@ def removed_repeats(cascade: Cascade, pairs, batch: int = 256) -> dict:
 
 
 def with_ci(values: np.ndarray, clusters: np.ndarray, scale: float = 100.0) -> dict:
-    lo, hi = cluster_bootstrap_ci(values, clusters)
-    return {"value": scale * float(values.mean()), "ci95": [scale * lo, scale * hi]}
+    value, ci = mean_ci(values, clusters, scale)
+    return {"value": value, "ci95": ci}
 
 
 def paired(r: np.ndarray, base: np.ndarray, clusters: np.ndarray) -> dict:
     """Hit@k and MRR@10 of ranks `r` minus `base`, paired, article-clustered 95% CIs."""
     out = {f"hit@{k}": paired_difference(r, base, k, clusters=clusters) for k in HIT_KS}
-    d = reciprocal_ranks(r, 10) - reciprocal_ranks(base, 10)
-    lo, hi = cluster_bootstrap_ci(d, clusters)
-    out["mrr@10"] = {"diff": float(d.mean()), "ci95": [lo, hi],
-                     "significant": bool(lo > 0 or hi < 0)}
+    out["mrr@10"] = difference_ci(reciprocal_ranks(r, 10) - reciprocal_ranks(base, 10), clusters)
     return out
 
 

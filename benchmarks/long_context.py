@@ -31,7 +31,7 @@ from cascade.checkpoint import CheckpointError, check_split_of, load_checkpoint
 from cascade.evaluation import evaluate
 from cascade.index import build_index
 from cascade.methods import method_queries
-from cascade.metrics import cluster_bootstrap_ci, hits_at, reciprocal_ranks
+from cascade.metrics import difference_ci, hits_at, reciprocal_ranks
 from cascade.pairs import Pairs, PairsError, load_pairs
 
 KS = (10, 50, 500)
@@ -49,12 +49,6 @@ def per_query(ranks: np.ndarray) -> dict[str, np.ndarray]:
     out = {f"recall@{k}": 100 * hits_at(ranks, k) for k in KS}
     out["mrr"] = reciprocal_ranks(ranks)
     return out
-
-
-def diff_ci(values: np.ndarray, clusters: np.ndarray) -> dict:
-    lo, hi = cluster_bootstrap_ci(values, clusters)
-    return {"diff": float(values.mean()), "ci95": [float(lo), float(hi)],
-            "significant": bool(lo > 0 or hi < 0)}
 
 
 def run(bank: Bank, pairs: Pairs, ckpts: dict[str, str], lengths: list[int]) -> dict:
@@ -84,15 +78,15 @@ def run(bank: Bank, pairs: Pairs, ckpts: dict[str, str], lengths: list[int]) -> 
 
     short, long_ = min(lengths), max(lengths)
     learned = [m for m in methods if m != "oracle"]
-    gains = {m: {key: diff_ci(values[m, long_][key] - values[m, short][key], clusters)
+    gains = {m: {key: difference_ci(values[m, long_][key] - values[m, short][key], clusters)
                  for key in values[m, long_]} for m in learned}
     versus = {}
     for name in ckpts:
-        versus[name] = {key: diff_ci((values[name, long_][key] - values[name, short][key])
+        versus[name] = {key: difference_ci((values[name, long_][key] - values[name, short][key])
                                      - (values["heuristic", long_][key]
                                         - values["heuristic", short][key]), clusters)
                         for key in values[name, long_]}
-    at_full = {name: {key: diff_ci(values[name, long_][key] - values["heuristic", long_][key],
+    at_full = {name: {key: difference_ci(values[name, long_][key] - values["heuristic", long_][key],
                                    clusters) for key in values[name, long_]} for name in ckpts}
     return {"tables": tables, "gain_from_context": gains, "gain_vs_heuristic_gain": versus,
             "vs_heuristic_at_full_context": at_full, "short": short, "long": long_}

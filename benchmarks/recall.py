@@ -39,8 +39,8 @@ from cascade.index import build_index
 from cascade.lvm import LvmError
 from cascade.methods import compare_methods
 from cascade.metrics import (
-    cluster_bootstrap_ci,
     hits_at,
+    mean_ci,
     ndcg_gains,
     paired_difference,
     reciprocal_ranks,
@@ -90,14 +90,13 @@ def scores(ranks: np.ndarray, clusters: np.ndarray, seed: int = 0,
         if list_len is not None and k > list_len:
             out[f"recall@{k}"], out[f"recall@{k}_ci95"] = None, None
             continue
-        v = hits_at(ranks, k)
-        out[f"recall@{k}"] = 100 * float(v.mean()) if len(v) else None
-        out[f"recall@{k}_ci95"] = [100 * float(x)
-                                   for x in cluster_bootstrap_ci(v, clusters, seed=seed)]
+        out[f"recall@{k}"], out[f"recall@{k}_ci95"] = mean_ci(hits_at(ranks, k), clusters, 100,
+                                                              seed)
     for name, v in ((f"mrr@{CUTOFF}", reciprocal_ranks(ranks, CUTOFF)),
                     (f"ndcg@{CUTOFF}", ndcg_gains(ranks, CUTOFF))):
-        out[name] = float(v.mean()) if len(v) else None
-        out[f"{name}_ci95"] = [float(x) for x in cluster_bootstrap_ci(v, clusters, seed=seed)]
+        out[name], out[f"{name}_ci95"] = mean_ci(v, clusters, seed=seed)
+    if not len(ranks):  # no queries: no value (its interval is NaN)
+        out.update({key: None for key in out if key != "n" and not key.endswith("_ci95")})
     return out
 
 

@@ -89,6 +89,22 @@ def cluster_bootstrap_ci(values: np.ndarray, clusters: np.ndarray | None = None,
     return out[:, 0] if one else out
 
 
+def mean_ci(values: np.ndarray, clusters: np.ndarray | None = None, scale: float = 1.0,
+            seed: int = BOOT_SEED) -> tuple[float, list[float]]:
+    """A metric with its clustered CI: the mean of per-query `values` (a hit, a reciprocal rank,
+    a paired difference) and its 95% interval resampling `clusters` (see
+    `cluster_bootstrap_ci`), both times `scale` (100: a fraction as percent)."""
+    lo, hi = cluster_bootstrap_ci(values, clusters, seed=seed)
+    return scale * float(values.mean()), [scale * float(lo), scale * float(hi)]
+
+
+def difference_ci(values: np.ndarray, clusters: np.ndarray | None = None) -> dict:
+    """Per-query paired differences -> {"diff": mean, "ci95": [lo, hi], "significant": the
+    clustered 95% interval excludes 0}."""
+    diff, (lo, hi) = mean_ci(values, clusters)
+    return {"diff": diff, "ci95": [lo, hi], "significant": bool(lo > 0 or hi < 0)}
+
+
 def hits_at(ranks: np.ndarray, k: int) -> np.ndarray:
     """(P,) 1.0 where the target is within the top k, else 0.0."""
     return ((ranks >= 0) & (ranks < k)).astype(np.float64)
