@@ -29,13 +29,12 @@ import argparse
 import os
 import sys
 import time
-from datetime import UTC, datetime
-from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import created, save_report
 from benchmarks.reference import describe, reference_ops, relative
-from cascade.bank import BankError, write_json
+from cascade.bank import BankError
 from cascade.deploy import DeployError
 from cascade.lvm import LvmError
 from cascade.metrics import (
@@ -295,16 +294,14 @@ def main(argv: list[str] | None = None) -> int:
     print(describe(ref))
     print(relative("one context, median", lat["single"]["total"]["median_ms"], 5.0, ref))
     lead = forms[0]
-    report = {"benchmark": "cascade_eval", "created": datetime.now(UTC).isoformat(
-        timespec="seconds"), "deploy": args.deploy, "pairs": args.pairs, "split": args.split,
+    report = {"benchmark": "cascade_eval", "created": created(),
+        "deploy": args.deploy, "pairs": args.pairs, "split": args.split,
         "n": len(split), "stage1_kind": cascade.stage1.kind, "config": cfg.to_dict(),
         "threads": args.threads, "cpus": os.cpu_count(), "forms": forms,
         "headline": {"form": lead, "stage": list(q[lead])[-1],
                      "hit@10": q[lead][list(q[lead])[-1]]["hit@10"]},
         "quality": q, "notes": notes, "latency": lat, "reference": ref}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    write_json(args.out, report)
-    print(f"wrote {args.out}")
+    save_report(args.out, report)
     return 0
 
 

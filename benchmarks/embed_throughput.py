@@ -15,7 +15,6 @@ import platform
 import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,7 +22,7 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from cascade.bank import write_json  # noqa: E402
+from benchmarks.common import save_report  # noqa: E402
 from cascade.encoder import (  # noqa: E402
     embed_sentences,
     encoder_dim,
@@ -137,10 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                 "loadavg_1_5_15_before": [round(x, 2) for x in load_before],
                 "loadavg_1_5_15_after": [round(x, 2) for x in os.getloadavg()]},
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_json(out, result)
-    print(f"wrote {out}")
+    save_report(args.out, result)
     return 0
 
 

@@ -46,7 +46,8 @@ import grpc
 import numpy as np
 import yaml
 
-from cascade.bank import load_bank, write_json
+from benchmarks.common import NOISY, save_report
+from cascade.bank import load_bank
 from cascade.deploy import read_deploy, resolve
 from serving.client import CascadeClient
 from serving.config import DEFAULT_CONFIG, STAGES, ServingConfig, load_config
@@ -521,10 +522,7 @@ def main(argv: list[str] | None = None) -> int:
                 base.deploy = args.deploy
             report = scale_main(args, base, Path(tmp))
         out = Path(args.out if args.out != str(RESULTS) else RESULTS.with_name("scale.json"))
-        out.parent.mkdir(parents=True, exist_ok=True)
-        write_json(out, report)
-        print(f"wrote {out} (load average {report['load_avg_at_start'][0]:.1f} at the start: "
-              f"timings on a shared machine are noisy)")
+        save_report(out, report, NOISY.format(report["load_avg_at_start"][0]))
         return 0
     clients = [int(c) for c in args.clients.split(",")]
     layouts = (args.layouts.split(",") if args.layouts else
@@ -580,10 +578,7 @@ def main(argv: list[str] | None = None) -> int:
             p50 = report["layouts"][name]["one_search"]["p50_ms"]
             print(relative(f"one search ({name}), p50", p50, 8.0, ref))
         report["load_avg_at_end"] = list(os.getloadavg())
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    write_json(args.out, report)
-    print(f"wrote {args.out} (load average {report['load_avg_at_start'][0]:.1f} at the start: "
-          f"timings on a shared machine are noisy)")
+    save_report(args.out, report, NOISY.format(report["load_avg_at_start"][0]))
     return 0
 
 

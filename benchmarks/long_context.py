@@ -21,12 +21,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from datetime import UTC, datetime
-from pathlib import Path
 
 import numpy as np
 
-from cascade.bank import Bank, BankError, load_bank, write_json
+from benchmarks.common import created, named_checkpoints, save_report
+from cascade.bank import Bank, BankError, load_bank
 from cascade.checkpoint import CheckpointError, check_split_of, load_checkpoint
 from cascade.evaluation import evaluate
 from cascade.index import build_index
@@ -145,8 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     t0 = time.perf_counter()
     try:
-        ckpts = dict(c.split("=", 1) if "=" in c else (Path(c).parent.parent.name, c)
-                     for c in args.ckpt)
+        ckpts = named_checkpoints(args.ckpt)
         bank = load_bank(args.bank)
         pairs = load_pairs(args.pairs, bank)
         split = pairs.side(args.split)
@@ -168,17 +166,14 @@ def main(argv: list[str] | None = None) -> int:
           f"({bank.n:,} x {bank.dim})\n")
     print(markdown(result))
     report = {"benchmark": "long_context",
-              "created": datetime.now(UTC).isoformat(timespec="seconds"),
+              "created": created(),
               "bank": args.bank, "bank_fingerprint": bank.fingerprint(), "pairs": args.pairs,
               "split": args.split, "full_context": args.full_context, "n": len(full),
               "articles": articles, "checkpoints": ckpts,
               "seconds": round(time.perf_counter() - t0, 1),
               **{k: v for k, v in result.items() if k != "tables"},
               "tables": {str(k): v for k, v in result["tables"].items()}}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_json(out, report)
-    print(f"wrote {args.out}")
+    save_report(args.out, report)
     return 0
 
 

@@ -13,12 +13,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
 
-from cascade.bank import load_bank, write_json
+from benchmarks.common import created, save_report
+from cascade.bank import load_bank
 from cascade.deploy import read_deploy
 from cascade.lvm import (
     ADJACENCY,
@@ -84,13 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'features':<60}{'Hit@1':>8}{'Hit@5':>8}{'Hit@10':>8}{'Hit@50':>8}")
     for name, m in rows.items():
         print(f"{name:<60}" + "".join(f"{m[f'hit@{k}']:8.2f}" for k in (1, 5, 10, 50)))
-    report = {"benchmark": "lvm_features", "created": datetime.now(UTC).isoformat(
-        timespec="seconds"), "run": str(run), "split": "val", "n": len(val),
+    report = {"benchmark": "lvm_features", "created": created(),
+        "run": str(run), "split": "val", "n": len(val),
         "stage1_kind": stage1.kind, "k": cfg.k, "sets": SETS, "results": rows,
         "train_config": dataclasses.asdict(cfg)}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    write_json(args.out, report)
-    print(f"wrote {args.out}")
+    save_report(args.out, report)
     return 0
 
 

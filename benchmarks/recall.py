@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks.cascade_eval import stage_ranks
-from cascade.bank import BankError, load_bank, write_json
+from benchmarks.common import created, named_checkpoints, save_report
+from cascade.bank import BankError, load_bank
 from cascade.checkpoint import CheckpointError, check_split_of, load_checkpoint
 from cascade.deploy import DeployError, read_deploy
 from cascade.device import resolve_device
@@ -182,8 +182,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"note: no {name} checkpoint at {path} (make train-v4 BANK={args.bank}); "
                       f"scoring without it", file=sys.stderr)
     else:  # NAME=PATH, or a PATH named by its run directory
-        ckpts = dict(c.split("=", 1) if "=" in c else (Path(c).parent.parent.name, c)
-                     for c in args.ckpt)
+        ckpts = named_checkpoints(args.ckpt)
     try:
         bank = load_bank(args.bank)
         pairs = load_pairs(pairs_path, bank)
@@ -241,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
             verdict = "beats" if d["significant"] and d["diff"] > 0 else "does not beat"
             print(f"{name} {verdict} the heuristic on {key}: {d['diff']:+.2f} points "
                   f"(95% CI {d['ci95'][0]:+.2f} to {d['ci95'][1]:+.2f}, articles resampled)")
-    report = {"benchmark": "recall", "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    report = {"benchmark": "recall", "created": created(),
               "bank": args.bank, "bank_fingerprint": bank.fingerprint(), "pairs": pairs_path,
               "split": args.split, "n": len(split),
               "articles": int(len(np.unique(clusters))), "ks": list(KS),
@@ -250,10 +249,7 @@ def main(argv: list[str] | None = None) -> int:
               "methods": table, "vs_heuristic": versus, "checkpoints": ckpts, "device": str(device),
               "cascade_deploy": None if deploy == "none" else deploy,
               "quoted_reference": QUOTED}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_json(out, report)
-    print(f"wrote {out}")
+    save_report(args.out, report)
     return 0
 
 

@@ -25,8 +25,9 @@ from pathlib import Path
 
 import yaml
 
+from benchmarks.common import NOISY, save_report
 from benchmarks.latency import Running, bench_contexts, concurrent, free_port, sequential
-from cascade.bank import save_bank, write_json
+from cascade.bank import save_bank
 from cascade.shard import whole_fingerprint
 from serving.config import DEFAULT_CONFIG, STAGES
 
@@ -169,10 +170,8 @@ def main(argv: list[str] | None = None) -> int:
             report["banks"][name] = {"deploy": deploy, "rows": rows, "results": results}
             print_table(f"{name} ({rows:,} rows)", results, clients)
     report["load_avg_at_end"] = list(os.getloadavg())
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    write_json(args.out, report)
-    print(f"\nwrote {args.out} (load average {report['load_avg_at_start'][0]:.1f} at the start: "
-          f"timings on a shared machine are noisy)")
+    print()
+    save_report(args.out, report, NOISY.format(report["load_avg_at_start"][0]))
     return 0
 
 

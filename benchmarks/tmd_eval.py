@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import UTC, datetime
-from pathlib import Path
 
 import numpy as np
 
-from cascade.bank import Bank, BankError, load_bank, write_json
+from benchmarks.common import created, save_report
+from cascade.bank import Bank, BankError, load_bank
 from cascade.index import build_index, search_batched
 from cascade.metrics import paired_difference, recall_report, target_ranks
 from cascade.pairs import Pairs, PairsError, context_windows, load_pairs
@@ -187,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                "hurts" if diff["significant"] else "makes no significant difference")
     print(f"verdict: TMD ({chosen}, w={best_w:g}) {verdict} on test")
 
-    report = {"benchmark": "tmd_eval", "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    report = {"benchmark": "tmd_eval", "created": created(),
               "bank": args.bank, "bank_fingerprint": bank.fingerprint(), "pairs": args.pairs,
               "stage1": {"heuristic": "exp_weighted", "alpha": args.alpha, "index": "flat",
                          "context_rows_excluded": True, "candidates": args.candidates,
@@ -199,9 +198,7 @@ def main(argv: list[str] | None = None) -> int:
                        "reports": reports, "vs_w0": diffs, "verdict": verdict,
                        "vector_lane_domain_agreement": agreement,
                        "vector_lane_val_fit": vector_fit}}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    write_json(args.out, report)
-    print(f"wrote {args.out}")
+    save_report(args.out, report)
     return 0
 
 
