@@ -26,10 +26,11 @@ from pathlib import Path
 import yaml
 
 from benchmarks.common import NOISY, save_report
-from benchmarks.latency import Running, bench_contexts, concurrent, free_port, sequential
+from benchmarks.latency import bench_contexts, concurrent, sequential
 from cascade.bank import save_bank
 from cascade.shard import whole_fingerprint
 from serving.config import DEFAULT_CONFIG, STAGES
+from serving.harness import ServingSet, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "shards.json"
@@ -95,7 +96,8 @@ def peak_rss_mb(lines: list[str]) -> dict:
 
 def measure(deploy: str, shards: int, contexts, clients: list[int], seconds: float, n: int,
             tmp: Path) -> dict:
-    running = Running(sharded_config(deploy, shards, tmp / f"shards{shards}.yaml"))
+    running = ServingSet(sharded_config(deploy, shards, tmp / f"shards{shards}.yaml"),
+                         ready_timeout=None)
     try:
         one = sequential(running.cfg, contexts, n)
         curve = [concurrent(running.cfg, contexts, c, seconds) for c in clients]
