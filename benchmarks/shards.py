@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -82,7 +83,8 @@ def peak_rss_mb(lines: list[str]) -> dict:
     for line in lines:
         if "(pid " not in line:
             continue
-        name, pid = line.split()[0], int(line.split("(pid ")[1].split(")")[0])
+        # "(pid N)" of a server, "(pid N, in <pid file>)" of the supervisor's ready line
+        name, pid = line.split()[0], int(re.search(r"\(pid (\d+)", line).group(1))
         name = "supervisor" if name == "ready;" else name
         try:
             status = Path(f"/proc/{pid}/status").read_text()
