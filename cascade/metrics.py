@@ -90,11 +90,11 @@ def cluster_bootstrap_ci(values: np.ndarray, clusters: np.ndarray | None = None,
 
 
 def mean_ci(values: np.ndarray, clusters: np.ndarray | None = None, scale: float = 1.0,
-            seed: int = BOOT_SEED) -> tuple[float, list[float]]:
+            seed: int = BOOT_SEED, n_boot: int = N_BOOT) -> tuple[float, list[float]]:
     """A metric with its clustered CI: the mean of per-query `values` (a hit, a reciprocal rank,
     a paired difference) and its 95% interval resampling `clusters` (see
     `cluster_bootstrap_ci`), both times `scale` (100: a fraction as percent)."""
-    lo, hi = cluster_bootstrap_ci(values, clusters, seed=seed)
+    lo, hi = cluster_bootstrap_ci(values, clusters, n_boot, seed)
     return scale * float(values.mean()), [scale * float(lo), scale * float(hi)]
 
 
@@ -140,9 +140,8 @@ def paired_difference(ranks_a: np.ndarray, ranks_b: np.ndarray, k: int,
     excludes 0."""
     d = hits_at(ranks_a, k) - hits_at(ranks_b, k)
     n = len(d)
-    diff = float(d.mean()) if n else 0.0
-    lo, hi = cluster_bootstrap_ci(d, clusters, n_boot, seed) if n else (np.nan, np.nan)
-    return {"k": k, "diff": 100 * diff, "ci95": [100 * float(lo), 100 * float(hi)], "n": n,
+    diff, (lo, hi) = mean_ci(d, clusters, 100, seed, n_boot) if n else (0.0, (np.nan, np.nan))
+    return {"k": k, "diff": diff, "ci95": [lo, hi], "n": n,
             "clusters": int(len(np.unique(clusters))) if clusters is not None else n,
             "ci_method": "article bootstrap" if clusters is not None else "query bootstrap",
             "significant": bool(n > 1 and (lo > 0 or hi < 0))}
