@@ -29,18 +29,18 @@ import argparse
 import os
 import sys
 import time
-from datetime import UTC, datetime
-from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import created, save_report
 from benchmarks.reference import describe, reference_ops, relative
-from cascade.bank import BankError, write_json
+from cascade.bank import BankError
 from cascade.deploy import DeployError
 from cascade.lvm import LvmError
 from cascade.metrics import (
-    cluster_bootstrap_ci,
+    difference_ci,
     hits_at,
+    mean_ci,
     paired_difference,
     reciprocal_ranks,
     target_ranks,
@@ -130,17 +130,14 @@ def removed_repeats(cascade: Cascade, pairs, batch: int = 256) -> dict:
 
 
 def with_ci(values: np.ndarray, clusters: np.ndarray, scale: float = 100.0) -> dict:
-    lo, hi = cluster_bootstrap_ci(values, clusters)
-    return {"value": scale * float(values.mean()), "ci95": [scale * lo, scale * hi]}
+    value, ci = mean_ci(values, clusters, scale)
+    return {"value": value, "ci95": ci}
 
 
 def paired(r: np.ndarray, base: np.ndarray, clusters: np.ndarray) -> dict:
     """Hit@k and MRR@10 of ranks `r` minus `base`, paired, article-clustered 95% CIs."""
     out = {f"hit@{k}": paired_difference(r, base, k, clusters=clusters) for k in HIT_KS}
-    d = reciprocal_ranks(r, 10) - reciprocal_ranks(base, 10)
-    lo, hi = cluster_bootstrap_ci(d, clusters)
-    out["mrr@10"] = {"diff": float(d.mean()), "ci95": [lo, hi],
-                     "significant": bool(lo > 0 or hi < 0)}
+    out["mrr@10"] = difference_ci(reciprocal_ranks(r, 10) - reciprocal_ranks(base, 10), clusters)
     return out
 
 
@@ -223,6 +220,37 @@ def latency_table(lat: dict) -> str:
     return "\n".join(lines)
 
 
+def print_results(args, cascade: Cascade, split, forms: list[str], q: dict, notes: dict,
+                  lat: dict, ref: dict) -> None:
+    k1 = cascade.config.k_stage1
+    cfg = cascade.config
+    print(f"{args.split} split: {len(split):,} contexts, stage 1 = {cascade.stage1.kind}, "
+          f"{cfg.k_stage1}/{cfg.k_lvm}/{cfg.k_tmd}, stage 3 w {cfg.tmd_w} (lanes from codes: "
+          f"rows) / {cfg.tmd_w_tagged} (tagged: texts, vectors), {args.threads} thread(s), "
+          f"{os.cpu_count()} CPUs (article-clustered 95% CIs; * CI excludes 0)")
+    for form in forms:
+        print(f"\ncontexts sent as {form}:")
+        print(table(q[form]))
+        s1 = q[form]["stage1"][f"recall@{k1}"]
+        print(f"stage 1 Recall@{k1}: {s1['value']:.2f}% [{s1['ci95'][0]:.1f}, "
+              f"{s1['ci95'][1]:.1f}] (the ceiling of stages 2 and 3)")
+    if "texts_roundtrip" in notes:
+        t = notes["texts_roundtrip"]
+        print(f"\ntexts re-embedded: {t['rows']:,} context rows, min cos to the bank's vector "
+              f"{t['min_cos']:.6f}, max |difference| {t['max_abs_diff']:.2e}"
+              + (" (the bank's vectors within float tolerance)" if t["min_cos"] > 0.9999
+                 else " (NOT the bank's vectors: another encoder or text?)"))
+    if "near_duplicates" in notes:
+        n = notes["near_duplicates"]
+        print(f"near-duplicates of vector contexts (cos >= {n['dup_cos']}): {n['hits_removed']:,}"
+              f" of {n['served_hits']:,} served hits removed, in {n['contexts_changed']:,} "
+              f"contexts")
+    print()
+    print(latency_table(lat))
+    print(describe(ref))
+    print(relative("one context, median", lat["single"]["total"]["median_ms"], 5.0, ref))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.cascade_eval",
                                 description=__doc__.split("\n")[0])
@@ -270,43 +298,17 @@ def main(argv: list[str] | None = None) -> int:
         notes["near_duplicates"] = removed_repeats(cascade, split)
     lat = latency(cascade, split, args.latency_contexts, args.batch, warmup=20, seed=args.seed)
     ref = reference_ops(cascade)
+    print_results(args, cascade, split, forms, q, notes, lat, ref)
     cfg = cascade.config
-    print(f"{args.split} split: {len(split):,} contexts, stage 1 = {cascade.stage1.kind}, "
-          f"{cfg.k_stage1}/{cfg.k_lvm}/{cfg.k_tmd}, stage 3 w {cfg.tmd_w} (lanes from codes: "
-          f"rows) / {cfg.tmd_w_tagged} (tagged: texts, vectors), {args.threads} thread(s), "
-          f"{os.cpu_count()} CPUs (article-clustered 95% CIs; * CI excludes 0)")
-    for form in forms:
-        print(f"\ncontexts sent as {form}:")
-        print(table(q[form]))
-        s1 = q[form]["stage1"][f"recall@{k1}"]
-        print(f"stage 1 Recall@{k1}: {s1['value']:.2f}% [{s1['ci95'][0]:.1f}, "
-              f"{s1['ci95'][1]:.1f}] (the ceiling of stages 2 and 3)")
-    if "texts_roundtrip" in notes:
-        t = notes["texts_roundtrip"]
-        print(f"\ntexts re-embedded: {t['rows']:,} context rows, min cos to the bank's vector "
-              f"{t['min_cos']:.6f}, max |difference| {t['max_abs_diff']:.2e}"
-              + (" (the bank's vectors within float tolerance)" if t["min_cos"] > 0.9999
-                 else " (NOT the bank's vectors: another encoder or text?)"))
-    if "near_duplicates" in notes:
-        n = notes["near_duplicates"]
-        print(f"near-duplicates of vector contexts (cos >= {n['dup_cos']}): {n['hits_removed']:,}"
-              f" of {n['served_hits']:,} served hits removed, in {n['contexts_changed']:,} "
-              f"contexts")
-    print()
-    print(latency_table(lat))
-    print(describe(ref))
-    print(relative("one context, median", lat["single"]["total"]["median_ms"], 5.0, ref))
     lead = forms[0]
-    report = {"benchmark": "cascade_eval", "created": datetime.now(UTC).isoformat(
-        timespec="seconds"), "deploy": args.deploy, "pairs": args.pairs, "split": args.split,
+    report = {"benchmark": "cascade_eval", "created": created(),
+        "deploy": args.deploy, "pairs": args.pairs, "split": args.split,
         "n": len(split), "stage1_kind": cascade.stage1.kind, "config": cfg.to_dict(),
         "threads": args.threads, "cpus": os.cpu_count(), "forms": forms,
         "headline": {"form": lead, "stage": list(q[lead])[-1],
                      "hit@10": q[lead][list(q[lead])[-1]]["hit@10"]},
         "quality": q, "notes": notes, "latency": lat, "reference": ref}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    write_json(args.out, report)
-    print(f"wrote {args.out}")
+    save_report(args.out, report)
     return 0
 
 

@@ -27,7 +27,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -38,11 +37,12 @@ import grpc
 import numpy as np
 import yaml
 
-from benchmarks.latency import bench_contexts, free_port, synthetic_deploy
+from benchmarks.latency import bench_contexts, synthetic_deploy
 from cascade.bank import write_json
 from cascade.deploy import read_deploy, resolve
 from serving.client import CascadeClient
 from serving.config import DEFAULT_CONFIG, STAGES, load_config
+from serving.harness import ServingSet, free_port
 from serving.swap import deploy_id
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -140,71 +140,76 @@ def set_pss(pid: int) -> float:
     return pss_mb([pid, *[c for cs in children(pid).values() for c in cs]])
 
 
-class Supervised:
-    """`python -m serving.server` with its printed lines, time-stamped."""
-
-    def __init__(self, config: Path):
-        self.lines: list[tuple[float, str]] = []
-        self.proc = subprocess.Popen([sys.executable, "-m", "serving.server", "--config",
-                                      str(config)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
-        self.ready = threading.Event()
-        threading.Thread(target=self.follow, daemon=True).start()
-        while not self.ready.wait(1.0):
-            if self.proc.poll() is not None:
-                raise SystemExit(f"chaos: the serving set exited with {self.proc.returncode}")
-
-    def follow(self) -> None:
-        for line in self.proc.stdout:
-            self.lines.append((time.monotonic(), line.rstrip()))
-            print(f"  | {line.rstrip()}", flush=True)
-            if line.startswith("ready"):
-                self.ready.set()
-
-    def wait_for(self, texts: tuple[str, ...], since: float, timeout: float
-                 ) -> tuple[float, str] | None:
-        """The first line since `since` holding one of `texts`, waiting up to `timeout`."""
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            hit = next(((t, x) for t, x in list(self.lines)
-                        if t >= since and any(k in x for k in texts)), None)
-            if hit:
-                return hit
-            time.sleep(0.05)
-        return None
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(120)
-
-
 def replace(src: Path, dst: Path) -> None:
     tmp = dst.with_suffix(".tmp")
     shutil.copy(src, tmp)
     os.replace(tmp, dst)
 
 
-def run(args) -> dict:
-    work = Path(tempfile.mkdtemp(prefix="chaos-"))
-    if args.synthetic:
-        src = synthetic_deploy(args.synthetic, work)
-        a = absolute_deploy(src, work / "a.json")
-        # Dry run only: B differs from A by its LVM's initial weights (not trained).
-        import torch
-
-        from cascade.bank import load_bank, sha256_file
-        from cascade.lvm import Lvm, LvmConfig, save_lvm
-        torch.manual_seed(1)
-        save_lvm(work / "lvm_b.pt", Lvm(LvmConfig(dim=384)),
-                 load_bank(read_deploy(src)["bank"]).fingerprint())
-        b = absolute_deploy(src, work / "b.json", lvm={"checkpoint": str(work / "lvm_b.pt"),
-                                                       "sha256": sha256_file(work / "lvm_b.pt")})
-        b_is = "synthetic dry run: A's LVM at other initial weights (NOT trained)"
-    else:
+def deploys(args, work: Path) -> tuple[Path, Path, str]:
+    """Deploys A and B (absolute paths, in `work`) and what B is."""
+    if not args.synthetic:
         a = absolute_deploy(args.deploy, work / "a.json")
         if args.deploy_b:
-            b, b_is = absolute_deploy(args.deploy_b, work / "b.json"), f"--deploy-b {args.deploy_b}"
-        else:
-            b, b_is = other_stage1(args.deploy, work / "b.json")
+            return a, absolute_deploy(args.deploy_b, work / "b.json"), f"--deploy-b {args.deploy_b}"
+        return (a, *other_stage1(args.deploy, work / "b.json"))
+    src = synthetic_deploy(args.synthetic, work)
+    a = absolute_deploy(src, work / "a.json")
+    # Dry run only: B differs from A by its LVM's initial weights (not trained).
+    import torch
+
+    from cascade.bank import load_bank, sha256_file
+    from cascade.lvm import Lvm, LvmConfig, save_lvm
+    torch.manual_seed(1)
+    save_lvm(work / "lvm_b.pt", Lvm(LvmConfig(dim=384)),
+             load_bank(read_deploy(src)["bank"]).fingerprint())
+    b = absolute_deploy(src, work / "b.json", lvm={"checkpoint": str(work / "lvm_b.pt"),
+                                                   "sha256": sha256_file(work / "lvm_b.pt")})
+    return a, b, "synthetic dry run: A's LVM at other initial weights (NOT trained)"
+
+
+def call_loop(seed: int, cfg, contexts: list[np.ndarray], timeout: float,
+              stop: threading.Event, records: list[tuple]) -> None:
+    """One caller: random contexts as vectors until `stop`, each call recorded as (start, end,
+    "ok" | "degraded" | status code, deploy, reason)."""
+    rng = np.random.default_rng(seed)
+    with CascadeClient.from_config(cfg, timeout=timeout, retries=2) as client:
+        while not stop.is_set():
+            ctx = contexts[rng.integers(len(contexts))]
+            t = time.monotonic()
+            try:
+                r = client.search_vectors(ctx)
+                records.append((t, time.monotonic(), "degraded" if r.degraded else "ok",
+                                r.deploy, r.degraded_reason))
+            except grpc.RpcError as e:
+                records.append((t, time.monotonic(), e.code().name, "", e.details()))
+
+
+def fire(what: str, s: ServingSet, swap_to: dict[str, Path], live: Path, ids: dict[str, str],
+         t0: float, seconds: float) -> dict:
+    """One event of EVENTS on the running set: SIGKILL one or both processes of a server, or
+    a deploy swapped in under `live` and SIGHUP (waiting up to `seconds` for its verdict)."""
+    at = time.monotonic()
+    event = {"t": round(at - t0, 2), "event": what}
+    if what.startswith("kill"):
+        pids = children(s.proc.pid).get(what.split()[-1], [])
+        victims = pids if what.startswith("kill both") else pids[:1]
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
+        event["pids"] = victims
+        return event
+    to = what.split()[-1]
+    replace(swap_to[to], live)
+    os.kill(s.proc.pid, signal.SIGHUP)
+    done = s.wait_for_any(("swap done", "swap REFUSED"), at, seconds)
+    event.update(deploy=ids[to], done_t=round(done[0] - t0, 2) if done else None,
+                 line=done[1] if done else "no answer")
+    return event
+
+
+def run(args) -> dict:
+    work = Path(tempfile.mkdtemp(prefix="chaos-"))
+    a, b, b_is = deploys(args, work)
     ids = {"A": deploy_id(a), "B": deploy_id(b)}
     (work / "live").mkdir()
     live = work / "live" / "deploy.json"
@@ -215,59 +220,31 @@ def run(args) -> dict:
     print(f"deploy A {ids['A']} ({read_deploy(a)['stage1']}), B {ids['B']} "
           f"({read_deploy(b)['stage1']}: {b_is}); {args.callers} callers, {args.seconds:.0f} s, "
           f"contexts as vectors; work folder {work}", flush=True)
-    s = Supervised(config)
+    try:
+        s = ServingSet(config, ready_timeout=None, echo=True)
+    except RuntimeError as e:
+        raise SystemExit(f"chaos: {e}") from None
     records: list[tuple] = []  # (start, end, "ok"|"degraded"|code, deploy, reason)
     stop = threading.Event()
-
-    def caller(c: int) -> None:
-        rng = np.random.default_rng(c)
-        with CascadeClient.from_config(cfg, timeout=args.timeout, retries=2) as client:
-            while not stop.is_set():
-                ctx = contexts[rng.integers(len(contexts))]
-                t = time.monotonic()
-                try:
-                    r = client.search_vectors(ctx)
-                    records.append((t, time.monotonic(), "degraded" if r.degraded else "ok",
-                                    r.deploy, r.degraded_reason))
-                except grpc.RpcError as e:
-                    records.append((t, time.monotonic(), e.code().name, "", e.details()))
-
     events: list[dict] = []
     try:
-        threads = [threading.Thread(target=caller, args=(c,), daemon=True)
-                   for c in range(args.callers)]
-        for t in threads:
-            t.start()
+        for c in range(args.callers):
+            threading.Thread(target=call_loop, args=(c, cfg, contexts, args.timeout, stop,
+                                                     records), daemon=True).start()
         time.sleep(args.warmup)
         pss_before = set_pss(s.proc.pid)
         t0 = time.monotonic()
         for frac, what in EVENTS:
             time.sleep(max(0.0, t0 + frac * args.seconds - time.monotonic()))
-            at = time.monotonic()
-            event = {"t": round(at - t0, 2), "event": what}
-            if what.startswith("kill"):
-                name = what.split()[-1]
-                pids = children(s.proc.pid).get(name, [])
-                victims = pids if what.startswith("kill both") else pids[:1]
-                for pid in victims:
-                    os.kill(pid, signal.SIGKILL)
-                event["pids"] = victims
-            else:
-                to = what.split()[-1]
-                replace(a if to == "A" else b, live)
-                os.kill(s.proc.pid, signal.SIGHUP)
-                done = s.wait_for(("swap done", "swap REFUSED"), at, args.seconds)
-                event.update(deploy=ids[to], done_t=round(done[0] - t0, 2) if done else None,
-                             line=done[1] if done else "no answer")
-            events.append(event)
-            print(f"{event['t']:7.2f} s  {what}", flush=True)
+            events.append(fire(what, s, {"A": a, "B": b}, live, ids, t0, args.seconds))
+            print(f"{events[-1]['t']:7.2f} s  {what}", flush=True)
         time.sleep(max(0.0, t0 + args.seconds - time.monotonic()))
     finally:
         stop.set()
         time.sleep(args.timeout + 0.5)  # the calls in flight end
         pss_after = set_pss(s.proc.pid)
-        s.stop()
-    return analyse(records, events, t0, args, ids, b_is, pss_before, pss_after, s.lines)
+        s.stop(120)
+    return analyse(records, events, t0, args, ids, b_is, pss_before, pss_after, s.stamped)
 
 
 def analyse(records, events, t0, args, ids, b_is, pss_before, pss_after, lines) -> dict:

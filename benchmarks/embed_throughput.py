@@ -15,7 +15,6 @@ import platform
 import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,7 +22,7 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from cascade.bank import write_json  # noqa: E402
+from benchmarks.common import save_report  # noqa: E402
 from cascade.encoder import (  # noqa: E402
     embed_sentences,
     encoder_dim,
@@ -55,6 +54,32 @@ def padding_ratio(model: Any, sentences: list[str], batch: int, by_tokens: bool)
     return padded / int(tokens.sum())
 
 
+def time_methods(model, sentences: list[str], batch_size: int, repeats: int
+                 ) -> tuple[dict[str, list[float]], float]:
+    """Seconds of each run of the plain encode and of embed_sentences, in ABBA order, and the
+    largest difference of their vectors."""
+    def plain() -> np.ndarray:
+        return model.encode(sentences, batch_size=batch_size, normalize_embeddings=True,
+                            convert_to_numpy=True, show_progress_bar=False)
+
+    def ours() -> np.ndarray:
+        with tempfile.TemporaryDirectory() as cache:
+            return embed_sentences(sentences, model, cache, progress=False,
+                                   encode_batch_size=batch_size)
+
+    methods = {"plain encode": plain, "embed_sentences": ours}
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    outputs: dict[str, np.ndarray] = {}
+    schedule = [name for r in range(repeats)
+                for name in (list(methods) if r % 2 == 0 else list(methods)[::-1])]
+    for name in schedule:
+        t = time.perf_counter()
+        outputs[name] = methods[name]()
+        times[name].append(time.perf_counter() - t)
+        print(f"  {name:16s} {times[name][-1]:7.1f} s", file=sys.stderr)
+    return times, float(np.abs(outputs["plain encode"] - outputs["embed_sentences"]).max())
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.embed_throughput",
                                 description=__doc__.split("\n")[0])
@@ -77,26 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     load_s = time.perf_counter() - t
     model.encode(sentences[:64], batch_size=args.batch_size)  # warm-up: first-call overheads
 
-    def plain() -> np.ndarray:
-        return model.encode(sentences, batch_size=args.batch_size, normalize_embeddings=True,
-                            convert_to_numpy=True, show_progress_bar=False)
-
-    def ours() -> np.ndarray:
-        with tempfile.TemporaryDirectory() as cache:
-            return embed_sentences(sentences, model, cache, progress=False,
-                                   encode_batch_size=args.batch_size)
-
-    methods = {"plain encode": plain, "embed_sentences": ours}
-    times: dict[str, list[float]] = {name: [] for name in methods}
-    outputs: dict[str, np.ndarray] = {}
-    schedule = [name for r in range(args.repeats)
-                for name in (list(methods) if r % 2 == 0 else list(methods)[::-1])]
-    for name in schedule:
-        t = time.perf_counter()
-        outputs[name] = methods[name]()
-        times[name].append(time.perf_counter() - t)
-        print(f"  {name:16s} {times[name][-1]:7.1f} s", file=sys.stderr)
-    max_diff = float(np.abs(outputs["plain encode"] - outputs["embed_sentences"]).max())
+    methods = ("plain encode", "embed_sentences")
+    times, max_diff = time_methods(model, sentences, args.batch_size, args.repeats)
 
     pad = {"char_sort": padding_ratio(model, sentences, args.batch_size, by_tokens=False),
            "token_sort": padding_ratio(model, sentences, args.batch_size, by_tokens=True)}
@@ -134,10 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                 "loadavg_1_5_15_before": [round(x, 2) for x in load_before],
                 "loadavg_1_5_15_after": [round(x, 2) for x in os.getloadavg()]},
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_json(out, result)
-    print(f"wrote {out}")
+    save_report(args.out, result)
     return 0
 
 

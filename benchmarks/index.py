@@ -21,13 +21,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import faiss
 import numpy as np
 
-from cascade.bank import BankError, load_bank, write_json
+from benchmarks.common import created, save_report
+from cascade.bank import BankError, load_bank
 from cascade.index import ExactIndex, build_index, search, search_batched
 from cascade.metrics import recall_report, target_ranks
 from cascade.pairs import PairsError, load_pairs
@@ -187,15 +187,13 @@ def main(argv: list[str] | None = None) -> int:
           f"{min(args.latency_queries, len(split))} single queries; containment@500 = share of "
           f"exact search's top 500 returned")
     print(table(rows))
-    report = {"benchmark": "index", "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    report = {"benchmark": "index", "created": created(),
               "bank": args.bank, "bank_rows": bank.n, "dim": bank.dim,
               "bank_fingerprint": bank.fingerprint(), "pairs": pairs_path, "split": "test",
               "queries": len(split), "query": "exp_weighted heuristic (alpha 0.1)", "k": K,
               "omp_default_threads": faiss.omp_get_max_threads(),
               "seconds": time.perf_counter() - t0, "indexes": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    write_json(args.out, report)
-    print(f"wrote {args.out}")
+    save_report(args.out, report)
     return 0
 
 

@@ -31,9 +31,6 @@ import argparse
 import dataclasses
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -46,10 +43,12 @@ import grpc
 import numpy as np
 import yaml
 
-from cascade.bank import load_bank, write_json
+from benchmarks.common import NOISY, save_report
+from cascade.bank import load_bank
 from cascade.deploy import read_deploy, resolve
 from serving.client import CascadeClient
 from serving.config import DEFAULT_CONFIG, STAGES, ServingConfig, load_config
+from serving.harness import ServingSet, free_port, free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "latency.json"
@@ -63,25 +62,6 @@ TEXTS = ["The Moon is Earth's only natural satellite.",
 
 # ---------------------------------------------------------------------------------------------
 # the set under test
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def free_ports(n: int) -> int:
-    """The first of n consecutive free ports (each process of a server takes port + number)."""
-    while True:
-        first = free_port()
-        try:
-            for p in range(first + 1, first + n):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", p))
-        except OSError:
-            continue
-        return first
 
 
 def layout_config(base: ServingConfig, layout: str, path: Path,
@@ -119,36 +99,6 @@ def layout_config(base: ServingConfig, layout: str, path: Path,
                                       if name in BATCHING else 0)
     path.write_text(yaml.safe_dump(data))
     return path
-
-
-class Running:
-    """`python -m serving.server` until stopped."""
-
-    def __init__(self, config: Path):
-        self.cfg = load_config(config)
-        self.lines: list[str] = []  # "<server> listening on <address> (pid N) ..."
-        self.proc = subprocess.Popen([sys.executable, "-m", "serving.server", "--config",
-                                      str(config)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
-        for line in self.proc.stdout:
-            self.lines.append(line.strip())
-            if line.startswith("ready"):
-                break
-        else:
-            raise RuntimeError(f"the serving set exited with {self.proc.wait()} before ready")
-        threading.Thread(target=self.proc.stdout.read, daemon=True).start()
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(60)
-
-    def pids(self) -> dict[str, list[int]]:
-        """Each server's process ids, from the lines the set printed."""
-        out: dict[str, list[int]] = {}
-        for line in self.lines:
-            if " listening on " in line and "(pid " in line:
-                out.setdefault(line.split()[0], []).append(
-                    int(line.split("(pid ")[1].split(")")[0]))
-        return out
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -407,7 +357,7 @@ def scale_row(base: ServingConfig, deploy_path: str, layout: str, tmp: Path,
     cfg = dataclasses.replace(base, deploy=deploy_path)
     contexts = bench_contexts(deploy_path)
     t0 = time.perf_counter()
-    running = Running(layout_config(cfg, layout, tmp / "scale.yaml"))
+    running = ServingSet(layout_config(cfg, layout, tmp / "scale.yaml"), ready_timeout=None)
     startup = time.perf_counter() - t0
     try:
         out = {"startup_s": round(startup, 1), **measure(running.cfg, contexts, clients,
@@ -483,7 +433,7 @@ def print_scale(report: dict) -> None:
                   f"{ratio_p50 or 0:>6.2f} {ratio_8 or 0:>6.2f}")
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.latency",
                                 description=__doc__.split("\n")[0])
     p.add_argument("--deploy", default=None, help="deploy.json (default: the YAML's)")
@@ -512,21 +462,70 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv)
     args.clients_given = "--clients" in (argv if argv is not None else sys.argv)
+    return args
+
+
+def run_scale(args, base: ServingConfig) -> int:
+    """The --scale / --bank tables, written to scale.json (unless --out names another file)."""
+    with tempfile.TemporaryDirectory(prefix="bench_scale_") as tmp:
+        if args.synthetic:
+            base.deploy = synthetic_deploy(args.synthetic, Path(tmp))
+        elif args.deploy:
+            base.deploy = args.deploy
+        report = scale_main(args, base, Path(tmp))
+    out = Path(args.out if args.out != str(RESULTS) else RESULTS.with_name("scale.json"))
+    save_report(out, report, NOISY.format(report["load_avg_at_start"][0]))
+    return 0
+
+
+def layout_runs(args, layouts: list[str]) -> list[tuple[str, str, tuple | None]]:
+    """(name, layout, batching) to measure: batching None keeps the YAML's max_batch /
+    max_wait_ms; with --batching each layout off, then at each --max-wait-ms."""
+    if not args.batching:
+        return [(layout, layout, None) for layout in layouts]
+    return [(f"{layout}, batching {'off' if b[0] == 1 else f'{b[0]}/{b[1]:g}ms'}", layout, b)
+            for layout in layouts for b in
+            [(1, 0.0)] + [(args.max_batch, float(w)) for w in args.max_wait_ms.split(",")]]
+
+
+def measure_layouts(args, base: ServingConfig, runs: list, layouts: list[str], contexts,
+                    tmp: Path) -> dict:
+    """A serving set per run, measured in turn: the first layout (or every one, with
+    --batching) over all --clients, the others at 8 clients; texts in the first run only."""
+    clients = [int(c) for c in args.clients.split(",")]
+    out = {}
+    for name, layout, batching in runs:
+        print(f"layout {name}:", flush=True)
+        running = ServingSet(layout_config(base, layout, tmp / "set.yaml", batching),
+                             ready_timeout=None)
+        full = layout == layouts[0] or args.batching
+        try:
+            out[name] = measure(running.cfg, contexts, clients if full else [8], args.seconds,
+                                args.n, texts=name == runs[0][0], pids=running.pids())
+            out[name]["load_avg"] = list(os.getloadavg())
+        finally:
+            running.stop()
+    return out
+
+
+def print_reference(report: dict, runs: list) -> None:
+    """The in-process cascade and each layout's p50 against this machine's reference ops."""
+    from benchmarks.reference import describe, relative
+
+    print(f"in-process cascade (same searches, 1 thread, no gRPC): p50 "
+          f"{report['in_process']['p50_ms']} ms, p99 {report['in_process']['p99_ms']} ms")
+    ref = report["in_process"]["reference"]
+    print(describe(ref))
+    for name, *_ in runs:
+        p50 = report["layouts"][name]["one_search"]["p50_ms"]
+        print(relative(f"one search ({name}), p50", p50, 8.0, ref))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     base = load_config(args.config)
     if args.scale or args.bank:
-        with tempfile.TemporaryDirectory(prefix="bench_scale_") as tmp:
-            if args.synthetic:
-                base.deploy = synthetic_deploy(args.synthetic, Path(tmp))
-            elif args.deploy:
-                base.deploy = args.deploy
-            report = scale_main(args, base, Path(tmp))
-        out = Path(args.out if args.out != str(RESULTS) else RESULTS.with_name("scale.json"))
-        out.parent.mkdir(parents=True, exist_ok=True)
-        write_json(out, report)
-        print(f"wrote {out} (load average {report['load_avg_at_start'][0]:.1f} at the start: "
-              f"timings on a shared machine are noisy)")
-        return 0
-    clients = [int(c) for c in args.clients.split(",")]
+        return run_scale(args, base)
     layouts = (args.layouts.split(",") if args.layouts else
                list(LAYOUTS) if args.compare else ["single"])
     unknown = [x for x in layouts if x not in LAYOUTS]
@@ -547,43 +546,15 @@ def main(argv: list[str] | None = None) -> int:
                   f"--synthetic 36000)", file=sys.stderr)
             return 2
         contexts = bench_contexts(base.deploy)
-        # (name, layout, batching): batching None keeps the YAML's max_batch / max_wait_ms.
-        runs = [(layout, layout, None) for layout in layouts]
-        if args.batching:
-            runs = [(f"{layout}, batching {'off' if b[0] == 1 else f'{b[0]}/{b[1]:g}ms'}",
-                     layout, b) for layout in layouts for b in
-                    [(1, 0.0)] + [(args.max_batch, float(w)) for w in
-                                  args.max_wait_ms.split(",")]]
+        runs = layout_runs(args, layouts)
         report = {"deploy": base.deploy, "synthetic_rows": args.synthetic or None,
                   "cpus": os.cpu_count(), "load_avg_at_start": list(os.getloadavg()),
                   "targets": TARGETS, "layouts": {}}
-        for name, layout, batching in runs:
-            print(f"layout {name}:", flush=True)
-            running = Running(layout_config(base, layout, tmp / "set.yaml", batching))
-            full = layout == layouts[0] or args.batching
-            try:
-                report["layouts"][name] = measure(running.cfg, contexts,
-                                                  clients if full else [8], args.seconds,
-                                                  args.n, texts=name == runs[0][0],
-                                                  pids=running.pids())
-                report["layouts"][name]["load_avg"] = list(os.getloadavg())
-            finally:
-                running.stop()
+        report["layouts"] = measure_layouts(args, base, runs, layouts, contexts, tmp)
         report["in_process"] = in_process(base.deploy, contexts, args.n)
-        print(f"in-process cascade (same searches, 1 thread, no gRPC): p50 "
-              f"{report['in_process']['p50_ms']} ms, p99 {report['in_process']['p99_ms']} ms")
-        from benchmarks.reference import describe, relative
-
-        ref = report["in_process"]["reference"]
-        print(describe(ref))
-        for name, *_ in runs:
-            p50 = report["layouts"][name]["one_search"]["p50_ms"]
-            print(relative(f"one search ({name}), p50", p50, 8.0, ref))
+        print_reference(report, runs)
         report["load_avg_at_end"] = list(os.getloadavg())
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    write_json(args.out, report)
-    print(f"wrote {args.out} (load average {report['load_avg_at_start'][0]:.1f} at the start: "
-          f"timings on a shared machine are noisy)")
+    save_report(args.out, report, NOISY.format(report["load_avg_at_start"][0]))
     return 0
 
 

@@ -21,18 +21,17 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from datetime import UTC, datetime
-from pathlib import Path
 
 import numpy as np
 
-from cascade.bank import Bank, BankError, load_bank, write_json
+from benchmarks.common import created, named_checkpoints, save_report
+from cascade.bank import Bank, BankError, load_bank
 from cascade.checkpoint import CheckpointError, check_split_of, load_checkpoint
 from cascade.evaluation import evaluate
 from cascade.index import build_index
-from cascade.metrics import cluster_bootstrap_ci, hits_at, reciprocal_ranks
+from cascade.methods import method_queries
+from cascade.metrics import difference_ci, hits_at, reciprocal_ranks
 from cascade.pairs import Pairs, PairsError, load_pairs
-from training.report import method_queries
 
 KS = (10, 50, 500)
 
@@ -49,12 +48,6 @@ def per_query(ranks: np.ndarray) -> dict[str, np.ndarray]:
     out = {f"recall@{k}": 100 * hits_at(ranks, k) for k in KS}
     out["mrr"] = reciprocal_ranks(ranks)
     return out
-
-
-def diff_ci(values: np.ndarray, clusters: np.ndarray) -> dict:
-    lo, hi = cluster_bootstrap_ci(values, clusters)
-    return {"diff": float(values.mean()), "ci95": [float(lo), float(hi)],
-            "significant": bool(lo > 0 or hi < 0)}
 
 
 def run(bank: Bank, pairs: Pairs, ckpts: dict[str, str], lengths: list[int]) -> dict:
@@ -84,15 +77,15 @@ def run(bank: Bank, pairs: Pairs, ckpts: dict[str, str], lengths: list[int]) -> 
 
     short, long_ = min(lengths), max(lengths)
     learned = [m for m in methods if m != "oracle"]
-    gains = {m: {key: diff_ci(values[m, long_][key] - values[m, short][key], clusters)
+    gains = {m: {key: difference_ci(values[m, long_][key] - values[m, short][key], clusters)
                  for key in values[m, long_]} for m in learned}
     versus = {}
     for name in ckpts:
-        versus[name] = {key: diff_ci((values[name, long_][key] - values[name, short][key])
+        versus[name] = {key: difference_ci((values[name, long_][key] - values[name, short][key])
                                      - (values["heuristic", long_][key]
                                         - values["heuristic", short][key]), clusters)
                         for key in values[name, long_]}
-    at_full = {name: {key: diff_ci(values[name, long_][key] - values["heuristic", long_][key],
+    at_full = {name: {key: difference_ci(values[name, long_][key] - values["heuristic", long_][key],
                                    clusters) for key in values[name, long_]} for name in ckpts}
     return {"tables": tables, "gain_from_context": gains, "gain_vs_heuristic_gain": versus,
             "vs_heuristic_at_full_context": at_full, "short": short, "long": long_}
@@ -151,8 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     t0 = time.perf_counter()
     try:
-        ckpts = dict(c.split("=", 1) if "=" in c else (Path(c).parent.parent.name, c)
-                     for c in args.ckpt)
+        ckpts = named_checkpoints(args.ckpt)
         bank = load_bank(args.bank)
         pairs = load_pairs(args.pairs, bank)
         split = pairs.side(args.split)
@@ -174,17 +166,14 @@ def main(argv: list[str] | None = None) -> int:
           f"({bank.n:,} x {bank.dim})\n")
     print(markdown(result))
     report = {"benchmark": "long_context",
-              "created": datetime.now(UTC).isoformat(timespec="seconds"),
+              "created": created(),
               "bank": args.bank, "bank_fingerprint": bank.fingerprint(), "pairs": args.pairs,
               "split": args.split, "full_context": args.full_context, "n": len(full),
               "articles": articles, "checkpoints": ckpts,
               "seconds": round(time.perf_counter() - t0, 1),
               **{k: v for k, v in result.items() if k != "tables"},
               "tables": {str(k): v for k, v in result["tables"].items()}}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_json(out, report)
-    print(f"wrote {args.out}")
+    save_report(args.out, report)
     return 0
 
 

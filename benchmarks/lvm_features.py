@@ -13,13 +13,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
-import yaml
 
-from cascade.bank import load_bank, write_json
+from benchmarks.common import created, save_report
+from cascade.bank import load_bank
 from cascade.deploy import read_deploy
 from cascade.lvm import (
     ADJACENCY,
@@ -33,17 +32,11 @@ from cascade.lvm import (
     LvmConfig,
     load_lvm_state,
 )
+from cascade.lvm_head import all_features, cross_fit, ranks_by, stage1_candidates
+from cascade.metrics import hit_percent
 from cascade.pairs import load_pairs
 from cascade.stage1 import Stage1
-from training.config import merge
-from training.train_lvm import (
-    LvmTrainConfig,
-    all_features,
-    cross_fit,
-    hits,
-    ranks_by,
-    stage1_candidates,
-)
+from training.train_lvm import load_train_config  # the run's config.yaml, as train-lvm read it
 
 SETS = {
     "stage-1 score + rank": ["s1", "log_rank"],
@@ -62,8 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="benchmarks/results/lvm_features.json")
     args = p.parse_args(argv)
     run = Path(args.run)
-    cfg = merge(LvmTrainConfig(), yaml.safe_load((run / "config.yaml").read_text()),
-                str(run / "config.yaml"))
+    cfg = load_train_config(str(run / "config.yaml"), {})
     deploy = read_deploy(cfg.deploy)
     bank = load_bank(deploy["bank"])
     val = load_pairs(cfg.pairs, bank).val()
@@ -80,25 +72,23 @@ def main(argv: list[str] | None = None) -> int:
 
     feats = all_features(model_for(list(FEATURES)), BankStructure(bank), bank, va)
     s1 = va.ranks
-    rows = {"stage 1 alone": {f"hit@{k}": hits(s1, k) for k in (1, 5, 10, 50)}}
+    rows = {"stage 1 alone": {f"hit@{k}": hit_percent(s1, k) for k in (1, 5, 10, 50)}}
     for name, subset in SETS.items():
         cols = torch.tensor([FEATURES.index(f) for f in subset])
         logits = cross_fit(model_for(subset), feats[..., cols], va, bank, cfg)[0]
         r, _, _ = ranks_by(logits, va)
-        rows[name] = {f"hit@{k}": hits(r, k) for k in (1, 5, 10, 50)}
+        rows[name] = {f"hit@{k}": hit_percent(r, k) for k in (1, 5, 10, 50)}
         print(f"  {name}: Hit@10 {rows[name]['hit@10']:.2f}", file=sys.stderr, flush=True)
     print(f"val split, {len(val):,} contexts, stage 1 = {stage1.kind}, top-{cfg.k}; heads "
           f"{cfg.folds}-fold cross-fitted by article")
     print(f"{'features':<60}{'Hit@1':>8}{'Hit@5':>8}{'Hit@10':>8}{'Hit@50':>8}")
     for name, m in rows.items():
         print(f"{name:<60}" + "".join(f"{m[f'hit@{k}']:8.2f}" for k in (1, 5, 10, 50)))
-    report = {"benchmark": "lvm_features", "created": datetime.now(UTC).isoformat(
-        timespec="seconds"), "run": str(run), "split": "val", "n": len(val),
+    report = {"benchmark": "lvm_features", "created": created(),
+        "run": str(run), "split": "val", "n": len(val),
         "stage1_kind": stage1.kind, "k": cfg.k, "sets": SETS, "results": rows,
         "train_config": dataclasses.asdict(cfg)}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    write_json(args.out, report)
-    print(f"wrote {args.out}")
+    save_report(args.out, report)
     return 0
 
 

@@ -25,21 +25,22 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks.cascade_eval import stage_ranks
-from cascade.bank import BankError, load_bank, write_json
+from benchmarks.common import created, named_checkpoints, save_report
+from cascade.bank import BankError, load_bank
 from cascade.checkpoint import CheckpointError, check_split_of, load_checkpoint
 from cascade.deploy import DeployError, read_deploy
 from cascade.device import resolve_device
 from cascade.index import build_index
 from cascade.lvm import LvmError
+from cascade.methods import compare_methods
 from cascade.metrics import (
-    cluster_bootstrap_ci,
     hits_at,
+    mean_ci,
     ndcg_gains,
     paired_difference,
     reciprocal_ranks,
@@ -49,12 +50,11 @@ from cascade.pairs import PairsError, load_pairs
 from cascade.pipeline import Cascade
 from cascade.query import DEFAULT_ALPHA, heuristic_queries
 from cascade.split import TEST
-from training.report import compare_methods
 
 KS = (1, 5, 10, 50, 100, 500, 1000)
 CUTOFF = 10  # MRR@10, nDCG@10
 HEURISTIC = f"exp-weighted a={DEFAULT_ALPHA:g} (heuristic)"
-FORMATIONS = {  # name: (kind, source) as training.report.method_queries takes them
+FORMATIONS = {  # name: (kind, source) as cascade.methods.method_queries takes them
     "last vector": ("last_vector", None),
     "mean": ("mean", None),
     "exp-weighted a=0.05": ("exp_weighted", 0.05),
@@ -90,14 +90,13 @@ def scores(ranks: np.ndarray, clusters: np.ndarray, seed: int = 0,
         if list_len is not None and k > list_len:
             out[f"recall@{k}"], out[f"recall@{k}_ci95"] = None, None
             continue
-        v = hits_at(ranks, k)
-        out[f"recall@{k}"] = 100 * float(v.mean()) if len(v) else None
-        out[f"recall@{k}_ci95"] = [100 * float(x)
-                                   for x in cluster_bootstrap_ci(v, clusters, seed=seed)]
+        out[f"recall@{k}"], out[f"recall@{k}_ci95"] = mean_ci(hits_at(ranks, k), clusters, 100,
+                                                              seed)
     for name, v in ((f"mrr@{CUTOFF}", reciprocal_ranks(ranks, CUTOFF)),
                     (f"ndcg@{CUTOFF}", ndcg_gains(ranks, CUTOFF))):
-        out[name] = float(v.mean()) if len(v) else None
-        out[f"{name}_ci95"] = [float(x) for x in cluster_bootstrap_ci(v, clusters, seed=seed)]
+        out[name], out[f"{name}_ci95"] = mean_ci(v, clusters, seed=seed)
+    if not len(ranks):  # no queries: no value (its interval is NaN)
+        out.update({key: None for key in out if key != "n" and not key.endswith("_ci95")})
     return out
 
 
@@ -128,7 +127,7 @@ def quoted_markdown() -> str:
         + [f"| {name} | {value:.2f} |" for name, value in r.items()])
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.recall",
                                 description=__doc__.split("\n")[0])
     p.add_argument("--bank", default="artifacts/wikipedia_vital_bank.npz",
@@ -151,86 +150,96 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto",
                    help="auto | cpu | cuda | cuda:N | mps: where checkpoints' towers encode "
                         "(auto: cuda, else mps, else cpu); search is exact, on the CPU")
-    args = p.parse_args(argv)
-    try:
-        device = resolve_device(args.device)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    default_pairs, default_ckpts, default_deploy = bank_defaults(args.bank)
-    pairs_path = args.pairs or default_pairs
-    deploy = args.deploy or default_deploy
-    try:
-        names_lvm = Path(deploy).exists() and bool(read_deploy(deploy).get("lvm"))
-    except DeployError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return p.parse_args(argv)
+
+
+def choose_deploy(args) -> str:
+    """The deploy.json whose cascade adds its row, or "none": only on test (the LVM's head is
+    fitted on val and its predictor on train), and by default only when it names an LVM.
+    Raises DeployError for a deploy.json that does not read."""
+    deploy = args.deploy or bank_defaults(args.bank)[2]
+    names_lvm = Path(deploy).exists() and bool(read_deploy(deploy).get("lvm"))
     if deploy != "none" and args.split != "test":
-        # The LVM's head is fitted on val and its predictor on train: only test is unseen.
         if args.deploy is not None:
             print(f"note: the cascade's row is scored on the test split only; leaving it out of "
                   f"the {args.split} split", file=sys.stderr)
-        deploy = "none"
-    elif args.deploy is None and not names_lvm:
+        return "none"
+    if args.deploy is None and not names_lvm:
         if args.ckpt is None:  # all defaults: say what is missing, as for the checkpoints
             print(f"note: {deploy} names no LVM (make train-lvm BANK={args.bank}); scoring "
                   f"without the cascade's row", file=sys.stderr)
-        deploy = "none"
-    if args.ckpt is None:
-        ckpts = {name: path for name, path in default_ckpts.items() if Path(path).exists()}
-        for name, path in default_ckpts.items():
-            if name not in ckpts:
-                print(f"note: no {name} checkpoint at {path} (make train-v4 BANK={args.bank}); "
-                      f"scoring without it", file=sys.stderr)
-    else:  # NAME=PATH, or a PATH named by its run directory
-        ckpts = dict(c.split("=", 1) if "=" in c else (Path(c).parent.parent.name, c)
-                     for c in args.ckpt)
-    try:
-        bank = load_bank(args.bank)
-        pairs = load_pairs(pairs_path, bank)
-        split = pairs.side(args.split)
-        if not len(split):
-            raise PairsError(f"{pairs_path}: no {args.split} pairs")
-        if args.split != "train":  # a checkpoint trained on these articles would be flattered
-            for name, path in ckpts.items():
-                check_split_of(load_checkpoint(path, bank.fingerprint()), path, pairs, bank,
-                               f"--ckpt {name}")
-        methods = dict(FORMATIONS)
-        methods.update({name: ("checkpoint", path) for name, path in ckpts.items()})
-        methods["oracle"] = ("oracle", None)
-        # Recall@k past the bank's size is recall@N: FAISS cannot return more than N rows.
-        search_ks = tuple(sorted({min(k, bank.n) for k in KS}))
-        _, ranks = compare_methods(bank, split, methods, search_ks, device)
-        cascade_names: list[str] = []
-        if deploy != "none":
-            cascade = Cascade.from_deploy(deploy, bank=bank)
-            if cascade.lvm is not None:
-                cascade.lvm.check_reported_on(pairs, TEST)
-            if cascade.stage1.kind == "v4":
-                check_split_of(load_checkpoint(cascade.stage1.checkpoint, bank.fingerprint()),
-                               cascade.stage1.checkpoint, pairs, bank, f"{deploy}: stage 1")
-            for form in ("vectors", "rows"):
-                stage = stage_ranks(cascade, split, form, bank.vectors)
-                name = f"cascade top-{cascade.last_k} ({' -> '.join(stage)}), {form}"
-                ranks[name] = stage[list(stage)[-1]]
-                cascade_names.append(name)
-    except (BankError, PairsError, CheckpointError, DeployError, LvmError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return "none"
+    return deploy
 
+
+def choose_checkpoints(args) -> dict[str, str]:
+    """--ckpt as given, else the bank's v4 and v3 runs that exist (a note for each missing)."""
+    if args.ckpt is not None:
+        return named_checkpoints(args.ckpt)
+    defaults = bank_defaults(args.bank)[1]
+    ckpts = {name: path for name, path in defaults.items() if Path(path).exists()}
+    for name, path in defaults.items():
+        if name not in ckpts:
+            print(f"note: no {name} checkpoint at {path} (make train-v4 BANK={args.bank}); "
+                  f"scoring without it", file=sys.stderr)
+    return ckpts
+
+
+def cascade_ranks(deploy: str, bank, pairs, split) -> tuple[dict[str, np.ndarray], int]:
+    """The cascade's final top-k ranks, its contexts sent as vectors and as rows, and k."""
+    cascade = Cascade.from_deploy(deploy, bank=bank)
+    if cascade.lvm is not None:
+        cascade.lvm.check_reported_on(pairs, TEST)
+    if cascade.stage1.kind == "v4":
+        check_split_of(load_checkpoint(cascade.stage1.checkpoint, bank.fingerprint()),
+                       cascade.stage1.checkpoint, pairs, bank, f"{deploy}: stage 1")
+    ranks = {}
+    for form in ("vectors", "rows"):
+        stage = stage_ranks(cascade, split, form, bank.vectors)
+        ranks[f"cascade top-{cascade.last_k} ({' -> '.join(stage)}), {form}"] = stage[
+            list(stage)[-1]]
+    return ranks, cascade.last_k
+
+
+def original_way_ranks(bank, split, k: int) -> dict[str, np.ndarray]:
+    """The heuristics scored the original report's way: the context's rows left in."""
     index = build_index(bank.vectors, "flat")
+    ranks = {}
     for name, (kind, alpha) in ORIGINAL_WAY.items():
         _, I = index.search(heuristic_queries(bank.vectors, split, kind, alpha or DEFAULT_ALPHA),
-                            max(search_ks))
+                            k)
         ranks[name] = target_ranks(I, split.target)
-    clusters = split.articles(bank)
-    lengths = {name: cascade.last_k for name in cascade_names}
-    table = {name: scores(r, clusters, args.seed, lengths.get(name)) for name, r in ranks.items()}
-    versus = {name: {f"recall@{k}": paired_difference(ranks[name], ranks[HEURISTIC], k,
-                                                      clusters=clusters)
-                     for k in (10, 500) if k <= lengths.get(name, k)}
-              for name in [*ckpts, *lengths]}
+    return ranks
 
+
+def all_ranks(args, bank, pairs_path: str, ckpts: dict[str, str], deploy: str, device
+              ) -> tuple[object, dict[str, np.ndarray], dict[str, int]]:
+    """(the scored split, {method: ranks}, {cascade row: its list's length}); raises the
+    inputs' errors."""
+    pairs = load_pairs(pairs_path, bank)
+    split = pairs.side(args.split)
+    if not len(split):
+        raise PairsError(f"{pairs_path}: no {args.split} pairs")
+    if args.split != "train":  # a checkpoint trained on these articles would be flattered
+        for name, path in ckpts.items():
+            check_split_of(load_checkpoint(path, bank.fingerprint()), path, pairs, bank,
+                           f"--ckpt {name}")
+    methods = dict(FORMATIONS)
+    methods.update({name: ("checkpoint", path) for name, path in ckpts.items()})
+    methods["oracle"] = ("oracle", None)
+    # Recall@k past the bank's size is recall@N: FAISS cannot return more than N rows.
+    search_ks = tuple(sorted({min(k, bank.n) for k in KS}))
+    _, ranks = compare_methods(bank, split, methods, search_ks, device)
+    lengths: dict[str, int] = {}
+    if deploy != "none":
+        served, last_k = cascade_ranks(deploy, bank, pairs, split)
+        ranks.update(served)
+        lengths = {name: last_k for name in served}
+    ranks.update(original_way_ranks(bank, split, max(search_ks)))
+    return split, ranks, lengths
+
+
+def print_results(args, bank, split, clusters: np.ndarray, table: dict, versus: dict) -> None:
     print(f"{args.split} split: {len(split):,} pairs from {len(np.unique(clusters)):,} articles; "
           f"bank {args.bank} ({bank.n:,} x {bank.dim}); exact search; 95% CIs resample articles")
     print(markdown(table))
@@ -242,19 +251,43 @@ def main(argv: list[str] | None = None) -> int:
             verdict = "beats" if d["significant"] and d["diff"] > 0 else "does not beat"
             print(f"{name} {verdict} the heuristic on {key}: {d['diff']:+.2f} points "
                   f"(95% CI {d['ci95'][0]:+.2f} to {d['ci95'][1]:+.2f}, articles resampled)")
-    report = {"benchmark": "recall", "created": datetime.now(UTC).isoformat(timespec="seconds"),
-              "bank": args.bank, "bank_fingerprint": bank.fingerprint(), "pairs": pairs_path,
-              "split": args.split, "n": len(split),
-              "articles": int(len(np.unique(clusters))), "ks": list(KS),
-              "protocol": "exact search; the context's own rows excluded, except the rows named "
-                          "'context rows left in' (the original report's protocol)",
-              "methods": table, "vs_heuristic": versus, "checkpoints": ckpts, "device": str(device),
-              "cascade_deploy": None if deploy == "none" else deploy,
-              "quoted_reference": QUOTED}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_json(out, report)
-    print(f"wrote {out}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    pairs_path = args.pairs or bank_defaults(args.bank)[0]
+    try:
+        deploy = choose_deploy(args)
+    except DeployError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    ckpts = choose_checkpoints(args)
+    try:
+        bank = load_bank(args.bank)
+        split, ranks, lengths = all_ranks(args, bank, pairs_path, ckpts, deploy, device)
+    except (BankError, PairsError, CheckpointError, DeployError, LvmError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    clusters = split.articles(bank)
+    table = {name: scores(r, clusters, args.seed, lengths.get(name)) for name, r in ranks.items()}
+    versus = {name: {f"recall@{k}": paired_difference(ranks[name], ranks[HEURISTIC], k,
+                                                      clusters=clusters)
+                     for k in (10, 500) if k <= lengths.get(name, k)}
+              for name in [*ckpts, *lengths]}
+    print_results(args, bank, split, clusters, table, versus)
+    save_report(args.out, {
+        "benchmark": "recall", "created": created(), "bank": args.bank,
+        "bank_fingerprint": bank.fingerprint(), "pairs": pairs_path, "split": args.split,
+        "n": len(split), "articles": int(len(np.unique(clusters))), "ks": list(KS),
+        "protocol": "exact search; the context's own rows excluded, except the rows named "
+                    "'context rows left in' (the original report's protocol)",
+        "methods": table, "vs_heuristic": versus, "checkpoints": ckpts, "device": str(device),
+        "cascade_deploy": None if deploy == "none" else deploy, "quoted_reference": QUOTED})
     return 0
 
 

@@ -19,16 +19,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
 
 import yaml
 
-from benchmarks.latency import Running, bench_contexts, concurrent, free_port, sequential
-from cascade.bank import save_bank, write_json
+from benchmarks.common import NOISY, save_report
+from benchmarks.latency import bench_contexts, concurrent, sequential
+from cascade.bank import save_bank
 from cascade.shard import whole_fingerprint
 from serving.config import DEFAULT_CONFIG, STAGES
+from serving.harness import ServingSet, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "shards.json"
@@ -80,7 +83,8 @@ def peak_rss_mb(lines: list[str]) -> dict:
     for line in lines:
         if "(pid " not in line:
             continue
-        name, pid = line.split()[0], int(line.split("(pid ")[1].split(")")[0])
+        # "(pid N)" of a server, "(pid N, in <pid file>)" of the supervisor's ready line
+        name, pid = line.split()[0], int(re.search(r"\(pid (\d+)", line).group(1))
         name = "supervisor" if name == "ready;" else name
         try:
             status = Path(f"/proc/{pid}/status").read_text()
@@ -94,7 +98,8 @@ def peak_rss_mb(lines: list[str]) -> dict:
 
 def measure(deploy: str, shards: int, contexts, clients: list[int], seconds: float, n: int,
             tmp: Path) -> dict:
-    running = Running(sharded_config(deploy, shards, tmp / f"shards{shards}.yaml"))
+    running = ServingSet(sharded_config(deploy, shards, tmp / f"shards{shards}.yaml"),
+                         ready_timeout=None)
     try:
         one = sequential(running.cfg, contexts, n)
         curve = [concurrent(running.cfg, contexts, c, seconds) for c in clients]
@@ -169,10 +174,8 @@ def main(argv: list[str] | None = None) -> int:
             report["banks"][name] = {"deploy": deploy, "rows": rows, "results": results}
             print_table(f"{name} ({rows:,} rows)", results, clients)
     report["load_avg_at_end"] = list(os.getloadavg())
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    write_json(args.out, report)
-    print(f"\nwrote {args.out} (load average {report['load_avg_at_start'][0]:.1f} at the start: "
-          f"timings on a shared machine are noisy)")
+    print()
+    save_report(args.out, report, NOISY.format(report["load_avg_at_start"][0]))
     return 0
 
 

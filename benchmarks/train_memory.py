@@ -22,12 +22,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
-from cascade.bank import save_bank, write_json
+from benchmarks.common import created, save_report
+from cascade.bank import save_bank
 from cascade.pairs import load_pairs, save_pairs
 from training.expand_pairs import ExpandConfig, expand_pairs
 from training.synth_bank import SynthConfig, synth_bank
@@ -98,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         inputs = build_inputs(work, args.rows, args.dim, args.pairs, args.context)
         result = run_training(work, inputs, args.train_pairs)
     vectors_gb = args.rows * args.dim * 4 / 1024**3
-    report = {"benchmark": "train_memory", "created": datetime.now(UTC).isoformat(
-        timespec="seconds"), "cpus": os.cpu_count(), **inputs, **result,
+    report = {"benchmark": "train_memory", "created": created(),
+        "cpus": os.cpu_count(), **inputs, **result,
               "bank_vectors_gb": round(vectors_gb, 3), "limit_gb": LIMIT_GB,
               "within_limit": result["peak_rss_gb"] < LIMIT_GB, "train_pairs": args.train_pairs}
     print(f"{'bank':<22}{args.rows:,} x {args.dim} synthetic ({vectors_gb:.2f} GB of vectors)")
@@ -108,9 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'peak RSS':<22}{result['peak_rss_gb']:.2f} GB (limit {LIMIT_GB} GB): "
           f"{'OK' if report['within_limit'] else 'OVER'}")
     print(f"{'training wall':<22}{result['train_s']:.0f} s ({result['pairs_per_s']:.0f} pairs/s)")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    write_json(args.out, report)
-    print(f"wrote {args.out}")
+    save_report(args.out, report)
     return 0 if report["within_limit"] else 1
 
 

@@ -31,11 +31,11 @@ import shutil
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import created
 from cascade.bank import load_bank, write_json
 from cascade.pairs import Pairs, save_pairs
 from cascade.split import SplitSpec, row_sides
@@ -272,6 +272,27 @@ def replot(json_path: Path) -> Path:
     return json_path.with_suffix(".png")
 
 
+def run_grid(args, rows: list[int], contexts: list[int], work: Path, out: Path) -> list[dict]:
+    """One trainer run per (bank size, context length) cell; each finished cell is written to
+    `out` at once (a partial JSON), so a grid stopped half-way keeps what it measured."""
+    cells = []
+    for n in rows:
+        bank_file = ensure_bank(work, n, args.dim)
+        for ctx in contexts:
+            pairs_file = build_pairs(bank_file, ctx, args.pairs)
+            tag = f"speed_{n}_ctx{ctx}"
+            print(f"cell {n:,} rows x context {ctx} ...", flush=True)
+            cell = {"rows": n, "context": ctx, "dim": args.dim,
+                    **run_cell(work, bank_file, pairs_file, tag, args.threads)}
+            cells.append(cell)
+            partial = {"benchmark": "train_speed", "complete": False, "cells": cells}
+            write_json(out, partial)
+            print(f"  {cell['pairs_per_s_all_in']:.1f} pairs/s all-in, "
+                  f"{cell['pairs_per_s_train']:.1f} fwd/bwd, peak RSS {cell['peak_rss_gb']:.2f} "
+                  f"GB, {cell['wall_s']:.0f} s wall", flush=True)
+    return cells
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.train_speed",
                                 description=__doc__.split("\n")[0])
@@ -308,22 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    cells = []
-    for n in rows:
-        bank_file = ensure_bank(work, n, args.dim)
-        for ctx in contexts:
-            pairs_file = build_pairs(bank_file, ctx, args.pairs)
-            tag = f"speed_{n}_ctx{ctx}"
-            print(f"cell {n:,} rows x context {ctx} ...", flush=True)
-            cell = {"rows": n, "context": ctx, "dim": args.dim,
-                    **run_cell(work, bank_file, pairs_file, tag, args.threads)}
-            cells.append(cell)
-            # Each finished cell is kept at once: a grid stopped half-way keeps what it measured.
-            partial = {"benchmark": "train_speed", "complete": False, "cells": cells}
-            write_json(out, partial)
-            print(f"  {cell['pairs_per_s_all_in']:.1f} pairs/s all-in, "
-                  f"{cell['pairs_per_s_train']:.1f} fwd/bwd, peak RSS {cell['peak_rss_gb']:.2f} "
-                  f"GB, {cell['wall_s']:.0f} s wall", flush=True)
+    cells = run_grid(args, rows, contexts, work, out)
     # The memory bank's term, measured once per context length with the trainer's own loss.
     terms = {} if args.no_memory_term else {
         ctx: memory_term(args.dim, ctx, (0, MEMORY)) for ctx in contexts}
@@ -344,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     plot_path = out.with_suffix(".png")
     plot(cells, plot_path)
     report = {"benchmark": "train_speed", "complete": True,
-              "created": datetime.now(UTC).isoformat(timespec="seconds"),
+              "created": created(),
               "cpus": os.cpu_count(), "config": CONFIG, "mine_schedule": SCHEDULE,
               "pairs_per_cell": args.pairs, "cells": cells, "growth": notes,
               "memory_term_s": {str(ctx): {str(k): v for k, v in t.items()}

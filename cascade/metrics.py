@@ -21,6 +21,11 @@ def recall_at(ranks: np.ndarray, k: int) -> float:
     return float(hits_at(ranks, k).mean()) if len(ranks) else 0.0
 
 
+def hit_percent(ranks: np.ndarray, k: int) -> float:
+    """Hit@k in percent: 100 x the fraction of queries whose target is within the top k."""
+    return float(100 * ((ranks >= 0) & (ranks < k)).mean()) if len(ranks) else 0.0
+
+
 def mrr(ranks: np.ndarray) -> float:
     """Mean reciprocal rank (0 for a target outside the list)."""
     return float(reciprocal_ranks(ranks).mean()) if len(ranks) else 0.0
@@ -84,6 +89,22 @@ def cluster_bootstrap_ci(values: np.ndarray, clusters: np.ndarray | None = None,
     return out[:, 0] if one else out
 
 
+def mean_ci(values: np.ndarray, clusters: np.ndarray | None = None, scale: float = 1.0,
+            seed: int = BOOT_SEED, n_boot: int = N_BOOT) -> tuple[float, list[float]]:
+    """A metric with its clustered CI: the mean of per-query `values` (a hit, a reciprocal rank,
+    a paired difference) and its 95% interval resampling `clusters` (see
+    `cluster_bootstrap_ci`), both times `scale` (100: a fraction as percent)."""
+    lo, hi = cluster_bootstrap_ci(values, clusters, n_boot, seed)
+    return scale * float(values.mean()), [scale * float(lo), scale * float(hi)]
+
+
+def difference_ci(values: np.ndarray, clusters: np.ndarray | None = None) -> dict:
+    """Per-query paired differences -> {"diff": mean, "ci95": [lo, hi], "significant": the
+    clustered 95% interval excludes 0}."""
+    diff, (lo, hi) = mean_ci(values, clusters)
+    return {"diff": diff, "ci95": [lo, hi], "significant": bool(lo > 0 or hi < 0)}
+
+
 def hits_at(ranks: np.ndarray, k: int) -> np.ndarray:
     """(P,) 1.0 where the target is within the top k, else 0.0."""
     return ((ranks >= 0) & (ranks < k)).astype(np.float64)
@@ -119,9 +140,8 @@ def paired_difference(ranks_a: np.ndarray, ranks_b: np.ndarray, k: int,
     excludes 0."""
     d = hits_at(ranks_a, k) - hits_at(ranks_b, k)
     n = len(d)
-    diff = float(d.mean()) if n else 0.0
-    lo, hi = cluster_bootstrap_ci(d, clusters, n_boot, seed) if n else (np.nan, np.nan)
-    return {"k": k, "diff": 100 * diff, "ci95": [100 * float(lo), 100 * float(hi)], "n": n,
+    diff, (lo, hi) = mean_ci(d, clusters, 100, seed, n_boot) if n else (0.0, (np.nan, np.nan))
+    return {"k": k, "diff": diff, "ci95": [lo, hi], "n": n,
             "clusters": int(len(np.unique(clusters))) if clusters is not None else n,
             "ci_method": "article bootstrap" if clusters is not None else "query bootstrap",
             "significant": bool(n > 1 and (lo > 0 or hi < 0))}

@@ -20,11 +20,12 @@ from cascade.lvm import LvmReranker
 from cascade.pipeline import Cascade
 from cascade.stage1 import Stage1
 from serving.config import ServingConfig, Stage1Config, StageConfig
+from serving.harness import free_port
 from serving.proto_arrays import candidates_from_proto, candidates_to_proto, vectors_to_proto
 from serving.protos import pb, rpc
 from serving.server import build_server
 from serving.stages import LvmServicer, Stage1Servicer
-from tests.test_serving import deployed, free_port  # noqa: F401 (deployed: a fixture)
+from tests.test_serving import deployed  # noqa: F401 (a fixture)
 
 CALLS = 10
 WAIT_MS = 400.0  # long enough that the concurrent calls of a test meet in one batch

@@ -182,7 +182,7 @@ def test_the_serving_set_shares_one_mapping_of_the_bank_and_the_index(tuned):
     """Two stage-1 and two LVM processes (and two TMD ones) of one serving set on an ANN
     deploy: each maps the bank file, and their PSS of it sums to about one copy, where RSS
     counts it once per process. The TMD servers do not map the bank's vectors at all."""
-    from tests.test_serving import ServingSet, free_port
+    from serving.harness import ServingSet, free_port
 
     root, bank = tuned
     data = {"deploy": str(root / "deploy.json"), "grace_seconds": 5.0,

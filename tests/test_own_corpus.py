@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import random
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ import yaml
 
 from cascade.bank import load_bank
 from cascade.pairs import load_pairs
+from serving.harness import ServingSet, free_port
 from training.checklist import choose_profile
 from training.config import RelativeGates, load_config, relative_to_heuristic
 
@@ -67,12 +67,6 @@ def kitchen_corpus(path: Path, notes: int = 72, seed: int = 21) -> None:
             f.write(json.dumps({"id": f"note-{n:03d}", "title": f"{dish} ({n})",
                                 "text": " ".join(sentences), "topic": "Food"},
                                ensure_ascii=False) + "\n")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run(argv: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -139,14 +133,9 @@ def test_own_corpus_from_jsonl_to_a_served_answer(tmp_path):
         "deploy": str(deploy_path),
         "front": {"addresses": [f"127.0.0.1:{free_port()}"], "metrics_port": 0, "processes": 1,
                   "stages": "in_process"}}))
-    server = subprocess.Popen([sys.executable, "-m", "serving.server", "--config", str(config)],
-                              cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, text=True)
+    server = ServingSet(config, wait=False, ready_timeout=None, cwd=tmp_path, env=ENV)
     try:
-        for line in server.stdout:
-            if line.startswith("ready"):
-                break
-        else:
-            raise AssertionError(f"the server exited with {server.wait()} before ready")
+        server.wait_ready()
         # make query BANK=... (no TEXT): a context from the bank's own test split.
         q = run(["serving.sample_query", "--config", str(config), "--bank", bank_path,
                  "--pairs", str(pairs_path)], tmp_path, timeout=120)
@@ -156,8 +145,7 @@ def test_own_corpus_from_jsonl_to_a_served_answer(tmp_path):
                  "Blend the saffron with lemon juice until the purée is smooth."], tmp_path,
                 timeout=120)
     finally:
-        server.terminate()
-        server.wait(60)
+        server.stop()
     response = json.loads(a.stdout)
     assert len(response["hits"]) == 10
     for hit in response["hits"]:

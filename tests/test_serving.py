@@ -8,10 +8,8 @@ import dataclasses
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +29,7 @@ from cascade.tmd import pack, unpack
 from serving.channels import channel_credentials
 from serving.client import CascadeClient
 from serving.config import DEFAULT_CONFIG, ServingConfig, TlsConfig, load_config
+from serving.harness import READY_S, ServingSet, free_port
 from serving.protos import pb, rpc
 from tests.test_lvm import cfg_for
 from training.expand_pairs import ExpandConfig, expand_pairs
@@ -43,13 +42,6 @@ MAX_CONTEXT = 12
 # Texts that take the encoder a while (it truncates at 256 tokens): calls that stay in flight.
 SLOW_TEXTS = [" ".join(f"word{i}x{j} of a long sentence about rivers" for j in range(40))
               for i in range(MAX_CONTEXT)]
-READY_S = 240  # four processes importing torch and loading, on a shared 2-core machine
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -109,61 +101,6 @@ def write_config(root: Path, name: str, tls: dict | None = None, grace: float = 
     path = root / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
-
-
-class ServingSet:
-    """`python -m serving.server` in a subprocess; its printed lines name pids and addresses."""
-
-    def __init__(self, config: Path, *extra: str, wait: bool = True):
-        self.config = config
-        self.cfg = load_config(config)
-        self.lines: list[str] = []
-        self.proc = subprocess.Popen([sys.executable, "-m", "serving.server", "--config",
-                                      str(config), *extra], cwd=ROOT, stdout=subprocess.PIPE,
-                                     text=True)
-        if wait:
-            self.wait_ready()
-
-    def wait_ready(self) -> None:
-        end = time.monotonic() + READY_S
-        while time.monotonic() < end:
-            line = self.proc.stdout.readline()
-            if not line:
-                raise RuntimeError(f"serving set exited with {self.proc.wait()} before ready")
-            self.lines.append(line.strip())
-            if line.startswith("ready"):
-                break
-        else:
-            self.stop()
-            raise TimeoutError("serving set not ready")
-        threading.Thread(target=self.follow, daemon=True).start()
-
-    def follow(self) -> None:
-        """Keeps the supervisor's later lines (restarts, swaps) in `lines`."""
-        for line in self.proc.stdout:
-            self.lines.append(line.strip())
-
-    def wait_for(self, text: str, timeout: float = READY_S) -> str:
-        """The first line from now on that holds `text`."""
-        start, end = len(self.lines), time.monotonic() + timeout
-        while time.monotonic() < end:
-            hit = next((x for x in self.lines[start:] if text in x), None)
-            if hit is not None:
-                return hit
-            time.sleep(0.1)
-        raise TimeoutError(f"no line with {text!r} in {timeout:.0f}s: {self.lines[start:]}")
-
-    def pid(self, name: str) -> int:
-        line = next(x for x in self.lines if x.split()[0] == name)
-        return int(line.split("(pid ")[1].split(")")[0])
-
-    def client(self, **kw) -> CascadeClient:
-        return CascadeClient.from_config(self.cfg, **kw)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(60)
 
 
 @pytest.fixture(scope="module")

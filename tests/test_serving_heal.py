@@ -27,17 +27,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cascade.pipeline import Cascade, ContextRows
 from serving.config import load_config
+from serving.harness import ServingSet, free_port
 from serving.protos import pb, rpc
 from serving.server import build_server, check_free
 from serving.stages import guarded
 from serving.swap import deploy_id
 from tests.test_serving import (
     ROOT,
-    ServingSet,
     assert_same,
     contexts,
     deployed,  # noqa: F401  (the module's bank, pairs, LVM and deploy.json)
-    free_port,
     write_config,
     write_v4_deploy,
 )

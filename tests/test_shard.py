@@ -20,8 +20,8 @@ from cascade.context import ContextRows
 from cascade.shard import bank_rows, load_bank_rows, merge_topk, shard_bounds, whole_fingerprint
 from cascade.stage1 import Stage1
 from serving.config import ConfigError, ServingConfig, load_config
+from serving.harness import ServingSet, free_port
 from serving.protos import pb, rpc
-from tests.test_serving import ServingSet, free_port
 from training.synth_bank import SynthConfig, synth_bank
 
 N, DIM, K = 3000, 384, 100

@@ -155,7 +155,7 @@ def relative_config(profile: Profile, bank, pairs_path: str, cfg: TrainConfig) -
     """Measure the exp-weighted heuristic on the pairs' val split (the evaluation the trainer
     and the final gate use), set `cfg`'s gates and abort margin from it by the profile's rule,
     and write that config beside deploy.json: -> its path."""
-    from training.report import compare_methods  # imports torch's towers: only when needed
+    from cascade.methods import compare_methods  # imports torch's towers: only when needed
 
     val = load_pairs(pairs_path, bank).val()
     articles = len(set(val.articles(bank).tolist()))

@@ -43,6 +43,7 @@ from cascade import checkpoint as ck
 from cascade.bank import Bank, BankError, atomic_write, load_bank, write_json
 from cascade.device import autocast, check_amp, resolve_device, rng_state, set_rng_state
 from cascade.index import build_index
+from cascade.methods import compare_methods
 from cascade.pairs import Pairs, PairsError, context_windows, load_pairs
 from cascade.runtime import deterministic_torch, log_to_file, silence
 from cascade.split import SIDE_NAMES, SplitSpec
@@ -58,7 +59,7 @@ from training.losses import contrastive_loss
 from training.lr_schedule import lr_at, set_lr
 from training.memory_bank import MemoryBank
 from training.mining import mine
-from training.report import RANKS_FILE, compare_methods, save_ranks, write_report
+from training.report import RANKS_FILE, save_ranks, write_report
 
 EXIT_BAD_INPUT = 2
 EXIT_ABORT = 3
