@@ -109,15 +109,21 @@ def load_yaml(path: str | os.PathLike) -> dict:
     return data
 
 
+def config_file(path: str | os.PathLike) -> Path:
+    """`path` as given, else the shipped config of that name (training/configs/)."""
+    p = Path(path)
+    if not p.exists() and (CONFIG_DIR / p).exists():
+        p = CONFIG_DIR / p
+    if not p.exists():
+        raise ConfigError(f"{path}: no such config file")
+    return p
+
+
 def load_config(path: str | os.PathLike | None, overrides: dict | None = None) -> TrainConfig:
     """Defaults <- YAML file <- overrides (flags), validated."""
     cfg = TrainConfig()
     if path is not None:
-        p = Path(path)
-        if not p.exists() and (CONFIG_DIR / p).exists():
-            p = CONFIG_DIR / p
-        if not p.exists():
-            raise ConfigError(f"{path}: no such config file")
+        p = config_file(path)
         cfg = merge(cfg, load_yaml(p), str(p))
     if overrides:
         cfg = merge(cfg, overrides, "flags")

@@ -75,12 +75,11 @@ from cascade.tagger import DomainClassifier, bank_centroids
 from cascade.tmd import DOMAIN_SHIFT, unpack
 from cascade.tmd_rerank import Lanes, TmdReranker, pair_lanes, pair_tagged_lanes
 from training.cli import add_config_flags, parse_overrides
-from training.config import ConfigError, merge, to_yaml
+from training.config import ConfigError, config_file, merge, to_yaml
 from training.lr_schedule import lr_at, set_lr
 
 EXIT_BAD_INPUT = 2
 log = logging.getLogger("train_lvm")
-CONFIG_DIR = Path(__file__).parent / "configs"
 
 
 @dataclass
@@ -122,11 +121,7 @@ class LvmTrainConfig:
 def load_train_config(path: str | None, overrides: dict) -> LvmTrainConfig:
     cfg = LvmTrainConfig()
     if path:
-        p = Path(path)
-        if not p.exists() and (CONFIG_DIR / p).exists():
-            p = CONFIG_DIR / p
-        if not p.exists():
-            raise ConfigError(f"{path}: no such config file")
+        p = config_file(path)
         cfg = merge(cfg, load_yaml(p), str(p))
     if overrides:
         cfg = merge(cfg, overrides, "flags")
