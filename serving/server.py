@@ -14,7 +14,9 @@ doubling per restart, and a cap after which it gives up on that process and says
 it (its pid is printed and written to `supervisor.pid_file`) swaps the deploy: every stage
 process loads what deploy.json names now, checks its sha256 pins and warms it, then the fronts
 do; calls in flight finish on the deploy they began with (serving.swap); a deploy that any
-process refuses is not swapped in by the fronts, which keep serving the old one. A server
+process refuses is not swapped in by the fronts, which keep serving the old one, and a process
+that exits after such a refusal is started again on a copy of the deploy the set serves rather
+than on the refused deploy.json (`Supervisor.serving_copy`). A server
 started on its own (`--only`, one unit per stage under systemd or Kubernetes) swaps on its own
 SIGHUP.
 """
@@ -41,6 +43,7 @@ from serving import prometheus
 from serving.channels import SERVICE_NAMES, message_options, server_credentials
 from serving.config import STAGES, ConfigError, ServingConfig, load_config
 from serving.protos import rpc
+from serving.swap import content_id
 
 log = logging.getLogger("serving")
 
@@ -104,9 +107,10 @@ def _tell(fd: int | None, line: str) -> None:
 
 
 def serve(cfg: ServingConfig, name: str, address: str, process: int = 0,
-          ready_fd: int | None = None, shard: int = 0) -> int:
+          ready_fd: int | None = None, shard: int = 0, start_deploy: str | None = None) -> int:
     """Run one server until SIGTERM/SIGINT: listen, load, report SERVING, swap the deploy on
-    SIGHUP, drain on SIGTERM."""
+    SIGHUP, drain on SIGTERM. `start_deploy`: load that file first instead of `cfg.deploy`
+    (the supervisor's copy of the deploy the set serves); a swap reads `cfg.deploy` as always."""
     from cascade.threads import set_threads  # imports torch and FAISS: only servers need them
 
     sc = cfg.server(name)
@@ -144,7 +148,11 @@ def serve(cfg: ServingConfig, name: str, address: str, process: int = 0,
     hup_while_loading = threading.Event()  # SIGHUP's default would kill a loading server
     signal.signal(signal.SIGHUP, lambda s, f: hup_while_loading.set())
     t0 = time.perf_counter()
-    servicer.load()
+    swap_to, cfg.deploy = cfg.deploy, start_deploy or cfg.deploy
+    try:
+        servicer.load()
+    finally:
+        cfg.deploy = swap_to
     for svc in ("", SERVICE_NAMES[name]):
         health_servicer.set(svc, health_pb2.HealthCheckResponse.SERVING)
     if hasattr(servicer, "watch"):
@@ -227,6 +235,13 @@ def say(message: str, loud: bool = False) -> None:
         log.error(message)
 
 
+def _read_or_none(path: str | os.PathLike) -> bytes | None:
+    try:
+        return Path(path).read_bytes()
+    except OSError:
+        return None
+
+
 class Slot:
     """One server process of the set, started again when it exits."""
 
@@ -239,8 +254,9 @@ class Slot:
         self.given_up = False
         self.up = False  # reported SERVING
 
-    def start(self) -> None:
-        self.proc = subprocess.Popen(self.cmd, env=self.env, pass_fds=(self.write_fd,))
+    def start(self, start_deploy: str | None = None) -> None:
+        cmd = self.cmd + (["--start-deploy", start_deploy] if start_deploy else [])
+        self.proc = subprocess.Popen(cmd, env=self.env, pass_fds=(self.write_fd,))
         self.up = False
 
     def __str__(self) -> str:
@@ -280,6 +296,9 @@ class Supervisor:
             self.slots.append(Slot(name, address, cmd, env, self.write_fd))
         self.swap: dict | None = None  # the swap under way: phase, pids asked, answers
         self.serving: str | None = None  # the deploy id of the last swap done
+        # deploy.json's bytes as the set serves them: a process started again loads these
+        # when deploy.json has changed since (a refused swap), not a deploy the set refused.
+        self.good: bytes | None = None
 
     def by_pid(self, pid: str) -> Slot | None:
         return next((x for x in self.slots if x.proc and str(x.proc.pid) == pid), None)
@@ -287,6 +306,7 @@ class Supervisor:
     def start_all(self, stop: threading.Event) -> None:
         """Every process, SERVING; raises if one exits first (a set that cannot start), or on
         `stop` (SIGTERM while loading)."""
+        self.good = _read_or_none(self.cfg.deploy)
         for slot in self.slots:
             slot.start()
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -342,7 +362,7 @@ class Supervisor:
             if slot.proc is None and slot.due is not None and now >= slot.due:
                 slot.due = None
                 slot.restarts.append(now)
-                slot.start()
+                slot.start(self.serving_copy(slot))
         if self.swap is not None:
             self.move_swap(now)
 
@@ -356,12 +376,29 @@ class Supervisor:
                 f"{self.serving}: swapping it")
             slot.proc.send_signal(signal.SIGHUP)
 
+    def serving_copy(self, slot: Slot) -> str | None:
+        """None when deploy.json is what the set serves; else a copy of what it serves, beside
+        deploy.json (its relative paths resolve the same; same bytes, same deploy id), for a
+        process started again to load instead of a deploy the set refused."""
+        if self.good is None or _read_or_none(self.cfg.deploy) == self.good:
+            return None
+        good_id = content_id(self.good)
+        copy = Path(self.cfg.deploy).with_name(f".{Path(self.cfg.deploy).name}.serving-{good_id}")
+        if _read_or_none(copy) != self.good:
+            tmp = copy.with_suffix(".tmp")
+            tmp.write_bytes(self.good)
+            os.replace(tmp, copy)
+        say(f"{slot}: {self.cfg.deploy} is not the deploy the set serves ({good_id}, a swap "
+            f"to it was refused or not asked for): starting it on {copy}")
+        return str(copy)
+
     def begin_swap(self) -> None:
         if self.swap is not None:
             say("swap: one is under way; SIGHUP ignored")
             return
         say(f"swap: loading {self.cfg.deploy} in every stage process")
-        self.swap = {"phase": "stages", "answers": {}, "asked": {}}
+        self.swap = {"phase": "stages", "answers": {}, "asked": {},
+                     "bytes": _read_or_none(self.cfg.deploy)}
         self.ask("stages")
 
     def ask(self, phase: str) -> None:
@@ -398,6 +435,9 @@ class Supervisor:
         else:
             self.swap = None
             self.serving = next(iter(ids)) if len(ids) == 1 else self.serving
+            if sw["bytes"] is not None and \
+                    self.serving == content_id(sw["bytes"]):
+                self.good = sw["bytes"]
             say(f"swap done: every front serves deploy {', '.join(sorted(ids)) or '?'}")
             for x in self.slots:  # came up during the swap (it may have read the old file)
                 if x.up and x.proc is not None and str(x.proc.pid) not in sw["ever"]:
@@ -486,6 +526,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--address", help=argparse.SUPPRESS)
     p.add_argument("--process", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--start-deploy", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
@@ -511,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
             die_with_supervisor()
         try:
             rc = serve(cfg, args.serve, args.address, args.process, args.ready_fd,
-                       args.shard or 0)
+                       args.shard or 0, args.start_deploy)
         except (ValueError, OSError) as e:  # a deploy.json or checkpoint that does not load
             print(f"serving {args.serve}: {e}", file=sys.stderr)
             rc = EXIT_BAD_CONFIG

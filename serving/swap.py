@@ -28,7 +28,12 @@ class NotHeld(LookupError):
 
 def deploy_id(path: str | Path) -> str:
     """What names a deploy in every answer: sha256 of its deploy.json, first 12 hex digits."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
+    return content_id(Path(path).read_bytes())
+
+
+def content_id(data: bytes) -> str:
+    """The deploy id of deploy.json's bytes `data`."""
+    return hashlib.sha256(data).hexdigest()[:12]
 
 
 @dataclass(frozen=True)

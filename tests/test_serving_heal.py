@@ -176,13 +176,29 @@ def test_swap_under_load_drops_nothing_and_a_bad_deploy_is_refused(heal, deploye
         assert r.stage1 == ("v4" if r.deploy == b else "heuristic")
 
 
-def test_a_restart_loop_stops_at_its_cap_and_the_set_degrades(heal, deployed):  # noqa: F811
-    """live/deploy.json is the refused one now: a killed LVM cannot load it again, twice, and
-    the supervisor gives up on it; answers go on without it (degraded), on deploy B."""
+def test_a_killed_stage_comes_back_on_the_served_deploy_and_a_loop_stops_at_its_cap(
+        heal, deployed):  # noqa: F811
+    """live/deploy.json is the refused one now: a killed LVM comes back on the deploy the set
+    serves (B, from the supervisor's copy), and answers are whole again; killed each time it
+    comes back, the supervisor gives up on it at its cap and answers go on without it."""
     s, work = heal
     _, bank = deployed
     rows = contexts(bank, 1)[0].tolist()
+    b = deploy_id(work / "b" / "deploy.json")
+    assert deploy_id(work / "live" / "deploy.json") != b  # the refused one
     os.kill(s.pid("lvm"), signal.SIGKILL)
+    back = s.wait_for("lvm restarted")
+    assert f"deploy {b}" in back, back
+    copy = work / "live" / f".deploy.json.serving-{b}"
+    assert deploy_id(copy) == b
+    end = time.monotonic() + 30  # the front's channel reconnects with its own backoff
+    with s.client(timeout=30) as client:
+        while (r := client.search_rows(rows)).degraded and time.monotonic() < end:
+            time.sleep(0.2)
+    assert not r.degraded and r.deploy == b, r.degraded_reason
+    os.kill(int(back.split("(pid ")[1].split(")")[0]), signal.SIGKILL)
+    back = s.wait_for("lvm restarted")
+    os.kill(int(back.split("(pid ")[1].split(")")[0]), signal.SIGKILL)
     line = s.wait_for("GIVING UP on lvm")
     assert "2 restarts" in line and "supervisor.max_restarts 2" in line
     with s.client(timeout=30) as client:
