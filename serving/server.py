@@ -386,8 +386,13 @@ class Supervisor:
         copy = Path(self.cfg.deploy).with_name(f".{Path(self.cfg.deploy).name}.serving-{good_id}")
         if _read_or_none(copy) != self.good:
             tmp = copy.with_suffix(".tmp")
-            tmp.write_bytes(self.good)
-            os.replace(tmp, copy)
+            try:
+                tmp.write_bytes(self.good)
+                os.replace(tmp, copy)
+            except OSError as e:  # the supervisor goes on; the process reads deploy.json
+                say(f"{slot}: cannot write {copy} ({e.strerror}): starting it on "
+                    f"{self.cfg.deploy}", loud=True)
+                return None
         say(f"{slot}: {self.cfg.deploy} is not the deploy the set serves ({good_id}, a swap "
             f"to it was refused or not asked for): starting it on {copy}")
         return str(copy)

@@ -6,6 +6,7 @@ kill; and in this process: UNAVAILABLE before load, INTERNAL (counted) for an un
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -353,3 +354,22 @@ def test_bank_convert_without_trust_pickle_is_one_line_exit_2(tmp_path):
     assert r.returncode == 2, r.stderr
     assert r.stderr.count("\n") == 1 and "--trust-pickle" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_the_served_copy_is_written_once_and_a_folder_that_refuses_it_is_no_crash(tmp_path):
+    """Supervisor.serving_copy: None while deploy.json is what the set serves; else a copy of
+    the served bytes beside it (same id); where it cannot be written, None (deploy.json)."""
+    from serving.config import ServingConfig
+    from serving.server import Supervisor
+
+    served = tmp_path / "deploy.json"
+    served.write_text('{"served": true}')
+    sup = Supervisor.__new__(Supervisor)  # its restart bookkeeping only: no processes
+    sup.cfg, sup.good = ServingConfig(deploy=str(served)), served.read_bytes()
+    assert sup.serving_copy("lvm") is None
+    served.write_text('{"refused": true}')
+    copy = sup.serving_copy("lvm")
+    assert Path(copy).read_bytes() == sup.good and Path(copy).parent == tmp_path
+    assert deploy_id(copy) == hashlib.sha256(sup.good).hexdigest()[:12]
+    sup.cfg = ServingConfig(deploy=str(tmp_path / "gone" / "deploy.json"))
+    assert sup.serving_copy("lvm") is None
